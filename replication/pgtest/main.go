@@ -1,0 +1,55 @@
+package pgtest
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"testing"
+	"time"
+)
+
+// Main starts a server for a test package, stores it in *srv, runs the tests and stops the
+// server. Use it from TestMain:
+//
+//	var pg *pgtest.Server
+//	func TestMain(m *testing.M) { pgtest.Main(m, &pg) }
+//
+// A server that cannot start fails the package with the reason and how to fix it: tests never
+// skip for want of PostgreSQL.
+func Main(m *testing.M, srv **Server) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	s, err := Start(ctx, Options{})
+	cancel()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "pgtest: cannot start the test PostgreSQL: %v\n", err)
+		os.Exit(1)
+	}
+	*srv = s
+	code := m.Run()
+	if err := s.Stop(); err != nil {
+		fmt.Fprintf(os.Stderr, "pgtest: stop: %v\n", err)
+	}
+	os.Exit(code)
+}
+
+// NewDatabase gives the test its own database holding Schema and drops it when the test ends.
+func (s *Server) NewDatabase(t testing.TB) string {
+	t.Helper()
+	if s == nil {
+		t.Fatal("pgtest: no server; start one in TestMain with pgtest.Main")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	dbURL, err := s.CreateDatabase(ctx, t.Name())
+	if err != nil {
+		t.Fatalf("pgtest: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := s.DropDatabase(ctx, dbURL); err != nil {
+			t.Errorf("pgtest: %v", err)
+		}
+	})
+	return dbURL
+}
