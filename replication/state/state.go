@@ -1,0 +1,334 @@
+// Package state keeps progress-sync's durable state in the progress_sync schema of the source
+// database (CONTRACT §7): the email → contact id cache, the values last pushed to each contact,
+// and the students that could not be written, with why.
+//
+// Keeping it beside the data (not in a file or a volume) lets a Helm pod move and a systemd host
+// be replaced without losing what was synced, and lets the streaming service record a student
+// and its replication checkpoint in one transaction.
+package state
+
+import (
+	"context"
+	"embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+// Schema is the PostgreSQL schema holding the state.
+const Schema = "progress_sync"
+
+// migrationLock serializes migrations across processes starting together.
+const migrationLock = 7_311_001
+
+// Store reads and writes the sync state.
+type Store struct {
+	db *pgxpool.Pool
+	// absent marks a read-only store over a database the sync never wrote to: every read
+	// finds nothing.
+	absent   bool
+	readOnly bool
+}
+
+// Open applies any pending migrations and returns a Store on db.
+func Open(ctx context.Context, db *pgxpool.Pool) (*Store, error) {
+	if err := Migrate(ctx, db); err != nil {
+		return nil, err
+	}
+	return &Store{db: db}, nil
+}
+
+// OpenReadOnly returns a Store that never writes, for dry runs: it neither migrates nor records.
+func OpenReadOnly(ctx context.Context, db *pgxpool.Pool) (*Store, error) {
+	var exists bool
+	if err := db.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, Schema+".contact_links").Scan(&exists); err != nil {
+		return nil, fmt.Errorf("look for the sync state: %w", err)
+	}
+	return &Store{db: db, absent: !exists, readOnly: true}, nil
+}
+
+// Migrate brings the progress_sync schema to the latest version. It is safe to run from
+// several processes at once.
+func Migrate(ctx context.Context, db *pgxpool.Pool) error {
+	steps, err := loadMigrations()
+	if err != nil {
+		return err
+	}
+	conn, err := db.Acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("migrate state: %w", err)
+	}
+	defer conn.Release()
+	if _, err := conn.Exec(ctx, "SELECT pg_advisory_lock($1)", migrationLock); err != nil {
+		return fmt.Errorf("migrate state: lock: %w", err)
+	}
+	defer conn.Exec(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock($1)", migrationLock) //nolint:errcheck
+	if _, err := conn.Exec(ctx, `CREATE SCHEMA IF NOT EXISTS `+Schema+`;
+		CREATE TABLE IF NOT EXISTS `+Schema+`.schema_migrations (
+			version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())`); err != nil {
+		return fmt.Errorf("migrate state: create schema %s (the role needs CREATE on the database): %w", Schema, err)
+	}
+	var current int
+	if err := conn.QueryRow(ctx, `SELECT coalesce(max(version), 0) FROM `+Schema+`.schema_migrations`).Scan(&current); err != nil {
+		return fmt.Errorf("migrate state: read version: %w", err)
+	}
+	for _, m := range steps {
+		if m.version <= current {
+			continue
+		}
+		err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, m.sql); err != nil {
+				return err
+			}
+			_, err := tx.Exec(ctx, `INSERT INTO `+Schema+`.schema_migrations (version, name) VALUES ($1, $2)`, m.version, m.name)
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("migrate state: apply %s: %w", m.name, err)
+		}
+	}
+	return nil
+}
+
+type migration struct {
+	version int
+	name    string
+	sql     string
+}
+
+func loadMigrations() ([]migration, error) {
+	entries, err := fs.ReadDir(migrations, "migrations")
+	if err != nil {
+		return nil, err
+	}
+	var out []migration
+	for _, e := range entries {
+		num, _, ok := strings.Cut(e.Name(), "_")
+		v, err := strconv.Atoi(num)
+		if !ok || err != nil {
+			return nil, fmt.Errorf("migration %s: name must start with a version number", e.Name())
+		}
+		b, err := migrations.ReadFile("migrations/" + e.Name())
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, migration{version: v, name: e.Name(), sql: string(b)})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].version < out[j].version })
+	return out, nil
+}
+
+// Link records which contact a student's email resolved to.
+type Link struct {
+	StudentID uuid.UUID
+	Email     string // normalized: trimmed, lower-case
+	ContactID string
+	Primary   bool // Email is the contact's primary address
+}
+
+// Links returns the cached links of the given students.
+func (s *Store) Links(ctx context.Context, students []uuid.UUID) (map[uuid.UUID]Link, error) {
+	if s.absent {
+		return map[uuid.UUID]Link{}, nil
+	}
+	rows, err := s.db.Query(ctx, `SELECT student_id, email, contact_id, is_primary
+		FROM `+Schema+`.contact_links WHERE student_id = ANY($1)`, students)
+	if err != nil {
+		return nil, fmt.Errorf("read contact links: %w", err)
+	}
+	links, err := pgx.CollectRows(rows, scanLink)
+	if err != nil {
+		return nil, fmt.Errorf("read contact links: %w", err)
+	}
+	out := make(map[uuid.UUID]Link, len(links))
+	for _, l := range links {
+		out[l.StudentID] = l
+	}
+	return out, nil
+}
+
+// Claimants returns the links to the given contacts whose student still exists with the
+// linked email: the students that currently claim each contact. Links left behind by deleted
+// students or changed emails are ignored.
+func (s *Store) Claimants(ctx context.Context, contactIDs []string) ([]Link, error) {
+	if s.absent {
+		return nil, nil
+	}
+	rows, err := s.db.Query(ctx, `SELECT l.student_id, l.email, l.contact_id, l.is_primary
+		FROM `+Schema+`.contact_links l
+		JOIN public.users u ON u.id = l.student_id AND lower(btrim(u.email)) = l.email
+		WHERE l.contact_id = ANY($1)`, contactIDs)
+	if err != nil {
+		return nil, fmt.Errorf("read contact claimants: %w", err)
+	}
+	links, err := pgx.CollectRows(rows, scanLink)
+	if err != nil {
+		return nil, fmt.Errorf("read contact claimants: %w", err)
+	}
+	return links, nil
+}
+
+func scanLink(row pgx.CollectableRow) (Link, error) {
+	var l Link
+	err := row.Scan(&l.StudentID, &l.Email, &l.ContactID, &l.Primary)
+	return l, err
+}
+
+// Pushed returns the values last known to be on each of the given contacts.
+func (s *Store) Pushed(ctx context.Context, contactIDs []string) (map[string]map[string]string, error) {
+	if s.absent {
+		return map[string]map[string]string{}, nil
+	}
+	rows, err := s.db.Query(ctx, `SELECT contact_id, properties FROM `+Schema+`.pushed_values WHERE contact_id = ANY($1)`, contactIDs)
+	if err != nil {
+		return nil, fmt.Errorf("read pushed values: %w", err)
+	}
+	out := map[string]map[string]string{}
+	var id string
+	var props map[string]string
+	_, err = pgx.ForEachRow(rows, []any{&id, &props}, func() error {
+		out[id] = props
+		props = nil
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read pushed values: %w", err)
+	}
+	return out, nil
+}
+
+// Kind classifies a student that could not be written.
+type Kind string
+
+// The kinds of problem.
+const (
+	Unmatched Kind = "unmatched" // no usable email, or no HubSpot contact with it
+	Rejected  Kind = "rejected"  // HubSpot refused a value
+	Conflict  Kind = "conflict"  // another student owns the contact the email resolves to
+)
+
+// Problem is a student that could not be written, and why.
+type Problem struct {
+	StudentID  uuid.UUID
+	Email      string
+	Kind       Kind
+	Reason     string
+	ContactID  string
+	Properties map[string]string // the refused values, for Rejected
+	FirstSeen  time.Time
+	LastTried  time.Time
+	Attempts   int
+}
+
+// Pushed is the set of values now on a contact, after a write or as first read.
+type Pushed struct {
+	ContactID  string
+	StudentID  uuid.UUID
+	Properties map[string]string
+}
+
+// Outcome is what one batch of students did to HubSpot, recorded in one transaction.
+type Outcome struct {
+	Links     []Link
+	DropLinks []string    // contacts HubSpot no longer has (deleted or merged away)
+	Pushed    []Pushed    // merged into the values already recorded for each contact
+	Problems  []Problem   // upserted; Attempts counts tries
+	Synced    []uuid.UUID // students now equal on HubSpot: their problems are cleared
+}
+
+// Record writes an Outcome in one transaction.
+func (s *Store) Record(ctx context.Context, o Outcome) error {
+	if s.readOnly {
+		return errors.New("record sync outcome: the store is read-only (dry run)")
+	}
+	b := &pgx.Batch{}
+	if len(o.DropLinks) > 0 {
+		b.Queue(`DELETE FROM `+Schema+`.contact_links WHERE contact_id = ANY($1)`, o.DropLinks)
+		b.Queue(`DELETE FROM `+Schema+`.pushed_values WHERE contact_id = ANY($1)`, o.DropLinks)
+	}
+	for _, l := range o.Links {
+		b.Queue(`INSERT INTO `+Schema+`.contact_links (student_id, email, contact_id, is_primary) VALUES ($1, $2, $3, $4)
+			ON CONFLICT (student_id) DO UPDATE SET email = excluded.email, contact_id = excluded.contact_id,
+				is_primary = excluded.is_primary, resolved_at = now()`, l.StudentID, l.Email, l.ContactID, l.Primary)
+	}
+	for _, p := range o.Pushed {
+		props, err := json.Marshal(p.Properties)
+		if err != nil {
+			return fmt.Errorf("record pushed values: %w", err)
+		}
+		b.Queue(`INSERT INTO `+Schema+`.pushed_values (contact_id, student_id, properties) VALUES ($1, $2, $3)
+			ON CONFLICT (contact_id) DO UPDATE SET student_id = excluded.student_id,
+				properties = pushed_values.properties || excluded.properties, pushed_at = now()`, p.ContactID, p.StudentID, props)
+	}
+	if len(o.Synced) > 0 {
+		b.Queue(`DELETE FROM `+Schema+`.problems WHERE student_id = ANY($1)`, o.Synced)
+	}
+	for _, p := range o.Problems {
+		var props []byte
+		if p.Properties != nil {
+			var err error
+			if props, err = json.Marshal(p.Properties); err != nil {
+				return fmt.Errorf("record problem: %w", err)
+			}
+		}
+		b.Queue(`INSERT INTO `+Schema+`.problems (student_id, email, kind, reason, contact_id, properties)
+			VALUES ($1, $2, $3, $4, nullif($5, ''), $6)
+			ON CONFLICT (student_id) DO UPDATE SET email = excluded.email, kind = excluded.kind, reason = excluded.reason,
+				contact_id = excluded.contact_id, properties = excluded.properties,
+				first_seen_at = CASE WHEN problems.kind = excluded.kind THEN problems.first_seen_at ELSE now() END,
+				last_tried_at = now(), attempts = problems.attempts + 1`,
+			p.StudentID, p.Email, string(p.Kind), p.Reason, p.ContactID, props)
+	}
+	if b.Len() == 0 {
+		return nil
+	}
+	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+		return tx.SendBatch(ctx, b).Close()
+	})
+	if err != nil {
+		return fmt.Errorf("record sync outcome: %w", err)
+	}
+	return nil
+}
+
+// Problems lists the students that could not be written, of the given kinds (all when none
+// given), oldest first.
+func (s *Store) Problems(ctx context.Context, kinds ...Kind) ([]Problem, error) {
+	if s.absent {
+		return nil, nil
+	}
+	ks := make([]string, len(kinds))
+	for i, k := range kinds {
+		ks[i] = string(k)
+	}
+	rows, err := s.db.Query(ctx, `SELECT student_id, email, kind, reason, coalesce(contact_id, ''), properties,
+			first_seen_at, last_tried_at, attempts
+		FROM `+Schema+`.problems WHERE cardinality($1::text[]) = 0 OR kind = ANY($1)
+		ORDER BY first_seen_at, student_id`, ks)
+	if err != nil {
+		return nil, fmt.Errorf("read problems: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Problem, error) {
+		var p Problem
+		var kind string
+		err := row.Scan(&p.StudentID, &p.Email, &kind, &p.Reason, &p.ContactID, &p.Properties, &p.FirstSeen, &p.LastTried, &p.Attempts)
+		p.Kind = Kind(kind)
+		return p, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read problems: %w", err)
+	}
+	return out, nil
+}

@@ -1,0 +1,175 @@
+package state
+
+import (
+	"context"
+	"sync"
+	"testing"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/focusenglish/progress-sync/replication/pgtest"
+)
+
+var pg *pgtest.Server
+
+func TestMain(m *testing.M) { pgtest.Main(m, &pg) }
+
+func newPool(t *testing.T) *pgxpool.Pool {
+	t.Helper()
+	db, err := pgxpool.New(context.Background(), pg.NewDatabase(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(db.Close)
+	return db
+}
+
+func TestMigrateIsIdempotentAndConcurrent(t *testing.T) {
+	ctx := context.Background()
+	db := newPool(t)
+	var wg sync.WaitGroup
+	errs := make([]error, 4)
+	for i := range errs {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			errs[i] = Migrate(ctx, db)
+		}(i)
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := Migrate(ctx, db); err != nil {
+		t.Fatal(err)
+	}
+	steps, err := loadMigrations()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var applied int
+	if err := db.QueryRow(ctx, `SELECT count(*) FROM progress_sync.schema_migrations`).Scan(&applied); err != nil {
+		t.Fatal(err)
+	}
+	if applied != len(steps) {
+		t.Fatalf("%d migrations recorded, want %d", applied, len(steps))
+	}
+}
+
+func addUser(t *testing.T, db *pgxpool.Pool, email string) uuid.UUID {
+	t.Helper()
+	var id uuid.UUID
+	if err := db.QueryRow(context.Background(), `INSERT INTO users (email, name) VALUES ($1, 'S') RETURNING id`, email).Scan(&id); err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+func TestRecordAndRead(t *testing.T) {
+	ctx := context.Background()
+	db := newPool(t)
+	s, err := Open(ctx, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ada := addUser(t, db, " Ada@Example.com")
+	bob := addUser(t, db, "bob@example.com")
+	gone := uuid.New() // a student deleted since it was linked
+
+	err = s.Record(ctx, Outcome{
+		Links: []Link{
+			{StudentID: ada, Email: "ada@example.com", ContactID: "1", Primary: true},
+			{StudentID: bob, Email: "bob@example.com", ContactID: "2", Primary: false},
+			{StudentID: gone, Email: "gone@example.com", ContactID: "1", Primary: false},
+		},
+		Pushed: []Pushed{{ContactID: "1", StudentID: ada, Properties: map[string]string{"total_xp": "10", "study_streak": "2"}}},
+		Problems: []Problem{{StudentID: bob, Email: "bob@example.com", Kind: Rejected, Reason: "bad value",
+			ContactID: "2", Properties: map[string]string{"average_score": "150"}}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	links, err := s.Links(ctx, []uuid.UUID{ada, bob, uuid.New()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(links) != 2 || links[ada].ContactID != "1" || !links[ada].Primary || links[bob].Primary {
+		t.Fatalf("links = %+v", links)
+	}
+	claimants, err := s.Claimants(ctx, []string{"1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(claimants) != 1 || claimants[0].StudentID != ada {
+		t.Fatalf("claimants of contact 1 = %+v, want only ada (the deleted student's link is ignored)", claimants)
+	}
+
+	// Pushed values merge: a later push of one property keeps the others.
+	if err := s.Record(ctx, Outcome{Pushed: []Pushed{{ContactID: "1", StudentID: ada, Properties: map[string]string{"total_xp": "11"}}}}); err != nil {
+		t.Fatal(err)
+	}
+	pushed, err := s.Pushed(ctx, []string{"1", "2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := pushed["1"]; len(pushed) != 1 || got["total_xp"] != "11" || got["study_streak"] != "2" {
+		t.Fatalf("pushed = %+v", pushed)
+	}
+
+	// A retried problem counts attempts; a synced student's problem disappears.
+	if err := s.Record(ctx, Outcome{Problems: []Problem{{StudentID: bob, Email: "bob@example.com", Kind: Rejected, Reason: "still bad"}}}); err != nil {
+		t.Fatal(err)
+	}
+	probs, err := s.Problems(ctx, Rejected)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(probs) != 1 || probs[0].Attempts != 2 || probs[0].Reason != "still bad" {
+		t.Fatalf("problems = %+v", probs)
+	}
+	if other, _ := s.Problems(ctx, Unmatched); len(other) != 0 {
+		t.Fatalf("unmatched = %+v, want none", other)
+	}
+	if err := s.Record(ctx, Outcome{Synced: []uuid.UUID{bob}}); err != nil {
+		t.Fatal(err)
+	}
+	if probs, _ := s.Problems(ctx); len(probs) != 0 {
+		t.Fatalf("problems after sync = %+v", probs)
+	}
+
+	// A deleted or merged contact is forgotten with its values.
+	if err := s.Record(ctx, Outcome{DropLinks: []string{"1"}}); err != nil {
+		t.Fatal(err)
+	}
+	if links, _ := s.Links(ctx, []uuid.UUID{ada}); len(links) != 0 {
+		t.Fatalf("links after drop = %+v", links)
+	}
+	if pushed, _ := s.Pushed(ctx, []string{"1"}); len(pushed) != 0 {
+		t.Fatalf("pushed after drop = %+v", pushed)
+	}
+}
+
+func TestReadOnlyStoreWritesNothing(t *testing.T) {
+	ctx := context.Background()
+	db := newPool(t)
+	s, err := OpenReadOnly(ctx, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if links, err := s.Links(ctx, []uuid.UUID{uuid.New()}); err != nil || len(links) != 0 {
+		t.Fatalf("links = %v, %v", links, err)
+	}
+	if err := s.Record(ctx, Outcome{Synced: []uuid.UUID{uuid.New()}}); err == nil {
+		t.Fatal("a read-only store recorded an outcome")
+	}
+	var exists bool
+	if err := db.QueryRow(ctx, `SELECT to_regnamespace('progress_sync') IS NOT NULL`).Scan(&exists); err != nil {
+		t.Fatal(err)
+	}
+	if exists {
+		t.Fatal("a read-only store created the progress_sync schema")
+	}
+}
