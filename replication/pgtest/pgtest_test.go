@@ -78,3 +78,33 @@ func TestMajorVersion(t *testing.T) {
 		}
 	}
 }
+
+func TestSeed(t *testing.T) {
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, pg.NewDatabase(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	students, err := Seed(ctx, conn, SeedOptions{Students: 200, Seed: 7})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(students) != 200 {
+		t.Fatalf("seeded %d students", len(students))
+	}
+	var users, withProgress, finishers int
+	err = conn.QueryRow(ctx, `SELECT (SELECT count(*) FROM users), (SELECT count(DISTINCT user_id) FROM course_progress),
+		(SELECT count(*) FROM users u WHERE (SELECT count(*) FROM course_lessons l JOIN course_modules m ON m.id = l.module_id
+			WHERE m.course_level = u.language_level AND m.course_goal = u.course_goal) > 0
+		AND NOT EXISTS (SELECT 1 FROM course_lessons l JOIN course_modules m ON m.id = l.module_id
+			WHERE m.course_level = u.language_level AND m.course_goal = u.course_goal
+			AND NOT EXISTS (SELECT 1 FROM course_progress p WHERE p.user_id = u.id AND p.lesson_id = l.id AND p.completed)))`).
+		Scan(&users, &withProgress, &finishers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if users != 200 || withProgress == 0 || withProgress == 200 || finishers == 0 {
+		t.Fatalf("users=%d with progress=%d finishers=%d: the data lacks variety", users, withProgress, finishers)
+	}
+}
