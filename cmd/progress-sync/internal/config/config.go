@@ -1,0 +1,201 @@
+// Package config reads progress-sync's settings (CONTRACT §4) from flags and the environment
+// and reports every problem at once, one clear line each.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/sirupsen/logrus"
+	"github.com/spf13/pflag"
+
+	"github.com/focusenglish/progress-sync/hubspot"
+)
+
+// Config is the validated configuration of one command.
+type Config struct {
+	DatabaseURL    string
+	HubSpotToken   string
+	HubSpotBaseURL string
+	Slot           string
+	Publication    string
+	Debounce       time.Duration
+	MaxDelay       time.Duration
+	RateLimit      hubspot.Rate
+	Listen         string
+	LogLevel       logrus.Level
+	LogFormat      string
+}
+
+// Needs says which services a command talks to, so that a command that never touches HubSpot
+// does not demand a token, and one that streams refuses a pooler.
+type Needs struct {
+	Database    bool
+	Replication bool
+	HubSpot     bool
+}
+
+// setting is one row of the CONTRACT §4 table.
+type setting struct {
+	env, flag, def, usage string
+}
+
+func settings() []setting {
+	return []setting{
+		{"DATABASE_URL", "database-url", "", "direct PostgreSQL connection string (Supabase: the direct connection, not the pooler)"},
+		{"HUBSPOT_ACCESS_TOKEN", "hubspot-access-token", "", "HubSpot private app access token (prefer the environment: flags show in ps)"},
+		{"HUBSPOT_BASE_URL", "hubspot-base-url", "https://api.hubapi.com", "HubSpot API root"},
+		{"PROGRESS_SYNC_SLOT", "slot", "progress_sync", "replication slot name"},
+		{"PROGRESS_SYNC_PUBLICATION", "publication", "progress_sync", "publication name"},
+		{"PROGRESS_SYNC_DEBOUNCE", "debounce", "3s", "quiet period per student before a push"},
+		{"PROGRESS_SYNC_MAX_DELAY", "max-delay", "30s", "longest a change may wait before a push"},
+		{"PROGRESS_SYNC_RATE_LIMIT", "rate-limit", "100/10s", "HubSpot requests allowed per window (the portal's burst limit)"},
+		{"PROGRESS_SYNC_LISTEN", "listen", "127.0.0.1:9187", "address for /metrics, /healthz and /readyz"},
+		{"LOG_LEVEL", "log-level", "info", "log level: debug, info, warn, error"},
+		{"LOG_FORMAT", "log-format", "json", "log format: json or text"},
+	}
+}
+
+// Register defines one flag per setting on fs.
+func Register(fs *pflag.FlagSet) {
+	for _, s := range settings() {
+		fs.String(s.flag, "", fmt.Sprintf("%s (env %s, default %q)", s.usage, s.env, s.def))
+	}
+}
+
+// Error lists every configuration problem, one per line.
+type Error struct{ Problems []string }
+
+func (e *Error) Error() string { return strings.Join(e.Problems, "\n") }
+
+// Load resolves each setting (flag, then environment, then default) and validates those the
+// command needs. getenv is os.LookupEnv in production.
+func Load(fs *pflag.FlagSet, getenv func(string) (string, bool), needs Needs) (Config, error) {
+	raw := map[string]string{}
+	for _, s := range settings() {
+		v := s.def
+		if e, ok := getenv(s.env); ok && strings.TrimSpace(e) != "" {
+			v = strings.TrimSpace(e)
+		}
+		if f := fs.Lookup(s.flag); f != nil && f.Changed {
+			v = strings.TrimSpace(f.Value.String())
+		}
+		raw[s.env] = v
+	}
+	var c Config
+	var problems []string
+	bad := func(env, format string, args ...any) {
+		problems = append(problems, env+": "+fmt.Sprintf(format, args...))
+	}
+
+	if needs.Database || needs.Replication {
+		c.DatabaseURL = raw["DATABASE_URL"]
+		if c.DatabaseURL == "" {
+			_, hasURL := getenv("SUPABASE_URL")
+			_, hasKey := getenv("SUPABASE_KEY")
+			if hasURL || hasKey {
+				bad("DATABASE_URL", "not set; SUPABASE_URL/SUPABASE_KEY are for Supabase's HTTP API, but progress-sync reads the database itself through logical replication: set DATABASE_URL to the project's direct connection string (Supabase dashboard > Connect > Direct connection, postgresql://postgres:<password>@db.<project>.supabase.co:5432/postgres)")
+			} else {
+				bad("DATABASE_URL", "not set; give the PostgreSQL connection string, e.g. postgresql://user:password@host:5432/dbname")
+			}
+		} else if msg := checkDatabaseURL(c.DatabaseURL, needs.Replication); msg != "" {
+			bad("DATABASE_URL", "%s", msg)
+		}
+	}
+	if needs.HubSpot {
+		c.HubSpotToken = raw["HUBSPOT_ACCESS_TOKEN"]
+		switch {
+		case c.HubSpotToken == "":
+			bad("HUBSPOT_ACCESS_TOKEN", "not set; create a HubSpot private app with scopes crm.objects.contacts.read, crm.objects.contacts.write, crm.schemas.contacts.read, crm.schemas.contacts.write and use its access token")
+		case strings.ContainsAny(c.HubSpotToken, " \t\r\n"):
+			bad("HUBSPOT_ACCESS_TOKEN", "contains whitespace; paste the token alone")
+		}
+		c.HubSpotBaseURL = strings.TrimRight(raw["HUBSPOT_BASE_URL"], "/")
+		if u, err := url.Parse(c.HubSpotBaseURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			bad("HUBSPOT_BASE_URL", "%q is not an http(s) URL such as https://api.hubapi.com", raw["HUBSPOT_BASE_URL"])
+		}
+		r, err := hubspot.ParseRate(raw["PROGRESS_SYNC_RATE_LIMIT"])
+		if err != nil {
+			bad("PROGRESS_SYNC_RATE_LIMIT", "%v", err)
+		}
+		c.RateLimit = r
+	}
+
+	c.Slot, c.Publication = raw["PROGRESS_SYNC_SLOT"], raw["PROGRESS_SYNC_PUBLICATION"]
+	if !identifier.MatchString(c.Slot) {
+		bad("PROGRESS_SYNC_SLOT", "%q is not a valid slot name: use 1-63 lower-case letters, digits and underscores", c.Slot)
+	}
+	if !identifier.MatchString(c.Publication) {
+		bad("PROGRESS_SYNC_PUBLICATION", "%q is not a valid publication name: use 1-63 lower-case letters, digits and underscores", c.Publication)
+	}
+	c.Debounce = duration(raw, "PROGRESS_SYNC_DEBOUNCE", bad)
+	c.MaxDelay = duration(raw, "PROGRESS_SYNC_MAX_DELAY", bad)
+	if c.Debounce > 0 && c.MaxDelay > 0 && c.MaxDelay < c.Debounce {
+		bad("PROGRESS_SYNC_MAX_DELAY", "%s is shorter than PROGRESS_SYNC_DEBOUNCE (%s); it must be at least as long", c.MaxDelay, c.Debounce)
+	}
+	c.Listen = raw["PROGRESS_SYNC_LISTEN"]
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		bad("PROGRESS_SYNC_LISTEN", "%q is not host:port (e.g. 127.0.0.1:9187 or :9187)", c.Listen)
+	}
+	lvl, err := logrus.ParseLevel(raw["LOG_LEVEL"])
+	if err != nil {
+		bad("LOG_LEVEL", "%q is not one of debug, info, warn, error", raw["LOG_LEVEL"])
+	}
+	c.LogLevel = lvl
+	c.LogFormat = strings.ToLower(raw["LOG_FORMAT"])
+	if c.LogFormat != "json" && c.LogFormat != "text" {
+		bad("LOG_FORMAT", "%q is not json or text", raw["LOG_FORMAT"])
+	}
+	if len(problems) > 0 {
+		return c, &Error{Problems: problems}
+	}
+	return c, nil
+}
+
+// identifier matches names that need no quoting in SQL and in replication commands.
+var identifier = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`)
+
+func duration(raw map[string]string, env string, bad func(string, string, ...any)) time.Duration {
+	d, err := time.ParseDuration(raw[env])
+	if err != nil || d <= 0 {
+		bad(env, "%q is not a positive duration such as 3s or 1m30s", raw[env])
+		return 0
+	}
+	return d
+}
+
+// checkDatabaseURL explains what is wrong with a connection string without echoing it: it
+// may carry a password.
+func checkDatabaseURL(raw string, replication bool) string {
+	cfg, err := pgconn.ParseConfig(raw)
+	if err != nil {
+		inner := err
+		if u := errors.Unwrap(err); u != nil {
+			inner = u
+		}
+		return fmt.Sprintf("not a valid PostgreSQL connection string (%s)", redact(inner.Error(), raw, cfg))
+	}
+	if replication && (strings.Contains(cfg.Host, "pooler.supabase.com") || cfg.Port == 6543) {
+		return fmt.Sprintf("points at a connection pooler (%s:%d); logical replication needs the direct connection (Supabase: db.<project>.supabase.co:5432)", cfg.Host, cfg.Port)
+	}
+	return ""
+}
+
+func redact(msg, raw string, cfg *pgconn.Config) string {
+	msg = strings.ReplaceAll(msg, raw, "<DATABASE_URL>")
+	if u, err := url.Parse(raw); err == nil && u.User != nil {
+		if pw, ok := u.User.Password(); ok && pw != "" {
+			msg = strings.ReplaceAll(msg, pw, "***")
+		}
+	}
+	if cfg != nil && cfg.Password != "" {
+		msg = strings.ReplaceAll(msg, cfg.Password, "***")
+	}
+	return msg
+}

@@ -1,0 +1,108 @@
+package config
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spf13/pflag"
+)
+
+func env(m map[string]string) func(string) (string, bool) {
+	return func(k string) (string, bool) { v, ok := m[k]; return v, ok }
+}
+
+func TestLoad(t *testing.T) {
+	const token = "pat-na1-secret-token-value"
+	all := Needs{Database: true, Replication: true, HubSpot: true}
+	good := map[string]string{"DATABASE_URL": "postgres://u:hunter2@db.example.com:5432/app", "HUBSPOT_ACCESS_TOKEN": token}
+	with := func(extra map[string]string) map[string]string {
+		m := map[string]string{}
+		for k, v := range good {
+			m[k] = v
+		}
+		for k, v := range extra {
+			if v == "<unset>" {
+				delete(m, k)
+			} else {
+				m[k] = v
+			}
+		}
+		return m
+	}
+	for _, tc := range []struct {
+		name  string
+		env   map[string]string
+		flags []string
+		needs Needs
+		want  []string // substrings, one per expected problem line, in order
+		check func(t *testing.T, c Config)
+	}{
+		{name: "defaults", env: good, needs: all, check: func(t *testing.T, c Config) {
+			if c.Slot != "progress_sync" || c.Publication != "progress_sync" || c.Debounce != 3*time.Second ||
+				c.MaxDelay != 30*time.Second || c.RateLimit.Requests != 100 || c.RateLimit.Per != 10*time.Second ||
+				c.Listen != "127.0.0.1:9187" || c.HubSpotBaseURL != "https://api.hubapi.com" || c.LogFormat != "json" {
+				t.Errorf("defaults = %+v", c)
+			}
+		}},
+		{name: "flag beats environment", env: with(map[string]string{"PROGRESS_SYNC_DEBOUNCE": "5s"}), flags: []string{"--debounce=7s", "--slot=other"}, needs: all,
+			check: func(t *testing.T, c Config) {
+				if c.Debounce != 7*time.Second || c.Slot != "other" {
+					t.Errorf("got debounce %s slot %s", c.Debounce, c.Slot)
+				}
+			}},
+		{name: "missing required", env: map[string]string{}, needs: all, want: []string{"DATABASE_URL: not set", "HUBSPOT_ACCESS_TOKEN: not set"}},
+		{name: "token not needed for database-only commands", env: map[string]string{"DATABASE_URL": good["DATABASE_URL"]}, needs: Needs{Database: true}},
+		{name: "supabase http settings instead of a database", env: map[string]string{"SUPABASE_URL": "https://x.supabase.co", "SUPABASE_KEY": "k", "HUBSPOT_ACCESS_TOKEN": token}, needs: all,
+			want: []string{"DATABASE_URL: not set; SUPABASE_URL/SUPABASE_KEY are for Supabase's HTTP API"}},
+		{name: "pooler refused for replication", env: with(map[string]string{"DATABASE_URL": "postgres://postgres.abc:pw@aws-0-eu-west-1.pooler.supabase.com:6543/postgres"}), needs: all,
+			want: []string{"DATABASE_URL: points at a connection pooler"}},
+		{name: "pooler fine without replication", env: with(map[string]string{"DATABASE_URL": "postgres://postgres.abc:pw@aws-0-eu-west-1.pooler.supabase.com:5432/postgres"}), needs: Needs{Database: true, HubSpot: true}},
+		{name: "every bad value at once", env: with(map[string]string{
+			"PROGRESS_SYNC_DEBOUNCE": "soon", "PROGRESS_SYNC_MAX_DELAY": "-1s", "PROGRESS_SYNC_RATE_LIMIT": "lots",
+			"PROGRESS_SYNC_SLOT": "Bad-Slot", "PROGRESS_SYNC_PUBLICATION": "x;drop", "PROGRESS_SYNC_LISTEN": "9187",
+			"LOG_LEVEL": "loud", "LOG_FORMAT": "xml", "HUBSPOT_BASE_URL": "api.hubapi.com"}), needs: all,
+			want: []string{"HUBSPOT_BASE_URL", "PROGRESS_SYNC_RATE_LIMIT", "PROGRESS_SYNC_SLOT", "PROGRESS_SYNC_PUBLICATION",
+				"PROGRESS_SYNC_DEBOUNCE", "PROGRESS_SYNC_MAX_DELAY", "PROGRESS_SYNC_LISTEN", "LOG_LEVEL", "LOG_FORMAT"}},
+		{name: "max delay shorter than debounce", env: with(map[string]string{"PROGRESS_SYNC_DEBOUNCE": "10s", "PROGRESS_SYNC_MAX_DELAY": "5s"}), needs: all,
+			want: []string{"PROGRESS_SYNC_MAX_DELAY: 5s is shorter than PROGRESS_SYNC_DEBOUNCE"}},
+		{name: "token with whitespace", env: with(map[string]string{"HUBSPOT_ACCESS_TOKEN": "pat na1"}), needs: all, want: []string{"HUBSPOT_ACCESS_TOKEN: contains whitespace"}},
+		{name: "unparsable database url keeps the password out", env: with(map[string]string{"DATABASE_URL": "postgres://u:hunter2@host:notaport/db"}), needs: all,
+			want: []string{"DATABASE_URL: not a valid PostgreSQL connection string"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fs := pflag.NewFlagSet("test", pflag.ContinueOnError)
+			Register(fs)
+			if err := fs.Parse(tc.flags); err != nil {
+				t.Fatal(err)
+			}
+			c, err := Load(fs, env(tc.env), tc.needs)
+			if len(tc.want) == 0 {
+				if err != nil {
+					t.Fatalf("unexpected error: %v", err)
+				}
+				if tc.check != nil {
+					tc.check(t, c)
+				}
+				return
+			}
+			cerr, ok := err.(*Error)
+			if !ok {
+				t.Fatalf("error = %v, want *Error", err)
+			}
+			if len(cerr.Problems) != len(tc.want) {
+				t.Fatalf("problems:\n%s\nwant %d lines", cerr, len(tc.want))
+			}
+			for i, w := range tc.want {
+				if !strings.Contains(cerr.Problems[i], w) {
+					t.Errorf("problem %d = %q, want it to contain %q", i, cerr.Problems[i], w)
+				}
+			}
+			for _, secret := range []string{token, "hunter2"} {
+				if strings.Contains(cerr.Error(), secret) {
+					t.Errorf("error text leaks a secret: %s", cerr)
+				}
+			}
+		})
+	}
+}

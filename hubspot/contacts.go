@@ -1,0 +1,179 @@
+package hubspot
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+
+	"github.com/sirupsen/logrus"
+)
+
+const (
+	pathBatchRead   = "/crm/v3/objects/contacts/batch/read"
+	pathBatchUpdate = "/crm/v3/objects/contacts/batch/update"
+
+	// maxBatch is HubSpot's input limit for contacts batch endpoints.
+	maxBatch = 100
+
+	propEmail            = "email"
+	propAdditionalEmails = "hs_additional_emails"
+
+	categoryNotFound = "OBJECT_NOT_FOUND"
+)
+
+// Contact is an existing HubSpot contact found by email.
+type Contact struct {
+	ID               string
+	Email            string            // primary email, lower-case
+	AdditionalEmails []string          // hs_additional_emails, lower-case
+	Properties       map[string]string // requested properties; unset is ""
+}
+
+// NormalizeEmail is the form emails are matched in: HubSpot stores them
+// lower-cased, and stray whitespace from user input must not break a match.
+func NormalizeEmail(s string) string { return strings.ToLower(strings.TrimSpace(s)) }
+
+// ReadByEmail looks up contacts by email without ever creating one. The result
+// is keyed by the normalized input email; emails that match no contact are
+// absent. Every requested property appears in Contact.Properties, with ""
+// for unset values, which is also how HubSpot spells "clear".
+func (c *Client) ReadByEmail(ctx context.Context, emails []string, properties []string) (map[string]Contact, error) {
+	var want []string
+	seen := make(map[string]bool, len(emails))
+	for _, e := range emails {
+		n := NormalizeEmail(e)
+		// An input without "@" cannot name a contact; sending it would only
+		// risk HubSpot refusing the whole batch.
+		if n == "" || !strings.Contains(n, "@") || seen[n] {
+			continue
+		}
+		seen[n] = true
+		want = append(want, n)
+	}
+	props := withLookupProperties(properties)
+
+	out := make(map[string]Contact, len(want))
+	for start := 0; start < len(want); start += maxBatch {
+		chunk := want[start:min(start+maxBatch, len(want))]
+		if err := c.readChunk(ctx, chunk, props, out); err != nil {
+			return nil, fmt.Errorf("hubspot: read contacts by email: %w", err)
+		}
+	}
+	return out, nil
+}
+
+func withLookupProperties(properties []string) []string {
+	props := []string{propEmail, propAdditionalEmails}
+	seen := map[string]bool{propEmail: true, propAdditionalEmails: true}
+	for _, p := range properties {
+		if p != "" && !seen[p] {
+			seen[p] = true
+			props = append(props, p)
+		}
+	}
+	return props
+}
+
+type idInput struct {
+	ID string `json:"id"`
+}
+
+type batchReadRequest struct {
+	IDProperty string    `json:"idProperty"`
+	Properties []string  `json:"properties"`
+	Inputs     []idInput `json:"inputs"`
+}
+
+type batchResponse struct {
+	Status  string          `json:"status"`
+	Results []objectResult  `json:"results"`
+	Errors  []standardError `json:"errors"`
+}
+
+type objectResult struct {
+	ID         string                     `json:"id"`
+	Properties map[string]json.RawMessage `json:"properties"`
+}
+
+// standardError is a per-input error inside a 207 body.
+type standardError struct {
+	Category string      `json:"category"`
+	Message  string      `json:"message"`
+	Context  stringLists `json:"context"`
+}
+
+func (c *Client) readChunk(ctx context.Context, chunk, props []string, out map[string]Contact) error {
+	req := batchReadRequest{IDProperty: propEmail, Properties: props, Inputs: make([]idInput, len(chunk))}
+	for i, e := range chunk {
+		req.Inputs[i] = idInput{ID: e}
+	}
+	_, body, err := c.do(ctx, call{method: http.MethodPost, path: pathBatchRead, body: req})
+	if err != nil {
+		return err
+	}
+	var resp batchResponse
+	if err := json.Unmarshal(body, &resp); err != nil {
+		return fmt.Errorf("decode batch/read response: %w", err)
+	}
+	for _, e := range resp.Errors {
+		// Misses are the normal "student has no contact" case; anything else
+		// leaves those emails unmatched too, but deserves a look.
+		if e.Category != categoryNotFound {
+			c.log.WithFields(logrus.Fields{"category": e.Category, "message": redact(e.Message, c.token)}).
+				Warn("hubspot batch/read reported an error for some inputs; treating them as unmatched")
+		}
+	}
+
+	asked := make(map[string]bool, len(chunk))
+	for _, e := range chunk {
+		asked[e] = true
+	}
+	for _, r := range resp.Results {
+		ct := toContact(r, props)
+		// Results neither come back in input order nor echo the input, so
+		// an input matches through the primary or any additional email.
+		matched := false
+		for _, key := range append([]string{ct.Email}, ct.AdditionalEmails...) {
+			if !asked[key] {
+				continue
+			}
+			matched = true
+			if _, dup := out[key]; !dup {
+				out[key] = ct
+			}
+		}
+		if !matched {
+			c.log.WithField("contact_id", ct.ID).Warn("hubspot batch/read returned a contact that matches no requested email; ignoring it")
+		}
+	}
+	return nil
+}
+
+func toContact(r objectResult, props []string) Contact {
+	ct := Contact{ID: r.ID, Properties: make(map[string]string, len(props))}
+	for _, p := range props {
+		ct.Properties[p] = rawString(r.Properties[p])
+	}
+	ct.Email = NormalizeEmail(ct.Properties[propEmail])
+	for _, e := range strings.Split(ct.Properties[propAdditionalEmails], ";") {
+		if n := NormalizeEmail(e); n != "" {
+			ct.AdditionalEmails = append(ct.AdditionalEmails, n)
+		}
+	}
+	return ct
+}
+
+// rawString reads a property value. HubSpot sends strings or null; a bare
+// JSON number or boolean is kept as written rather than failing the batch.
+func rawString(raw json.RawMessage) string {
+	if len(raw) == 0 || string(raw) == "null" {
+		return ""
+	}
+	var s string
+	if err := json.Unmarshal(raw, &s); err == nil {
+		return s
+	}
+	return string(raw)
+}

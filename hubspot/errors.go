@@ -1,0 +1,211 @@
+package hubspot
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"unicode/utf8"
+)
+
+// ErrDailyLimit reports that the portal spent its daily API allowance (a 429
+// with policyName DAILY). Retrying cannot help before the reset, so callers
+// should park their work rather than spin.
+var ErrDailyLimit = errors.New("hubspot: daily API request limit reached; it resets at midnight in the HubSpot account's time zone")
+
+// ErrUnauthorized reports a 401: HubSpot did not accept the access token.
+var ErrUnauthorized = errors.New("hubspot: access token rejected (401); check that the private app access token is correct and has not been rotated or revoked")
+
+// ErrMissingScopes reports a 403: the token is valid but lacks a scope.
+var ErrMissingScopes = errors.New("hubspot: access denied (403); check the private app's scopes: " + scopeList)
+
+const scopeList = "crm.objects.contacts.read, crm.objects.contacts.write, crm.schemas.contacts.read, crm.schemas.contacts.write"
+
+// RequiredScopes lists the private app scopes this package needs, for a
+// preflight check to show.
+func RequiredScopes() []string { return strings.Split(scopeList, ", ") }
+
+// APIError is a non-2xx answer from HubSpot after any retries.
+type APIError struct {
+	StatusCode    int
+	Category      string // e.g. VALIDATION_ERROR; for 429 bodies, HubSpot's errorType
+	Message       string
+	CorrelationID string
+	PolicyName    string // 429 only: TEN_SECONDLY_ROLLING, DAILY, ...
+	// Context and Errors carry HubSpot's structured details; UpdateContacts
+	// reads them as hints to find the input behind a 400.
+	Context map[string][]string
+	Errors  []ErrorDetail
+}
+
+// ErrorDetail is one entry of an error body's "errors" array.
+type ErrorDetail struct {
+	Message string
+	Code    string
+	Context map[string][]string
+}
+
+// Error includes what an operator needs to act: the status, HubSpot's category
+// and message, what to check for auth failures, and the correlation id that
+// HubSpot support asks for.
+func (e *APIError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "hubspot: HTTP %d", e.StatusCode)
+	if e.Category != "" {
+		b.WriteString(" " + e.Category)
+	}
+	if e.PolicyName != "" {
+		b.WriteString(" (policy " + e.PolicyName + ")")
+	}
+	if e.Message != "" {
+		b.WriteString(": " + e.Message)
+	}
+	switch {
+	case e.isDailyLimit():
+		b.WriteString("; the daily API limit resets at midnight in the HubSpot account's time zone")
+	case e.StatusCode == 401:
+		b.WriteString("; check that the private app access token is correct and has not been rotated or revoked")
+	case e.StatusCode == 403:
+		b.WriteString("; check the private app's scopes: " + scopeList)
+	}
+	if e.CorrelationID != "" {
+		b.WriteString(" (correlation id " + e.CorrelationID + ")")
+	}
+	return b.String()
+}
+
+// Is lets callers branch with errors.Is on the sentinels instead of status codes.
+func (e *APIError) Is(target error) bool {
+	switch target {
+	case ErrDailyLimit:
+		return e.isDailyLimit()
+	case ErrUnauthorized:
+		return e.StatusCode == 401
+	case ErrMissingScopes:
+		return e.StatusCode == 403
+	}
+	return false
+}
+
+func (e *APIError) isDailyLimit() bool {
+	return e.StatusCode == 429 && strings.EqualFold(e.PolicyName, "DAILY")
+}
+
+// stringLists decodes HubSpot "context" objects. The spec types them as
+// string arrays, but observed bodies also hold plain strings; anything else is
+// dropped because it is only ever used as a hint.
+type stringLists map[string][]string
+
+func (s *stringLists) UnmarshalJSON(data []byte) error {
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(data, &raw); err != nil {
+		// Hints only: a surprising shape must not fail the whole call.
+		return nil
+	}
+	out := make(map[string][]string, len(raw))
+	for k, v := range raw {
+		var list []string
+		if err := json.Unmarshal(v, &list); err == nil {
+			out[k] = list
+			continue
+		}
+		var one string
+		if err := json.Unmarshal(v, &one); err == nil {
+			out[k] = []string{one}
+		}
+	}
+	*s = out
+	return nil
+}
+
+type errorBody struct {
+	Message       string      `json:"message"`
+	Category      string      `json:"category"`
+	ErrorType     string      `json:"errorType"`
+	CorrelationID string      `json:"correlationId"`
+	PolicyName    string      `json:"policyName"`
+	Context       stringLists `json:"context"`
+	Errors        []struct {
+		Message string      `json:"message"`
+		Code    string      `json:"code"`
+		Context stringLists `json:"context"`
+	} `json:"errors"`
+}
+
+// newAPIError builds an APIError from a response body. Every field is
+// optional (HubSpot's error guide says so), and proxies in front of HubSpot
+// answer with HTML, so a body that is not JSON becomes a short message.
+// Everything taken from the body is scrubbed of the token: a misbehaving proxy
+// or fake could echo the Authorization header back.
+func newAPIError(status int, body []byte, token string) *APIError {
+	e := &APIError{StatusCode: status}
+	var eb errorBody
+	if err := json.Unmarshal(body, &eb); err != nil {
+		e.Message = redact(snippet(body), token)
+		return e
+	}
+	e.Message = redact(eb.Message, token)
+	e.Category = eb.Category
+	if e.Category == "" {
+		e.Category = eb.ErrorType
+	}
+	e.CorrelationID = eb.CorrelationID
+	e.PolicyName = eb.PolicyName
+	e.Context = redactLists(eb.Context, token)
+	for _, d := range eb.Errors {
+		e.Errors = append(e.Errors, ErrorDetail{
+			Message: redact(d.Message, token),
+			Code:    d.Code,
+			Context: redactLists(d.Context, token),
+		})
+	}
+	return e
+}
+
+func snippet(body []byte) string {
+	const max = 200
+	s := string(bytes.TrimSpace(body))
+	if len(s) <= max {
+		return s
+	}
+	cut := max
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "..."
+}
+
+const redacted = "[REDACTED]"
+
+func redact(s, token string) string {
+	if token == "" || !strings.Contains(s, token) {
+		return s
+	}
+	return strings.ReplaceAll(s, token, redacted)
+}
+
+func redactLists(m map[string][]string, token string) map[string][]string {
+	if len(m) == 0 {
+		return nil
+	}
+	out := make(map[string][]string, len(m))
+	for k, list := range m {
+		cp := make([]string, len(list))
+		for i, v := range list {
+			cp[i] = redact(v, token)
+		}
+		out[k] = cp
+	}
+	return out
+}
+
+// redactedError keeps errors.Is/As working on transport errors while making
+// sure their text cannot carry the token.
+type redactedError struct {
+	err   error
+	token string
+}
+
+func (r *redactedError) Error() string { return redact(r.err.Error(), r.token) }
+func (r *redactedError) Unwrap() error { return r.err }
