@@ -1,0 +1,412 @@
+// Package push writes students' metrics to their HubSpot contacts: it resolves each student's
+// email to a contact (cached), sends only the values that differ from what the contact holds,
+// and records the outcome in the sync state. Backfills and the streaming flusher both use it.
+package push
+
+import (
+	"context"
+	"fmt"
+	"net/mail"
+	"sort"
+	"strings"
+
+	"github.com/google/uuid"
+	"github.com/sirupsen/logrus"
+
+	"github.com/focusenglish/progress-sync/hubspot"
+	"github.com/focusenglish/progress-sync/metrics"
+	"github.com/focusenglish/progress-sync/replication/state"
+)
+
+// MaxBatch is the most students one Push handles: HubSpot's batch limit, so that a batch of
+// students costs at most one batch/read and one batch/update.
+const MaxBatch = 100
+
+// HubSpot is the part of the HubSpot API a push needs.
+type HubSpot interface {
+	ReadByEmail(ctx context.Context, emails []string, properties []string) (map[string]hubspot.Contact, error)
+	UpdateContacts(ctx context.Context, updates []hubspot.Update) (hubspot.UpdateResult, error)
+}
+
+// Store is the part of the sync state a push needs.
+type Store interface {
+	Links(ctx context.Context, students []uuid.UUID) (map[uuid.UUID]state.Link, error)
+	Claimants(ctx context.Context, contactIDs []string) ([]state.Link, error)
+	Pushed(ctx context.Context, contactIDs []string) (map[string]map[string]string, error)
+	Record(ctx context.Context, o state.Outcome) error
+}
+
+// Pusher pushes batches of students.
+type Pusher struct {
+	hs         HubSpot
+	store      Store
+	log        *logrus.Entry
+	dryRun     bool
+	showEmails bool
+	props      []string
+}
+
+// Options configure a Pusher.
+type Options struct {
+	// DryRun computes and reports the changes but writes nothing, to HubSpot or to the state.
+	DryRun bool
+	// ShowEmails logs email addresses in full instead of masked.
+	ShowEmails bool
+}
+
+// New returns a Pusher.
+func New(hs HubSpot, store Store, log *logrus.Entry, opts Options) *Pusher {
+	return &Pusher{hs: hs, store: store, log: log, dryRun: opts.DryRun, showEmails: opts.ShowEmails, props: metrics.Names()}
+}
+
+// Change is what a push sends (or, in a dry run, would send) to one contact.
+type Change struct {
+	StudentID uuid.UUID
+	Email     string
+	ContactID string
+	// Properties maps each changed property to its old and new value.
+	Properties map[string][2]string
+}
+
+// Result summarizes a push.
+type Result struct {
+	Students  int
+	Updated   int // contacts written
+	Unchanged int // matched students whose contact already held every value
+	Changes   []Change
+	Problems  []state.Problem // unmatched, rejected and conflicting students
+}
+
+// Add accumulates another Result into r.
+func (r *Result) Add(o Result) {
+	r.Students += o.Students
+	r.Updated += o.Updated
+	r.Unchanged += o.Unchanged
+	r.Changes = append(r.Changes, o.Changes...)
+	r.Problems = append(r.Problems, o.Problems...)
+}
+
+// Count returns how many problems of kind k the result holds.
+func (r *Result) Count(k state.Kind) int {
+	n := 0
+	for _, p := range r.Problems {
+		if p.Kind == k {
+			n++
+		}
+	}
+	return n
+}
+
+// target is one student on its way to a contact.
+type target struct {
+	student metrics.Student
+	email   string // normalized
+	link    state.Link
+	linked  bool
+}
+
+// Push writes up to MaxBatch students. An error means nothing after the failing call was
+// recorded; pushes are idempotent, so the caller retries the whole batch later.
+func (p *Pusher) Push(ctx context.Context, students []metrics.Student) (Result, error) {
+	if len(students) > MaxBatch {
+		return Result{}, fmt.Errorf("push: %d students in one batch, at most %d", len(students), MaxBatch)
+	}
+	res := Result{Students: len(students)}
+	var out state.Outcome
+	err := p.push(ctx, students, &res, &out, true)
+	if err != nil {
+		return Result{}, err
+	}
+	if !p.dryRun {
+		if err := p.store.Record(ctx, out); err != nil {
+			return Result{}, err
+		}
+	}
+	p.log.WithFields(logrus.Fields{
+		"students": res.Students, "updated": res.Updated, "unchanged": res.Unchanged,
+		"unmatched": res.Count(state.Unmatched), "rejected": res.Count(state.Rejected),
+		"conflicts": res.Count(state.Conflict), "dry_run": p.dryRun,
+	}).Info("pushed batch")
+	return res, nil
+}
+
+func (p *Pusher) push(ctx context.Context, students []metrics.Student, res *Result, out *state.Outcome, retryMissing bool) error {
+	ids := make([]uuid.UUID, len(students))
+	for i, s := range students {
+		ids[i] = s.ID
+	}
+	links, err := p.store.Links(ctx, ids)
+	if err != nil {
+		return err
+	}
+
+	// Resolve: cached links hold while the email is unchanged; the rest take one batch/read.
+	var targets []*target
+	var unresolved []string
+	for _, s := range students {
+		email, problem := NormalizeEmail(s.Email)
+		if problem != "" {
+			p.problem(res, out, state.Problem{StudentID: s.ID, Email: s.Email, Kind: state.Unmatched, Reason: problem})
+			continue
+		}
+		t := &target{student: s, email: email}
+		if l, ok := links[s.ID]; ok && l.Email == email {
+			t.link, t.linked = l, true
+		} else {
+			unresolved = append(unresolved, email)
+		}
+		targets = append(targets, t)
+	}
+	baseline := map[string]map[string]string{}
+	if len(unresolved) > 0 {
+		contacts, err := p.hs.ReadByEmail(ctx, unresolved, p.props)
+		if err != nil {
+			return fmt.Errorf("look up contacts by email: %w", err)
+		}
+		kept := targets[:0]
+		for _, t := range targets {
+			if t.linked {
+				kept = append(kept, t)
+				continue
+			}
+			c, ok := contacts[t.email]
+			if !ok {
+				p.problem(res, out, state.Problem{StudentID: t.student.ID, Email: t.email, Kind: state.Unmatched,
+					Reason: "no HubSpot contact has this email"})
+				continue
+			}
+			t.link = state.Link{StudentID: t.student.ID, Email: t.email, ContactID: c.ID, Primary: c.Email == t.email}
+			t.linked = true
+			out.Links = append(out.Links, t.link)
+			baseline[c.ID] = p.canonical(c.Properties)
+			if !p.dryRun {
+				// Remember what the contact holds, so the next push needs no batch/read.
+				out.Pushed = append(out.Pushed, state.Pushed{ContactID: c.ID, StudentID: t.student.ID, Properties: baseline[c.ID]})
+			}
+			kept = append(kept, t)
+		}
+		targets = kept
+	}
+
+	targets, err = p.settleConflicts(ctx, targets, res, out)
+	if err != nil {
+		return err
+	}
+
+	// Diff against what each contact holds: freshly read values, else what we last pushed.
+	var cachedIDs []string
+	for _, t := range targets {
+		if _, ok := baseline[t.link.ContactID]; !ok {
+			cachedIDs = append(cachedIDs, t.link.ContactID)
+		}
+	}
+	if len(cachedIDs) > 0 {
+		pushed, err := p.store.Pushed(ctx, cachedIDs)
+		if err != nil {
+			return err
+		}
+		for id, v := range pushed {
+			baseline[id] = v
+		}
+	}
+	var updates []hubspot.Update
+	byContact := map[string]*target{}
+	changes := map[string]Change{}
+	for _, t := range targets {
+		id := t.link.ContactID
+		// Without a baseline (a cached link whose values were never recorded) every value is
+		// sent: a stale value on the contact must not survive.
+		old := baseline[id]
+		changed := map[string]string{}
+		diff := map[string][2]string{}
+		for _, name := range p.props {
+			newV := t.student.Values[name]
+			if oldV, had := old[name]; had && metrics.Canonical(name, oldV) == newV {
+				continue
+			}
+			changed[name] = newV
+			diff[name] = [2]string{old[name], newV}
+		}
+		if len(changed) == 0 {
+			res.Unchanged++
+			out.Synced = append(out.Synced, t.student.ID)
+			continue
+		}
+		updates = append(updates, hubspot.Update{ContactID: id, Properties: changed})
+		byContact[id] = t
+		changes[id] = Change{StudentID: t.student.ID, Email: t.email, ContactID: id, Properties: diff}
+	}
+	if p.dryRun {
+		for _, u := range updates {
+			res.Changes = append(res.Changes, changes[u.ContactID])
+		}
+		return nil
+	}
+	if len(updates) == 0 {
+		return nil
+	}
+
+	ur, err := p.hs.UpdateContacts(ctx, updates)
+	if err != nil {
+		return fmt.Errorf("update contacts: %w", err)
+	}
+	sent := map[string]hubspot.Update{}
+	for _, u := range updates {
+		sent[u.ContactID] = u
+	}
+	for _, id := range ur.Updated {
+		t := byContact[id]
+		res.Updated++
+		res.Changes = append(res.Changes, changes[id])
+		out.Pushed = append(out.Pushed, state.Pushed{ContactID: id, StudentID: t.student.ID, Properties: sent[id].Properties})
+		out.Synced = append(out.Synced, t.student.ID)
+	}
+	for _, r := range ur.Rejected {
+		t := byContact[r.ContactID]
+		p.problem(res, out, state.Problem{StudentID: t.student.ID, Email: t.email, Kind: state.Rejected,
+			Reason: "HubSpot refused the values: " + r.Message, ContactID: r.ContactID, Properties: sent[r.ContactID].Properties})
+	}
+	if len(ur.NotFound) > 0 {
+		// The contact was deleted or merged away since we cached it: forget it and resolve
+		// the email afresh, once.
+		out.DropLinks = append(out.DropLinks, ur.NotFound...)
+		var again []metrics.Student
+		for _, id := range ur.NotFound {
+			again = append(again, byContact[id].student)
+		}
+		if !retryMissing {
+			for _, s := range again {
+				p.problem(res, out, state.Problem{StudentID: s.ID, Email: s.Email, Kind: state.Unmatched,
+					Reason: "HubSpot contact disappeared (deleted or merged) while writing"})
+			}
+			return nil
+		}
+		return p.push(ctx, again, res, out, false)
+	}
+	return nil
+}
+
+// settleConflicts keeps one student per contact. HubSpot refuses a batch naming a contact twice,
+// and two students writing one contact would make it flip between them. A contact belongs to
+// the one student whose email is its primary address; the others are reported as conflicts.
+// When no single student holds the primary address (two students whose emails differ only in
+// case), nobody writes the contact until a person decides.
+func (p *Pusher) settleConflicts(ctx context.Context, targets []*target, res *Result, out *state.Outcome) ([]*target, error) {
+	claims := map[string][]state.Link{}
+	inBatch := map[uuid.UUID]bool{}
+	var ids []string
+	for _, t := range targets {
+		if len(claims[t.link.ContactID]) == 0 {
+			ids = append(ids, t.link.ContactID)
+		}
+		claims[t.link.ContactID] = append(claims[t.link.ContactID], t.link)
+		inBatch[t.student.ID] = true
+	}
+	if len(ids) == 0 {
+		return targets, nil
+	}
+	others, err := p.store.Claimants(ctx, ids)
+	if err != nil {
+		return nil, err
+	}
+	for _, l := range others {
+		if !inBatch[l.StudentID] {
+			claims[l.ContactID] = append(claims[l.ContactID], l)
+		}
+	}
+	owner := map[string]uuid.UUID{}
+	for id, ls := range claims {
+		if len(ls) == 1 {
+			owner[id] = ls[0].StudentID
+			continue
+		}
+		var primaries []uuid.UUID
+		for _, l := range ls {
+			if l.Primary {
+				primaries = append(primaries, l.StudentID)
+			}
+		}
+		if len(primaries) == 1 {
+			owner[id] = primaries[0]
+		}
+	}
+	kept := targets[:0]
+	for _, t := range targets {
+		id := t.link.ContactID
+		if o, ok := owner[id]; ok && o == t.student.ID {
+			kept = append(kept, t)
+			continue
+		}
+		var rivals []string
+		for _, l := range claims[id] {
+			if l.StudentID != t.student.ID {
+				rivals = append(rivals, l.StudentID.String())
+			}
+		}
+		sort.Strings(rivals)
+		reason := fmt.Sprintf("HubSpot contact %s is also matched by student(s) %s", id, strings.Join(rivals, ", "))
+		if _, ok := owner[id]; ok {
+			reason += " whose email is the contact's primary address"
+		} else {
+			reason += "; no single one of them holds the contact's primary address, so none is written"
+		}
+		p.problem(res, out, state.Problem{StudentID: t.student.ID, Email: t.email, Kind: state.Conflict, Reason: reason, ContactID: id})
+	}
+	return kept, nil
+}
+
+func (p *Pusher) problem(res *Result, out *state.Outcome, pr state.Problem) {
+	res.Problems = append(res.Problems, pr)
+	out.Problems = append(out.Problems, pr)
+	p.log.WithFields(logrus.Fields{"student_id": pr.StudentID, "email": p.mask(pr.Email), "kind": pr.Kind, "contact_id": pr.ContactID}).
+		Warn(pr.Reason)
+}
+
+func (p *Pusher) mask(email string) string {
+	if p.showEmails {
+		return email
+	}
+	return MaskEmail(email)
+}
+
+// canonical keeps our properties of a freshly read contact, in the form we compute them.
+func (p *Pusher) canonical(props map[string]string) map[string]string {
+	out := make(map[string]string, len(p.props))
+	for _, name := range p.props {
+		out[name] = metrics.Canonical(name, props[name])
+	}
+	return out
+}
+
+// NormalizeEmail trims and lower-cases an email as HubSpot stores it, or says why it cannot be
+// an address worth looking up.
+func NormalizeEmail(raw string) (string, string) {
+	e := metrics.NormalizeEmail(raw)
+	if e == "" {
+		return "", "student has no email"
+	}
+	a, err := mail.ParseAddress(e)
+	if err != nil || a.Address != e || a.Name != "" {
+		return "", "email is not an address"
+	}
+	local, domain, _ := strings.Cut(e, "@")
+	if local == "" || !strings.Contains(domain, ".") || strings.HasSuffix(domain, ".") || len(e) > 254 {
+		return "", "email is not an address"
+	}
+	return e, ""
+}
+
+// MaskEmail hides most of an email address for logs: a***@example.com.
+func MaskEmail(email string) string {
+	local, domain, ok := strings.Cut(email, "@")
+	if !ok {
+		if email == "" {
+			return ""
+		}
+		return email[:1] + "***"
+	}
+	if local == "" {
+		return "***@" + domain
+	}
+	return local[:1] + "***@" + domain
+}
