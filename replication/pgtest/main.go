@@ -17,19 +17,25 @@ import (
 // A server that cannot start fails the package with the reason and how to fix it: tests never
 // skip for want of PostgreSQL.
 func Main(m *testing.M, srv **Server) {
+	os.Exit(Run(m, srv))
+}
+
+// Run is Main without the exit, for a TestMain with more to set up and tear down; it returns
+// the exit status.
+func Run(m *testing.M, srv **Server) int {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	s, err := Start(ctx, Options{})
 	cancel()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "pgtest: cannot start the test PostgreSQL: %v\n", err)
-		os.Exit(1)
+		return 1
 	}
 	*srv = s
 	code := m.Run()
 	if err := s.Stop(); err != nil {
 		fmt.Fprintf(os.Stderr, "pgtest: stop: %v\n", err)
 	}
-	os.Exit(code)
+	return code
 }
 
 // NewDatabase gives the test its own database holding Schema and drops it when the test ends.

@@ -6,6 +6,7 @@ package push
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/mail"
 	"sort"
 	"strings"
@@ -33,6 +34,7 @@ type Store interface {
 	Links(ctx context.Context, students []uuid.UUID) (map[uuid.UUID]state.Link, error)
 	Claimants(ctx context.Context, contactIDs []string) ([]state.Link, error)
 	Pushed(ctx context.Context, contactIDs []string) (map[string]map[string]string, error)
+	Rejections(ctx context.Context, students []uuid.UUID) (map[uuid.UUID]state.Problem, error)
 	Record(ctx context.Context, o state.Outcome) error
 }
 
@@ -113,7 +115,7 @@ func (p *Pusher) Push(ctx context.Context, students []metrics.Student) (Result, 
 	}
 	res := Result{Students: len(students)}
 	var out state.Outcome
-	err := p.push(ctx, students, &res, &out, true)
+	err := p.push(ctx, students, &res, &out, nil)
 	if err != nil {
 		return Result{}, err
 	}
@@ -130,7 +132,9 @@ func (p *Pusher) Push(ctx context.Context, students []metrics.Student) (Result, 
 	return res, nil
 }
 
-func (p *Pusher) push(ctx context.Context, students []metrics.Student, res *Result, out *state.Outcome, retryMissing bool) error {
+// push does one batch. lost holds the contacts HubSpot no longer has when push calls itself to
+// resolve their students afresh; nil on the first pass.
+func (p *Pusher) push(ctx context.Context, students []metrics.Student, res *Result, out *state.Outcome, lost map[string]bool) error {
 	ids := make([]uuid.UUID, len(students))
 	for i, s := range students {
 		ids[i] = s.ID
@@ -150,7 +154,7 @@ func (p *Pusher) push(ctx context.Context, students []metrics.Student, res *Resu
 			continue
 		}
 		t := &target{student: s, email: email}
-		if l, ok := links[s.ID]; ok && l.Email == email {
+		if l, ok := links[s.ID]; ok && l.Email == email && !lost[l.ContactID] {
 			t.link, t.linked = l, true
 		} else {
 			unresolved = append(unresolved, email)
@@ -209,6 +213,10 @@ func (p *Pusher) push(ctx context.Context, students []metrics.Student, res *Resu
 			baseline[id] = v
 		}
 	}
+	rejected, err := p.store.Rejections(ctx, ids)
+	if err != nil {
+		return err
+	}
 	var updates []hubspot.Update
 	byContact := map[string]*target{}
 	changes := map[string]Change{}
@@ -230,6 +238,11 @@ func (p *Pusher) push(ctx context.Context, students []metrics.Student, res *Resu
 		if len(changed) == 0 {
 			res.Unchanged++
 			out.Synced = append(out.Synced, t.student.ID)
+			continue
+		}
+		if r, ok := rejected[t.student.ID]; ok && r.ContactID == id && maps.Equal(r.Properties, changed) {
+			// HubSpot refused exactly these values before; they go again when they change.
+			res.Problems = append(res.Problems, r)
 			continue
 		}
 		updates = append(updates, hubspot.Update{ContactID: id, Properties: changed})
@@ -271,17 +284,19 @@ func (p *Pusher) push(ctx context.Context, students []metrics.Student, res *Resu
 		// the email afresh, once.
 		out.DropLinks = append(out.DropLinks, ur.NotFound...)
 		var again []metrics.Student
+		gone := map[string]bool{}
 		for _, id := range ur.NotFound {
 			again = append(again, byContact[id].student)
+			gone[id] = true
 		}
-		if !retryMissing {
+		if lost != nil {
 			for _, s := range again {
 				p.problem(res, out, state.Problem{StudentID: s.ID, Email: s.Email, Kind: state.Unmatched,
 					Reason: "HubSpot contact disappeared (deleted or merged) while writing"})
 			}
 			return nil
 		}
-		return p.push(ctx, again, res, out, false)
+		return p.push(ctx, again, res, out, gone)
 	}
 	return nil
 }
@@ -332,25 +347,33 @@ func (p *Pusher) settleConflicts(ctx context.Context, targets []*target, res *Re
 	}
 	kept := targets[:0]
 	for _, t := range targets {
-		id := t.link.ContactID
-		if o, ok := owner[id]; ok && o == t.student.ID {
+		if o, ok := owner[t.link.ContactID]; ok && o == t.student.ID {
 			kept = append(kept, t)
-			continue
 		}
-		var rivals []string
-		for _, l := range claims[id] {
-			if l.StudentID != t.student.ID {
-				rivals = append(rivals, l.StudentID.String())
+	}
+	// Every losing claimant is reported, also those of earlier batches: one of them may have
+	// written the contact before its owner turned up.
+	for id, ls := range claims {
+		o, owned := owner[id]
+		for _, l := range ls {
+			if owned && l.StudentID == o {
+				continue
 			}
+			var rivals []string
+			for _, r := range ls {
+				if r.StudentID != l.StudentID {
+					rivals = append(rivals, r.StudentID.String())
+				}
+			}
+			sort.Strings(rivals)
+			reason := fmt.Sprintf("HubSpot contact %s is also matched by student(s) %s", id, strings.Join(rivals, ", "))
+			if owned {
+				reason += ", whose email is the contact's primary address"
+			} else {
+				reason += "; no single one of them holds the contact's primary address, so none is written"
+			}
+			p.problem(res, out, state.Problem{StudentID: l.StudentID, Email: l.Email, Kind: state.Conflict, Reason: reason, ContactID: id})
 		}
-		sort.Strings(rivals)
-		reason := fmt.Sprintf("HubSpot contact %s is also matched by student(s) %s", id, strings.Join(rivals, ", "))
-		if _, ok := owner[id]; ok {
-			reason += " whose email is the contact's primary address"
-		} else {
-			reason += "; no single one of them holds the contact's primary address, so none is written"
-		}
-		p.problem(res, out, state.Problem{StudentID: t.student.ID, Email: t.email, Kind: state.Conflict, Reason: reason, ContactID: id})
 	}
 	return kept, nil
 }

@@ -303,6 +303,30 @@ func (s *Store) Record(ctx context.Context, o Outcome) error {
 	return nil
 }
 
+// Rejections returns, for the given students HubSpot refused, the problem recorded with the
+// values it refused: sending the same values again would only be refused again.
+func (s *Store) Rejections(ctx context.Context, students []uuid.UUID) (map[uuid.UUID]Problem, error) {
+	out := map[uuid.UUID]Problem{}
+	if s.absent {
+		return out, nil
+	}
+	rows, err := s.db.Query(ctx, `SELECT student_id, email, reason, coalesce(contact_id, ''), properties
+		FROM `+Schema+`.problems WHERE kind = 'rejected' AND student_id = ANY($1)`, students)
+	if err != nil {
+		return nil, fmt.Errorf("read rejections: %w", err)
+	}
+	p := Problem{Kind: Rejected}
+	_, err = pgx.ForEachRow(rows, []any{&p.StudentID, &p.Email, &p.Reason, &p.ContactID, &p.Properties}, func() error {
+		out[p.StudentID] = p
+		p.Properties = nil
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read rejections: %w", err)
+	}
+	return out, nil
+}
+
 // Problems lists the students that could not be written, of the given kinds (all when none
 // given), oldest first.
 func (s *Store) Problems(ctx context.Context, kinds ...Kind) ([]Problem, error) {

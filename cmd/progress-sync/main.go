@@ -1,0 +1,100 @@
+// Command progress-sync keeps HubSpot contacts equal to each Focus English student's learning
+// progress. See CONTRACT.md for its commands, settings and guarantees.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/sirupsen/logrus"
+	"github.com/spf13/cobra"
+
+	"github.com/focusenglish/progress-sync/cmd/progress-sync/internal/config"
+)
+
+// exitUsage is the status for a wrong setting or flag (CONTRACT §4).
+const exitUsage = 2
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr, os.LookupEnv)
+	stop()
+	os.Exit(code)
+}
+
+// usageError marks errors that deserve exit status 2.
+type usageError struct{ err error }
+
+func (u usageError) Error() string { return u.err.Error() }
+func (u usageError) Unwrap() error { return u.err }
+
+// run executes one command line and returns the exit status.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) (string, bool)) int {
+	root := newRoot(stdout, stderr, getenv)
+	root.SetArgs(args)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	err := root.ExecuteContext(ctx)
+	if err == nil {
+		return 0
+	}
+	var cfgErr *config.Error
+	var uErr usageError
+	switch {
+	case errors.As(err, &cfgErr):
+		for _, p := range cfgErr.Problems {
+			fmt.Fprintln(stderr, "progress-sync: "+p)
+		}
+		return exitUsage
+	case errors.As(err, &uErr):
+		fmt.Fprintln(stderr, "progress-sync: "+uErr.Error())
+		return exitUsage
+	default:
+		fmt.Fprintln(stderr, "progress-sync: "+err.Error())
+		return 1
+	}
+}
+
+// app carries what every command needs: where to write and how to read settings.
+type app struct {
+	stdout, stderr io.Writer
+	getenv         func(string) (string, bool)
+	root           *cobra.Command
+}
+
+func newRoot(stdout, stderr io.Writer, getenv func(string) (string, bool)) *cobra.Command {
+	a := &app{stdout: stdout, stderr: stderr, getenv: getenv}
+	root := &cobra.Command{
+		Use:           "progress-sync",
+		Short:         "Keep HubSpot contacts equal to Focus English students' learning progress",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	config.Register(root.PersistentFlags())
+	a.root = root
+	root.AddCommand(a.provisionCmd(), a.backfillCmd())
+	return root
+}
+
+// load reads the configuration a command needs and builds its logger.
+func (a *app) load(needs config.Needs) (config.Config, *logrus.Entry, error) {
+	cfg, err := config.Load(a.root.PersistentFlags(), a.getenv, needs)
+	if err != nil {
+		return cfg, nil, err
+	}
+	logger := logrus.New()
+	logger.SetOutput(a.stderr)
+	logger.SetLevel(cfg.LogLevel)
+	if cfg.LogFormat == "json" {
+		logger.SetFormatter(&logrus.JSONFormatter{})
+	} else {
+		logger.SetFormatter(&logrus.TextFormatter{FullTimestamp: true})
+	}
+	return cfg, logrus.NewEntry(logger), nil
+}

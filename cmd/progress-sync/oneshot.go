@@ -1,0 +1,208 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/sirupsen/logrus"
+	"github.com/spf13/cobra"
+
+	"github.com/focusenglish/progress-sync/cmd/progress-sync/internal/config"
+	"github.com/focusenglish/progress-sync/hubspot"
+	"github.com/focusenglish/progress-sync/metrics"
+	"github.com/focusenglish/progress-sync/replication/push"
+	"github.com/focusenglish/progress-sync/replication/state"
+)
+
+func (a *app) provisionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "provision",
+		Short: "Create or verify the HubSpot property group and properties",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, log, err := a.load(config.Needs{HubSpot: true})
+			if err != nil {
+				return err
+			}
+			hs, err := newHubSpot(cfg, log)
+			if err != nil {
+				return err
+			}
+			return provision(cmd.Context(), hs, cmd.OutOrStdout())
+		},
+	}
+}
+
+// provision makes sure the group and every property exist with the types the sync writes.
+func provision(ctx context.Context, hs *hubspot.Client, out io.Writer) error {
+	var props []hubspot.Property
+	for _, d := range metrics.Definitions() {
+		p := hubspot.Property{Name: d.Name, Label: d.Label, Description: d.Description,
+			GroupName: metrics.GroupName, Type: d.Type, FieldType: d.FieldType}
+		for i, o := range d.Options {
+			p.Options = append(p.Options, hubspot.Option{Label: o.Label, Value: o.Value, DisplayOrder: i})
+		}
+		props = append(props, p)
+	}
+	rep, err := hs.Provision(ctx, hubspot.PropertyGroup{Name: metrics.GroupName, Label: metrics.GroupLabel}, props)
+	if err != nil {
+		return fmt.Errorf("provision: %w", err)
+	}
+	if rep.GroupCreated {
+		fmt.Fprintf(out, "created property group %s\n", metrics.GroupName)
+	}
+	for _, n := range rep.Created {
+		fmt.Fprintf(out, "created property %s\n", n)
+	}
+	for _, n := range rep.OptionsAdded {
+		fmt.Fprintf(out, "added missing options to %s\n", n)
+	}
+	fmt.Fprintf(out, "provision: %d properties created, %d already present with the right type\n", len(rep.Created), len(rep.Existing))
+	return nil
+}
+
+func (a *app) backfillCmd() *cobra.Command {
+	var emails []string
+	var dryRun bool
+	cmd := &cobra.Command{
+		Use:   "backfill",
+		Short: "Recompute and push every student (or the --email ones) once",
+		Long: `Recompute the metrics of every student, or of the students given with --email, and write
+the values that differ to their HubSpot contacts. --dry-run prints what would change and
+which students have no contact, and writes nothing.
+
+A first backfill can change properties on thousands of contacts at once and so enrol them
+in HubSpot workflows that watch those properties: run it with --dry-run first.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, log, err := a.load(config.Needs{Database: true, HubSpot: true})
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			db, err := pgxpool.New(ctx, cfg.DatabaseURL)
+			if err != nil {
+				return fmt.Errorf("connect to the database: %w", err)
+			}
+			defer db.Close()
+			hs, err := newHubSpot(cfg, log)
+			if err != nil {
+				return err
+			}
+			var store push.Store
+			if dryRun {
+				store, err = state.OpenReadOnly(ctx, db)
+			} else {
+				store, err = state.Open(ctx, db)
+			}
+			if err != nil {
+				return err
+			}
+			p := push.New(hs, store, log, push.Options{DryRun: dryRun})
+			res, err := backfill(ctx, db, p, emails, log)
+			report(cmd.OutOrStdout(), res, dryRun)
+			return err
+		},
+	}
+	cmd.Flags().StringSliceVar(&emails, "email", nil, "backfill only the students with these emails (repeat or comma-separate)")
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print what would change and write nothing")
+	return cmd
+}
+
+// backfill pushes every student, or those with the given emails, in batches of push.MaxBatch.
+func backfill(ctx context.Context, db *pgxpool.Pool, p *push.Pusher, emails []string, log *logrus.Entry) (push.Result, error) {
+	var total push.Result
+	if len(emails) > 0 {
+		found, err := metrics.IDsByEmail(ctx, db, emails)
+		if err != nil {
+			return total, err
+		}
+		var ids []uuid.UUID
+		var missing []string
+		for _, e := range emails {
+			n := hubspot.NormalizeEmail(e)
+			if len(found[n]) == 0 {
+				missing = append(missing, e)
+			}
+			ids = append(ids, found[n]...)
+		}
+		if len(missing) > 0 {
+			return total, usageError{fmt.Errorf("no student has the email(s) %s", strings.Join(missing, ", "))}
+		}
+		for start := 0; start < len(ids); start += push.MaxBatch {
+			students, err := metrics.ForStudents(ctx, db, ids[start:min(start+push.MaxBatch, len(ids))])
+			if err != nil {
+				return total, err
+			}
+			res, err := p.Push(ctx, students)
+			total.Add(res)
+			if err != nil {
+				return total, err
+			}
+		}
+		return total, nil
+	}
+	after := uuid.Nil
+	for {
+		students, err := metrics.Page(ctx, db, after, push.MaxBatch)
+		if err != nil {
+			return total, err
+		}
+		if len(students) == 0 {
+			return total, nil
+		}
+		after = students[len(students)-1].ID
+		res, err := p.Push(ctx, students)
+		total.Add(res)
+		if err != nil {
+			if errors.Is(err, hubspot.ErrDailyLimit) {
+				log.WithField("students_done", total.Students).Error("HubSpot's daily API limit is spent; run the backfill again after it resets")
+			}
+			return total, err
+		}
+	}
+}
+
+// report prints what a backfill did, or would do in a dry run.
+func report(out io.Writer, res push.Result, dryRun bool) {
+	if dryRun {
+		sort.Slice(res.Changes, func(i, j int) bool { return res.Changes[i].ContactID < res.Changes[j].ContactID })
+		for _, c := range res.Changes {
+			names := make([]string, 0, len(c.Properties))
+			for n := range c.Properties {
+				names = append(names, n)
+			}
+			sort.Strings(names)
+			fmt.Fprintf(out, "would update contact %s (%s, student %s):\n", c.ContactID, c.Email, c.StudentID)
+			for _, n := range names {
+				v := c.Properties[n]
+				fmt.Fprintf(out, "  %-22s %q -> %q\n", n, v[0], v[1])
+			}
+		}
+	}
+	for _, p := range res.Problems {
+		fmt.Fprintf(out, "%-9s student %s (%s): %s\n", p.Kind, p.StudentID, p.Email, p.Reason)
+	}
+	verb := "updated"
+	if dryRun {
+		verb = "would update"
+	}
+	fmt.Fprintf(out, "backfill: %d students, %s %d contacts, %d already up to date, %d unmatched, %d rejected, %d conflicts\n",
+		res.Students, verb, len(res.Changes), res.Unchanged,
+		res.Count(state.Unmatched), res.Count(state.Rejected), res.Count(state.Conflict))
+}
+
+func newHubSpot(cfg config.Config, log *logrus.Entry) (*hubspot.Client, error) {
+	return hubspot.New(hubspot.Config{
+		BaseURL:   cfg.HubSpotBaseURL,
+		Token:     cfg.HubSpotToken,
+		RateLimit: cfg.RateLimit,
+		Log:       log.WithField("component", "hubspot"),
+	})
+}
