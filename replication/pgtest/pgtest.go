@@ -43,6 +43,9 @@ const templateName = "pgtest_template"
 const installHint = "install PostgreSQL 15 or newer (Debian: `apt-get install -y postgresql`), " +
 	"or set " + EnvDatabaseURL + " to a server with wal_level=logical"
 
+// ErrNotInstalled means no PostgreSQL 15+ server binaries were found.
+var ErrNotInstalled = errors.New("PostgreSQL 15+ server binaries (initdb, postgres) not found")
+
 // Options tune a started server.
 type Options struct {
 	// Dir holds the data directory; empty means a new temporary directory removed by Stop.
@@ -442,9 +445,9 @@ func findBinDir() (string, error) {
 		tried = append(tried, fmt.Sprintf("%s (%s)", d, bytes.TrimSpace(out)))
 	}
 	if len(tried) > 0 {
-		return "", fmt.Errorf("only PostgreSQL older than 15 found: %s; %s", strings.Join(tried, ", "), installHint)
+		return "", fmt.Errorf("%w: only older versions in %s; %s", ErrNotInstalled, strings.Join(tried, ", "), installHint)
 	}
-	return "", fmt.Errorf("PostgreSQL server binaries (initdb, postgres) not found in /usr/lib/postgresql/*/bin or PATH; %s", installHint)
+	return "", fmt.Errorf("%w in /usr/lib/postgresql/*/bin or PATH; %s", ErrNotInstalled, installHint)
 }
 
 func versionOf(binDir string) int {
