@@ -1,0 +1,298 @@
+// Package buffer is the durable keyed buffer between the replication stream and HubSpot: one
+// entry per changed student, due after a quiet period and never later than a maximum delay,
+// persisted in the sync state together with the stream position it covers.
+//
+// Persisting the buffer, rather than holding changes in the replication slot, is what lets the
+// slot advance while HubSpot is slow, down or out of daily calls: the database never keeps WAL
+// on HubSpot's account, and a restart reloads the students still to push.
+package buffer
+
+import (
+	"container/heap"
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/focusenglish/progress-sync/replication/state"
+)
+
+// Entry is a student taken from the buffer for a push, at the version it had then.
+type Entry struct {
+	Student uuid.UUID
+	Version int64
+}
+
+// Options configure a Buffer.
+type Options struct {
+	Slot     string        // the replication slot whose checkpoint this buffer keeps
+	Debounce time.Duration // quiet period before a student is due
+	MaxDelay time.Duration // a student is due at the latest this long after its first change
+	Now      func() time.Time
+}
+
+type entry struct {
+	first, last time.Time
+	version     int64
+	notBefore   time.Time // a failed push waits until then
+	inFlight    bool
+}
+
+// Buffer is the keyed buffer. Its methods are safe for concurrent use.
+type Buffer struct {
+	db   *pgxpool.Pool
+	opts Options
+
+	// addMu keeps concurrent Adds in one order in the database and in memory, so the version
+	// a push compares against is the one stored.
+	addMu sync.Mutex
+
+	mu      sync.Mutex
+	entries map[uuid.UUID]*entry
+	queue   dueQueue
+	version int64
+	wake    chan struct{}
+}
+
+// Open loads the students still pending and the stored checkpoint of opts.Slot (0 when none).
+func Open(ctx context.Context, db *pgxpool.Pool, opts Options) (*Buffer, pglogrepl.LSN, error) {
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	b := &Buffer{db: db, opts: opts, entries: map[uuid.UUID]*entry{}, wake: make(chan struct{}, 1)}
+	var lsn pglogrepl.LSN
+	var text string
+	err := db.QueryRow(ctx, `SELECT lsn::text FROM `+state.Schema+`.checkpoint WHERE slot = $1`, opts.Slot).Scan(&text)
+	switch {
+	case err == pgx.ErrNoRows:
+	case err != nil:
+		return nil, 0, fmt.Errorf("read checkpoint: %w", err)
+	default:
+		if lsn, err = pglogrepl.ParseLSN(text); err != nil {
+			return nil, 0, fmt.Errorf("read checkpoint: %w", err)
+		}
+	}
+	rows, err := db.Query(ctx, `SELECT student_id, first_change_at, last_change_at, version FROM `+state.Schema+`.pending`)
+	if err != nil {
+		return nil, 0, fmt.Errorf("load pending students: %w", err)
+	}
+	var id uuid.UUID
+	var e entry
+	_, err = pgx.ForEachRow(rows, []any{&id, &e.first, &e.last, &e.version}, func() error {
+		ent := e
+		b.entries[id] = &ent
+		b.version = max(b.version, e.version)
+		b.schedule(id, &ent)
+		return nil
+	})
+	if err != nil {
+		return nil, 0, fmt.Errorf("load pending students: %w", err)
+	}
+	return b, lsn, nil
+}
+
+// Add records that students changed, durably and together with the stream position end that
+// covers those changes (0 leaves the checkpoint alone). Only after Add returns may end be
+// confirmed to the replication slot.
+func (b *Buffer) Add(ctx context.Context, students []uuid.UUID, end pglogrepl.LSN) error {
+	b.addMu.Lock()
+	defer b.addMu.Unlock()
+	now := b.opts.Now()
+	b.mu.Lock()
+	b.version++
+	version := b.version
+	b.mu.Unlock()
+
+	batch := &pgx.Batch{}
+	if len(students) > 0 {
+		batch.Queue(`INSERT INTO `+state.Schema+`.pending (student_id, first_change_at, last_change_at, version)
+			SELECT s, $2, $2, $3 FROM unnest($1::uuid[]) AS s
+			ON CONFLICT (student_id) DO UPDATE SET last_change_at = excluded.last_change_at, version = excluded.version`,
+			students, now, version)
+	}
+	if end != 0 {
+		queueCheckpoint(batch, b.opts.Slot, end)
+	}
+	if batch.Len() == 0 {
+		return nil
+	}
+	if err := pgx.BeginFunc(ctx, b.db, func(tx pgx.Tx) error { return tx.SendBatch(ctx, batch).Close() }); err != nil {
+		return fmt.Errorf("persist %d changed students: %w", len(students), err)
+	}
+
+	b.mu.Lock()
+	for _, id := range students {
+		e, ok := b.entries[id]
+		if !ok {
+			e = &entry{first: now}
+			b.entries[id] = e
+		}
+		e.last, e.version = now, version
+		if !e.inFlight {
+			b.schedule(id, e)
+		}
+	}
+	b.mu.Unlock()
+	b.signal()
+	return nil
+}
+
+// Advance moves the stored checkpoint to end when no student changed up to it: WAL of other
+// tables, or keepalives. The slot may be confirmed at end without waiting for this.
+func (b *Buffer) Advance(ctx context.Context, end pglogrepl.LSN) error {
+	batch := &pgx.Batch{}
+	queueCheckpoint(batch, b.opts.Slot, end)
+	if err := b.db.SendBatch(ctx, batch).Close(); err != nil {
+		return fmt.Errorf("advance checkpoint: %w", err)
+	}
+	return nil
+}
+
+func queueCheckpoint(batch *pgx.Batch, slot string, end pglogrepl.LSN) {
+	batch.Queue(`INSERT INTO `+state.Schema+`.checkpoint (slot, lsn) VALUES ($1, $2::pg_lsn)
+		ON CONFLICT (slot) DO UPDATE SET lsn = greatest(checkpoint.lsn, excluded.lsn), updated_at = now()`,
+		slot, end.String())
+}
+
+// Due takes up to max students that are due now and marks them in flight: they are not due
+// again until Done or Retry.
+func (b *Buffer) Due(max int) []Entry {
+	now := b.opts.Now()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out []Entry
+	for len(out) < max && b.queue.Len() > 0 && !b.queue[0].at.After(now) {
+		it := heap.Pop(&b.queue).(dueItem)
+		e, ok := b.entries[it.student]
+		if !ok || e.inFlight || e.version != it.version || !b.dueAt(e).Equal(it.at) {
+			continue // superseded by a later change, a retry, or taken already
+		}
+		e.inFlight = true
+		out = append(out, Entry{Student: it.student, Version: e.version})
+	}
+	return out
+}
+
+// NextDue reports when the next student falls due; ok is false when none is waiting.
+func (b *Buffer) NextDue() (at time.Time, ok bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for b.queue.Len() > 0 {
+		it := b.queue[0]
+		e, live := b.entries[it.student]
+		if live && !e.inFlight && e.version == it.version && b.dueAt(e).Equal(it.at) {
+			return it.at, true
+		}
+		heap.Pop(&b.queue)
+	}
+	return time.Time{}, false
+}
+
+// Done removes students HubSpot now holds, unless they changed again since they were taken.
+func (b *Buffer) Done(ctx context.Context, entries []Entry) error {
+	ids := make([]uuid.UUID, len(entries))
+	versions := make([]int64, len(entries))
+	for i, e := range entries {
+		ids[i], versions[i] = e.Student, e.Version
+	}
+	batch := &pgx.Batch{}
+	batch.Queue(`DELETE FROM `+state.Schema+`.pending p USING unnest($1::uuid[], $2::bigint[]) AS d(id, v)
+		WHERE p.student_id = d.id AND p.version = d.v`, ids, versions)
+	batch.Queue(`UPDATE `+state.Schema+`.checkpoint SET last_flush_at = now() WHERE slot = $1`, b.opts.Slot)
+	if err := b.db.SendBatch(ctx, batch).Close(); err != nil {
+		b.Retry(entries, 0)
+		return fmt.Errorf("remove pushed students from the buffer: %w", err)
+	}
+	b.mu.Lock()
+	for _, en := range entries {
+		e, ok := b.entries[en.Student]
+		if !ok {
+			continue
+		}
+		if e.version == en.Version {
+			delete(b.entries, en.Student)
+			continue
+		}
+		e.inFlight = false
+		e.first = e.last // the changes since the push are what is waiting now
+		b.schedule(en.Student, e)
+	}
+	b.mu.Unlock()
+	b.signal()
+	return nil
+}
+
+// Retry puts students whose push failed back, due no sooner than after wait.
+func (b *Buffer) Retry(entries []Entry, wait time.Duration) {
+	notBefore := b.opts.Now().Add(wait)
+	b.mu.Lock()
+	for _, en := range entries {
+		if e, ok := b.entries[en.Student]; ok {
+			e.inFlight = false
+			e.notBefore = notBefore
+			b.schedule(en.Student, e)
+		}
+	}
+	b.mu.Unlock()
+	b.signal()
+}
+
+// Len is the number of students waiting or in flight.
+func (b *Buffer) Len() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.entries)
+}
+
+// Changed is signalled when the buffer's due times may have moved: a flusher sleeping until
+// NextDue should look again.
+func (b *Buffer) Changed() <-chan struct{} { return b.wake }
+
+func (b *Buffer) signal() {
+	select {
+	case b.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (b *Buffer) dueAt(e *entry) time.Time {
+	at := e.last.Add(b.opts.Debounce)
+	if latest := e.first.Add(b.opts.MaxDelay); latest.Before(at) {
+		at = latest
+	}
+	if e.notBefore.After(at) {
+		at = e.notBefore
+	}
+	return at
+}
+
+// schedule queues the entry at its due time; older queue items for it go stale and are
+// skipped, which is cheaper than finding and fixing them.
+func (b *Buffer) schedule(id uuid.UUID, e *entry) {
+	heap.Push(&b.queue, dueItem{at: b.dueAt(e), student: id, version: e.version})
+}
+
+type dueItem struct {
+	at      time.Time
+	student uuid.UUID
+	version int64
+}
+
+// dueQueue is a min-heap of due times.
+type dueQueue []dueItem
+
+func (q dueQueue) Len() int           { return len(q) }
+func (q dueQueue) Less(i, j int) bool { return q[i].at.Before(q[j].at) }
+func (q dueQueue) Swap(i, j int)      { q[i], q[j] = q[j], q[i] }
+func (q *dueQueue) Push(x any)        { *q = append(*q, x.(dueItem)) }
+func (q *dueQueue) Pop() any {
+	old := *q
+	it := old[len(old)-1]
+	*q = old[:len(old)-1]
+	return it
+}
