@@ -78,7 +78,7 @@ func newRoot(stdout, stderr io.Writer, getenv func(string) (string, bool)) *cobr
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	config.Register(root.PersistentFlags())
 	a.root = root
-	root.AddCommand(a.provisionCmd(), a.backfillCmd())
+	root.AddCommand(a.runCmd(), a.setupCmd(), a.provisionCmd(), a.backfillCmd(), a.replayCmd(), a.statusCmd(), a.teardownCmd())
 	return root
 }
 

@@ -327,6 +327,21 @@ func (s *Store) Rejections(ctx context.Context, students []uuid.UUID) (map[uuid.
 	return out, nil
 }
 
+// StaleUnmatched lists students without a contact not tried for olderThan: their contact may
+// have been created since (at checkout, say).
+func (s *Store) StaleUnmatched(ctx context.Context, olderThan time.Duration) ([]uuid.UUID, error) {
+	rows, err := s.db.Query(ctx, `SELECT student_id FROM `+Schema+`.problems
+		WHERE kind = 'unmatched' AND last_tried_at < now() - $1::interval`, olderThan.String())
+	if err != nil {
+		return nil, fmt.Errorf("read unmatched students: %w", err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+	if err != nil {
+		return nil, fmt.Errorf("read unmatched students: %w", err)
+	}
+	return ids, nil
+}
+
 // Problems lists the students that could not be written, of the given kinds (all when none
 // given), oldest first.
 func (s *Store) Problems(ctx context.Context, kinds ...Kind) ([]Problem, error) {

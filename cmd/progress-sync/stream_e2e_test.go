@@ -1,0 +1,300 @@
+package main_test
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+
+	"github.com/focusenglish/progress-sync/hubspot/hubspottest"
+)
+
+// service is a running `progress-sync run` (or replay).
+type service struct {
+	t    *testing.T
+	cmd  *exec.Cmd
+	logs *lockedBuffer
+	done chan struct{}
+	code int
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// streamEnv makes the service quick enough for tests: short debounce, frequent status.
+func (w *world) streamEnv(extra map[string]string) {
+	w.cli.env["PROGRESS_SYNC_DEBOUNCE"] = "300ms"
+	w.cli.env["PROGRESS_SYNC_MAX_DELAY"] = "3s"
+	w.cli.env["LOG_LEVEL"] = "debug"
+	for k, v := range extra {
+		w.cli.env[k] = v
+	}
+}
+
+func (w *world) start(args ...string) *service {
+	w.t.Helper()
+	if len(args) == 0 {
+		args = []string{"run"}
+	}
+	args = append(args, "--status-interval", "500ms", "--listen", "127.0.0.1:0")
+	cmd := exec.Command(binary, args...)
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.TempDir()}
+	for k, v := range w.cli.env {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	s := &service{t: w.t, cmd: cmd, logs: &lockedBuffer{}, done: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = s.logs, s.logs
+	if err := cmd.Start(); err != nil {
+		w.t.Fatal(err)
+	}
+	go func() {
+		err := cmd.Wait()
+		s.code = cmd.ProcessState.ExitCode()
+		_ = err
+		close(s.done)
+	}()
+	w.t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-s.done
+		if w.t.Failed() {
+			w.t.Logf("service %v log (tail):\n%s", args, tail(s.logs.String(), 6000))
+		}
+		if strings.Contains(s.logs.String(), token) {
+			w.t.Errorf("service %v logged the HubSpot token", args)
+		}
+	})
+	return s
+}
+
+// stop sends SIGTERM and returns the exit status.
+func (s *service) stop() int {
+	s.t.Helper()
+	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-s.done:
+	case <-time.After(time.Minute):
+		s.t.Fatalf("service did not stop within a minute of SIGTERM; log:\n%s", tail(s.logs.String(), 4000))
+	}
+	return s.code
+}
+
+func (s *service) kill() {
+	_ = s.cmd.Process.Signal(syscall.SIGKILL)
+	<-s.done
+}
+
+// waitLog waits for a log line containing substr.
+func (s *service) waitLog(substr string, timeout time.Duration) {
+	s.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !strings.Contains(s.logs.String(), substr) {
+		select {
+		case <-s.done:
+			s.t.Fatalf("service exited (%d) before logging %q:\n%s", s.code, substr, tail(s.logs.String(), 4000))
+		default:
+		}
+		if time.Now().After(deadline) {
+			s.t.Fatalf("no %q in the log after %s:\n%s", substr, timeout, tail(s.logs.String(), 4000))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (w *world) exec(sql string, args ...any) {
+	w.t.Helper()
+	if _, err := w.db.Exec(context.Background(), sql, args...); err != nil {
+		w.t.Fatalf("%s: %v", sql, err)
+	}
+}
+
+func (w *world) lsn(query string) pglogrepl.LSN {
+	w.t.Helper()
+	var text string
+	if err := w.db.QueryRow(context.Background(), query).Scan(&text); err != nil {
+		w.t.Fatalf("%s: %v", query, err)
+	}
+	l, err := pglogrepl.ParseLSN(text)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	return l
+}
+
+func (w *world) slotConfirmed() pglogrepl.LSN {
+	return w.lsn(`SELECT coalesce(confirmed_flush_lsn, '0/0')::text FROM pg_replication_slots WHERE slot_name = 'progress_sync'`)
+}
+
+// waitConfirmedPast waits until the slot has confirmed at least target.
+func (w *world) waitConfirmedPast(target pglogrepl.LSN, timeout time.Duration) {
+	w.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for w.slotConfirmed() < target {
+		if time.Now().After(deadline) {
+			w.t.Fatalf("slot confirmed %s, still short of %s after %s", w.slotConfirmed(), target, timeout)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func TestStreamKeepsHubSpotEqual(t *testing.T) {
+	w := newWorld(t, 300)
+	w.streamEnv(nil)
+	svc := w.start()
+	// First start: every student is queued from the slot's snapshot and pushed.
+	w.waitEqual(time.Minute)
+
+	a, b, c := w.students[10].ID, w.students[11].ID, w.students[12].ID
+	steps := []struct {
+		name string
+		do   func()
+	}{
+		{"insert", func() {
+			w.exec(`INSERT INTO course_progress (user_id, course_level, course_goal, module_id, lesson_id, completed, score, time_spent, last_accessed_at, completed_at)
+				VALUES ($1, 'B1', 'viajes', 'b1-viajes-m1', 'b1-viajes-m1-l4', true, 91.5, 600, '2026-11-27 23:30', '2026-11-27 23:10')`, a)
+		}},
+		{"update", func() { w.exec(`UPDATE course_progress SET score = 12.25, completed = true WHERE user_id = $1`, b) }},
+		{"delete", func() { w.exec(`DELETE FROM course_progress WHERE user_id = $1`, c) }},
+		{"move a row to another student", func() {
+			w.exec(`UPDATE course_progress SET user_id = $2 WHERE id = (SELECT id FROM course_progress WHERE user_id = $1
+				AND lesson_id NOT IN (SELECT lesson_id FROM course_progress WHERE user_id = $2) LIMIT 1)`, w.students[13].ID, w.students[14].ID)
+		}},
+		{"truncate", func() { w.exec(`TRUNCATE user_xp`) }},
+		{"new lesson in a course", func() {
+			w.exec(`INSERT INTO course_lessons (id, module_id, order_index, title) VALUES ('a2-trabajo-m3-l5', 'a2-trabajo-m3', 5, 'New')`)
+		}},
+		{"course level change", func() {
+			w.exec(`UPDATE users SET language_level = 'C1', course_goal = 'trabajo' WHERE id = $1`, w.students[15].ID)
+		}},
+		{"email change", func() {
+			s := w.students[16]
+			w.exec(`UPDATE users SET email = 'renamed-16@example.com' WHERE id = $1`, s.ID)
+			w.contactIDs[s.ID] = w.addContact("renamed-16@example.com")
+		}},
+	}
+	for _, st := range steps {
+		st.do()
+		w.waitEqual(30 * time.Second)
+	}
+	if code := svc.stop(); code != 0 {
+		t.Fatalf("SIGTERM: exit %d", code)
+	}
+}
+
+func TestManyChangesToOneStudentMakeOneUpdate(t *testing.T) {
+	w := newWorld(t, 300)
+	// A debounce long enough that 200 commits land inside it on any machine.
+	w.streamEnv(map[string]string{"PROGRESS_SYNC_DEBOUNCE": "5s", "PROGRESS_SYNC_MAX_DELAY": "60s"})
+	w.start()
+	w.waitEqual(time.Minute)
+	w.emu.ResetStats()
+	s := w.students[20].ID
+	w.exec(`INSERT INTO user_xp (user_id, total_xp) VALUES ($1, 0) ON CONFLICT (user_id) DO UPDATE SET total_xp = 0`, s)
+	for i := 0; i < 199; i++ {
+		w.exec(`UPDATE user_xp SET total_xp = total_xp + 1 WHERE user_id = $1`, s)
+	}
+	w.waitEqual(time.Minute)
+	st := w.emu.Stats()
+	if st.BatchUpdates != 1 || len(st.BatchUpdateInputs) != 1 || st.BatchUpdateInputs[0] != 1 {
+		t.Fatalf("200 changes to one student made %d batch/update with inputs %v, want one input", st.BatchUpdates, st.BatchUpdateInputs)
+	}
+}
+
+func TestSlotAdvancesWhileHubSpotRefusesEverything(t *testing.T) {
+	w := newWorld(t, 300)
+	w.streamEnv(nil)
+	w.start()
+	w.waitEqual(time.Minute)
+	w.emu.SetFaults(hubspottestFaultsAll5xx())
+	for i := 0; i < 5; i++ {
+		w.exec(`UPDATE user_streaks SET current_streak = current_streak + 1 WHERE user_id = $1`, w.students[30+i].ID)
+		target := w.lsn(`SELECT pg_current_wal_lsn()::text`)
+		w.waitConfirmedPast(target, 30*time.Second)
+	}
+	if len(w.diff()) == 0 {
+		t.Fatal("contacts equal although HubSpot refused every call")
+	}
+	w.emu.SetFaults(noFaults())
+	w.waitEqual(time.Minute)
+}
+
+func TestUnpublishedWritesAdvanceTheSlot(t *testing.T) {
+	w := newWorld(t, 300)
+	w.streamEnv(nil)
+	w.start()
+	w.waitEqual(time.Minute)
+	w.exec(`CREATE TABLE unrelated (id serial PRIMARY KEY, note text)`)
+	for i := 0; i < 50; i++ {
+		w.exec(`INSERT INTO unrelated (note) VALUES ('x')`)
+	}
+	target := w.lsn(`SELECT pg_current_wal_lsn()::text`)
+	w.waitConfirmedPast(target, 30*time.Second)
+}
+
+func TestSecondInstanceWaitsAndTakesOver(t *testing.T) {
+	w := newWorld(t, 300)
+	w.streamEnv(nil)
+	first := w.start()
+	w.waitEqual(time.Minute)
+	second := w.start()
+	second.waitLog("warm standby", 30*time.Second)
+	if code := first.stop(); code != 0 {
+		t.Fatalf("first instance exit %d", code)
+	}
+	second.waitLog(`"msg":"streaming"`, 30*time.Second)
+	w.exec(`UPDATE user_streaks SET current_streak = 99 WHERE user_id = $1`, w.students[40].ID)
+	w.waitEqual(30 * time.Second)
+	if code := second.stop(); code != 0 {
+		t.Fatalf("second instance exit %d", code)
+	}
+}
+
+func TestReplay(t *testing.T) {
+	w := newWorld(t, 300)
+	w.streamEnv(nil)
+	svc := w.start()
+	w.waitEqual(time.Minute)
+	old := w.slotConfirmed()
+	w.exec(`UPDATE user_streaks SET current_streak = current_streak + 1`)
+	w.waitConfirmedPast(w.lsn(`SELECT pg_current_wal_lsn()::text`), 30*time.Second)
+	w.waitEqual(30 * time.Second)
+	if code := svc.stop(); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	stored := w.lsn(`SELECT lsn::text FROM progress_sync.checkpoint`)
+
+	r := w.cli.run("replay", "--from-lsn", old.String())
+	if r.code == 0 || !strings.Contains(r.stderr, old.String()) || !strings.Contains(r.stderr, "backfill") {
+		t.Fatalf("replay from a too-old LSN: exit %d\n%s", r.code, tail(r.stderr, 2000))
+	}
+	replay := w.start("replay", "--from-lsn", stored.String())
+	replay.waitLog(`"msg":"streaming"`, 30*time.Second)
+	w.exec(`UPDATE user_streaks SET current_streak = 7 WHERE user_id = $1`, w.students[50].ID)
+	w.waitEqual(30 * time.Second)
+	if code := replay.stop(); code != 0 {
+		t.Fatalf("replay exit %d", code)
+	}
+}
+
+func hubspottestFaultsAll5xx() hubspottest.Faults { return hubspottest.Faults{Rate5xx: 1} }
+func noFaults() hubspottest.Faults                { return hubspottest.Faults{} }

@@ -1,0 +1,175 @@
+// Package flush drains the keyed buffer to HubSpot: it takes due students in batches of up to
+// 100, recomputes their metrics in one query, pushes the changes, and removes the students
+// from the buffer only once HubSpot holds them (or they are durably recorded as problems).
+package flush
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/google/uuid"
+	"github.com/sirupsen/logrus"
+
+	"github.com/focusenglish/progress-sync/hubspot"
+	"github.com/focusenglish/progress-sync/metrics"
+	"github.com/focusenglish/progress-sync/replication/buffer"
+	"github.com/focusenglish/progress-sync/replication/push"
+)
+
+// Buffer is the part of the keyed buffer a flusher drains.
+type Buffer interface {
+	Due(max int) []buffer.Entry
+	NextDue() (time.Time, bool)
+	Done(ctx context.Context, entries []buffer.Entry) error
+	Retry(entries []buffer.Entry, wait time.Duration)
+	Changed() <-chan struct{}
+}
+
+// Pusher writes a batch of students to HubSpot.
+type Pusher interface {
+	Push(ctx context.Context, students []metrics.Student) (push.Result, error)
+}
+
+// Options configure a Flusher.
+type Options struct {
+	// DailyLimitPause is how long flushing pauses when HubSpot's daily limit is spent. The
+	// limit resets at midnight in the portal's time zone, which the API does not tell.
+	DailyLimitPause time.Duration
+	Log             *logrus.Entry
+}
+
+// Flusher drains a Buffer.
+type Flusher struct {
+	buf    Buffer
+	db     metrics.Querier
+	pusher Pusher
+	opts   Options
+	log    *logrus.Entry
+	fails  *backoff.ExponentialBackOff
+	// dailyLimitUntil is when flushing resumes after a spent daily limit (zero: not paused).
+	dailyLimitUntil time.Time
+}
+
+// New returns a Flusher.
+func New(buf Buffer, db metrics.Querier, p Pusher, opts Options) *Flusher {
+	if opts.DailyLimitPause <= 0 {
+		opts.DailyLimitPause = 15 * time.Minute
+	}
+	fails := backoff.NewExponentialBackOff()
+	fails.InitialInterval, fails.MaxInterval, fails.MaxElapsedTime = time.Second, 5*time.Minute, 0
+	return &Flusher{buf: buf, db: db, pusher: p, opts: opts, log: opts.Log, fails: fails}
+}
+
+// ErrDailyLimit is returned by Flush while HubSpot's daily limit is spent.
+var ErrDailyLimit = errors.New("HubSpot's daily API limit is spent; pushes resume when it resets")
+
+// Run flushes due students until stop is closed, finishing the batch in hand; ctx aborts
+// even that.
+func (f *Flusher) Run(ctx context.Context, stop <-chan struct{}) error {
+	for {
+		select {
+		case <-stop:
+			return nil
+		default:
+		}
+		n, err := f.FlushDue(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil || n > 0 {
+			continue // errors are logged and the students rescheduled by FlushDue
+		}
+		wait := time.Hour
+		if at, ok := f.buf.NextDue(); ok {
+			wait = time.Until(at)
+		}
+		timer := time.NewTimer(max(wait, time.Millisecond))
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return nil
+		case <-stop:
+			timer.Stop()
+			return nil
+		case <-f.buf.Changed():
+		case <-timer.C:
+		}
+		timer.Stop()
+	}
+}
+
+// FlushDue pushes one batch of due students and returns how many it took.
+func (f *Flusher) FlushDue(ctx context.Context) (int, error) {
+	entries := f.buf.Due(push.MaxBatch)
+	if len(entries) == 0 {
+		return 0, nil
+	}
+	if wait := time.Until(f.dailyLimitUntil); wait > 0 {
+		f.buf.Retry(entries, wait)
+		return 0, ErrDailyLimit
+	}
+	err := f.flush(ctx, entries)
+	switch {
+	case err == nil:
+		f.fails.Reset()
+		return len(entries), nil
+	case errors.Is(err, hubspot.ErrDailyLimit):
+		f.dailyLimitUntil = time.Now().Add(f.opts.DailyLimitPause)
+		f.log.WithField("retry_at", f.dailyLimitUntil.Format(time.RFC3339)).
+			Error("HubSpot's daily API limit is spent; changes keep being recorded and will be pushed when it resets")
+		f.buf.Retry(entries, f.opts.DailyLimitPause)
+		return 0, ErrDailyLimit
+	case ctx.Err() != nil:
+		f.buf.Retry(entries, 0)
+		return 0, ctx.Err()
+	default:
+		wait := f.fails.NextBackOff()
+		f.log.WithError(err).WithFields(logrus.Fields{"students": len(entries), "retry_in": wait.String()}).
+			Warn("push failed; the students stay in the buffer")
+		f.buf.Retry(entries, wait)
+		return 0, err
+	}
+}
+
+// Drain pushes everything due now, for a clean stop; it returns when nothing is due or ctx
+// (the grace period) ends.
+func (f *Flusher) Drain(ctx context.Context) error {
+	for {
+		n, err := f.FlushDue(ctx)
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return nil
+		}
+	}
+}
+
+func (f *Flusher) flush(ctx context.Context, entries []buffer.Entry) error {
+	ids := make([]uuid.UUID, len(entries))
+	for i, e := range entries {
+		ids[i] = e.Student
+	}
+	// Students deleted since they changed are absent here; removing them from the buffer
+	// below is all they need.
+	students, err := metrics.ForStudents(ctx, f.db, ids)
+	if err != nil {
+		return fmt.Errorf("compute metrics: %w", err)
+	}
+	res := push.Result{}
+	if len(students) > 0 {
+		res, err = f.pusher.Push(ctx, students)
+		if err != nil {
+			return err
+		}
+	}
+	if err := f.buf.Done(ctx, entries); err != nil {
+		return err
+	}
+	f.log.WithFields(logrus.Fields{"students": len(entries), "updated": res.Updated, "unchanged": res.Unchanged,
+		"problems": len(res.Problems)}).Debug("flushed batch")
+	return nil
+}

@@ -1,0 +1,221 @@
+package replication
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Table is a published source table and the replica identity it needs.
+type Table struct {
+	Name string // schema-qualified
+	// Full says deletes and key-changing updates must carry the whole old row: the column
+	// naming the student (or the course) is not in the primary key.
+	Full bool
+}
+
+// Tables are the tables whose changes concern students (CONTRACT §2).
+func Tables() []Table {
+	return []Table{
+		{Name: "public.users"},
+		{Name: "public.course_progress", Full: true},
+		{Name: "public.user_streaks", Full: true},
+		{Name: "public.user_xp", Full: true},
+		{Name: "public.course_lessons", Full: true},
+		{Name: "public.course_modules", Full: true},
+	}
+}
+
+// Names identify the publication and slot of one deployment.
+type Names struct {
+	Slot        string
+	Publication string
+}
+
+// SetupSQL is what Setup runs, for a DBA to review and run by hand. The publication comes
+// before the slot: decoding with a publication created later fails.
+func SetupSQL(n Names) []string {
+	var names []string
+	for _, t := range Tables() {
+		names = append(names, t.Name)
+	}
+	stmts := []string{fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s;", n.Publication, strings.Join(names, ", "))}
+	for _, t := range Tables() {
+		if t.Full {
+			stmts = append(stmts, fmt.Sprintf("ALTER TABLE %s REPLICA IDENTITY FULL;", t.Name))
+		}
+	}
+	return append(stmts, fmt.Sprintf("SELECT pg_create_logical_replication_slot('%s', 'pgoutput');", n.Slot))
+}
+
+// SetupReport says what Setup changed.
+type SetupReport struct {
+	Done []string // one line per change made
+}
+
+// Setup creates the publication (or adds the tables it lacks) and the replica identities. It
+// is idempotent. The slot is left to the stream, which creates it with a snapshot for the
+// first backfill; CreateSlot makes it without one.
+func Setup(ctx context.Context, db *pgxpool.Pool, n Names) (SetupReport, error) {
+	var rep SetupReport
+	var exists bool
+	if err := db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)`, n.Publication).Scan(&exists); err != nil {
+		return rep, fmt.Errorf("look up publication %s: %w", n.Publication, err)
+	}
+	missing, err := missingTables(ctx, db, n.Publication)
+	if err != nil {
+		return rep, err
+	}
+	switch {
+	case !exists:
+		stmt := SetupSQL(n)[0]
+		if _, err := db.Exec(ctx, stmt); err != nil {
+			return rep, explainPrivilege(fmt.Errorf("create publication %s: %w", n.Publication, err), stmt)
+		}
+		rep.Done = append(rep.Done, "created publication "+n.Publication)
+	case len(missing) > 0:
+		stmt := fmt.Sprintf("ALTER PUBLICATION %s ADD TABLE %s", n.Publication, strings.Join(missing, ", "))
+		if _, err := db.Exec(ctx, stmt); err != nil {
+			return rep, explainPrivilege(fmt.Errorf("add %s to publication %s: %w", strings.Join(missing, ", "), n.Publication, err), stmt)
+		}
+		rep.Done = append(rep.Done, fmt.Sprintf("added %s to publication %s", strings.Join(missing, ", "), n.Publication))
+	}
+	for _, t := range Tables() {
+		if !t.Full {
+			continue
+		}
+		var identity string
+		if err := db.QueryRow(ctx, `SELECT relreplident::text FROM pg_class WHERE oid = $1::regclass`, t.Name).Scan(&identity); err != nil {
+			return rep, fmt.Errorf("read replica identity of %s: %w", t.Name, err)
+		}
+		if identity == "f" {
+			continue
+		}
+		stmt := fmt.Sprintf("ALTER TABLE %s REPLICA IDENTITY FULL", t.Name)
+		if _, err := db.Exec(ctx, stmt); err != nil {
+			return rep, explainPrivilege(fmt.Errorf("set replica identity of %s: %w", t.Name, err), stmt)
+		}
+		rep.Done = append(rep.Done, fmt.Sprintf("set REPLICA IDENTITY FULL on %s (deletes must name the student)", t.Name))
+	}
+	return rep, nil
+}
+
+// missingTables lists the source tables the publication does not publish.
+func missingTables(ctx context.Context, db *pgxpool.Pool, publication string) ([]string, error) {
+	rows, err := db.Query(ctx, `SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1`, publication)
+	if err != nil {
+		return nil, fmt.Errorf("list tables of publication %s: %w", publication, err)
+	}
+	published, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("list tables of publication %s: %w", publication, err)
+	}
+	have := map[string]bool{}
+	for _, p := range published {
+		have[p] = true
+	}
+	var missing []string
+	for _, t := range Tables() {
+		if !have[t.Name] {
+			missing = append(missing, t.Name)
+		}
+	}
+	return missing, nil
+}
+
+// explainPrivilege adds the SQL to hand a DBA when the role may not run it.
+func explainPrivilege(err error, stmt string) error {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "42501" {
+		return fmt.Errorf("%w; ask a database owner to run: %s; (progress-sync setup --print-sql prints all of it)", err, stmt)
+	}
+	return err
+}
+
+// Slot is the state of a replication slot as pg_replication_slots reports it.
+type Slot struct {
+	Exists            bool
+	Plugin            string
+	Active            bool
+	ActivePID         int
+	WALStatus         string // reserved, extended, unreserved, lost
+	ConfirmedFlushLSN string
+	RestartLSN        string
+	RetainedBytes     int64 // WAL the slot keeps the server from recycling
+	LagBytes          int64 // between the server's WAL end and the confirmed position
+}
+
+// ReadSlot reports the slot named name.
+func ReadSlot(ctx context.Context, db *pgxpool.Pool, name string) (Slot, error) {
+	s := Slot{}
+	err := db.QueryRow(ctx, `SELECT plugin, active, coalesce(active_pid, 0), coalesce(wal_status, ''),
+			coalesce(confirmed_flush_lsn::text, ''), coalesce(restart_lsn::text, ''),
+			coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::bigint,
+			coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), 0)::bigint
+		FROM pg_replication_slots WHERE slot_name = $1`, name).
+		Scan(&s.Plugin, &s.Active, &s.ActivePID, &s.WALStatus, &s.ConfirmedFlushLSN, &s.RestartLSN, &s.RetainedBytes, &s.LagBytes)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Slot{}, nil
+	}
+	if err != nil {
+		return Slot{}, fmt.Errorf("read slot %s: %w", name, err)
+	}
+	s.Exists = true
+	return s, nil
+}
+
+// CreateSlot creates the logical slot without a snapshot (for setup run ahead of the service).
+func CreateSlot(ctx context.Context, db *pgxpool.Pool, name string) (bool, error) {
+	s, err := ReadSlot(ctx, db, name)
+	if err != nil || s.Exists {
+		return false, err
+	}
+	if _, err := db.Exec(ctx, `SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, name); err != nil {
+		return false, fmt.Errorf("create replication slot %s: %w", name, err)
+	}
+	return true, nil
+}
+
+// DropSlot drops the slot so the server stops retaining WAL for it. A slot in use by a running
+// service is refused unless force, which first ends that walsender.
+func DropSlot(ctx context.Context, db *pgxpool.Pool, name string, force bool) (bool, error) {
+	s, err := ReadSlot(ctx, db, name)
+	if err != nil || !s.Exists {
+		return false, err
+	}
+	if s.Active {
+		if !force {
+			return false, fmt.Errorf("replication slot %s is in use by process %d (a running progress-sync): stop it first, or pass --force", name, s.ActivePID)
+		}
+		if _, err := db.Exec(ctx, `SELECT pg_terminate_backend($1)`, s.ActivePID); err != nil {
+			return false, fmt.Errorf("end the walsender of slot %s: %w", name, err)
+		}
+	}
+	// A terminated walsender releases the slot a moment later.
+	_, err = db.Exec(ctx, `DO $$ BEGIN
+		FOR i IN 1..100 LOOP
+			BEGIN PERFORM pg_drop_replication_slot(`+quoteLiteral(name)+`); RETURN;
+			EXCEPTION WHEN object_in_use THEN PERFORM pg_sleep(0.1); END;
+		END LOOP;
+		PERFORM pg_drop_replication_slot(`+quoteLiteral(name)+`);
+	END $$`)
+	if err != nil {
+		return false, fmt.Errorf("drop replication slot %s: %w", name, err)
+	}
+	return true, nil
+}
+
+// DropPublication drops the publication.
+func DropPublication(ctx context.Context, db *pgxpool.Pool, name string) error {
+	if _, err := db.Exec(ctx, "DROP PUBLICATION IF EXISTS "+pgx.Identifier{name}.Sanitize()); err != nil {
+		return fmt.Errorf("drop publication %s: %w", name, err)
+	}
+	return nil
+}
+
+func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
