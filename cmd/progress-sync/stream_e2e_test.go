@@ -1,8 +1,12 @@
 package main_test
 
 import (
+	"fmt"
+	"math/rand/v2"
+
 	"bytes"
 	"context"
+	"github.com/jackc/pgx/v5"
 	"os"
 	"os/exec"
 	"strings"
@@ -298,3 +302,83 @@ func TestReplay(t *testing.T) {
 
 func hubspottestFaultsAll5xx() hubspottest.Faults { return hubspottest.Faults{Rate5xx: 1} }
 func noFaults() hubspottest.Faults                { return hubspottest.Faults{} }
+
+// studyLoad writes a steady mix of changes until stop is closed, on its own connection.
+func (w *world) studyLoad(stop <-chan struct{}, seed uint64) <-chan int {
+	done := make(chan int, 1)
+	conn, err := pgx.Connect(context.Background(), w.dbURL)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(seed, seed))
+	// Students with a special role in the world (no email, a shared contact, a refused
+	// value) keep their data; the load works on the rest.
+	pool := w.students[210:]
+	go func() {
+		defer conn.Close(context.Background())
+		ctx := context.Background()
+		n := 0
+		for {
+			select {
+			case <-stop:
+				done <- n
+				return
+			default:
+			}
+			s := pool[rng.IntN(len(pool))].ID
+			var err error
+			switch rng.IntN(5) {
+			case 0:
+				_, err = conn.Exec(ctx, `INSERT INTO user_xp (user_id, total_xp) VALUES ($1, $2)
+					ON CONFLICT (user_id) DO UPDATE SET total_xp = user_xp.total_xp + $2`, s, rng.IntN(50))
+			case 1:
+				_, err = conn.Exec(ctx, `UPDATE user_streaks SET current_streak = $2 WHERE user_id = $1`, s, rng.IntN(40))
+			case 2:
+				_, err = conn.Exec(ctx, `INSERT INTO course_progress (user_id, course_level, course_goal, module_id, lesson_id, completed, score, time_spent, last_accessed_at)
+					VALUES ($1, 'B2', 'trabajo', 'b2-trabajo-m1', $2, $3, $4, $5, now())
+					ON CONFLICT (user_id, course_level, course_goal, module_id, lesson_id)
+					DO UPDATE SET completed = excluded.completed, score = excluded.score, time_spent = course_progress.time_spent + excluded.time_spent, last_accessed_at = now()`,
+					s, fmt.Sprintf("b2-trabajo-m1-l%d", 1+rng.IntN(4)), rng.IntN(2) == 0, fmt.Sprintf("%d.%02d", 40+rng.IntN(60), rng.IntN(100)), rng.IntN(900))
+			case 3:
+				_, err = conn.Exec(ctx, `DELETE FROM course_progress WHERE id = (SELECT id FROM course_progress WHERE user_id = $1 LIMIT 1)`, s)
+			case 4:
+				// Several students in one transaction.
+				_, err = conn.Exec(ctx, `UPDATE user_xp SET total_xp = total_xp + 1 WHERE user_id IN ($1, $2, $3)`,
+					s, pool[rng.IntN(len(pool))].ID, pool[rng.IntN(len(pool))].ID)
+			}
+			if err != nil {
+				w.t.Errorf("load: %v", err)
+				done <- n
+				return
+			}
+			n++
+		}
+	}()
+	return done
+}
+
+func TestKilledAtRandomMomentsLosesNothing(t *testing.T) {
+	w := newWorld(t, 300)
+	w.streamEnv(map[string]string{"PROGRESS_SYNC_DEBOUNCE": "200ms", "PROGRESS_SYNC_MAX_DELAY": "1s"})
+	svc := w.start()
+	w.waitEqual(time.Minute)
+
+	stop := make(chan struct{})
+	changes := w.studyLoad(stop, 99)
+	rng := rand.New(rand.NewPCG(5, 5))
+	const kills = 6
+	for i := 0; i < kills; i++ {
+		// A random moment: in the middle of receiving, persisting or pushing.
+		time.Sleep(time.Duration(300+rng.IntN(1500)) * time.Millisecond)
+		svc.kill()
+		svc = w.start()
+	}
+	close(stop)
+	n := <-changes
+	w.waitEqual(2 * time.Minute)
+	st := w.emu.Stats()
+	t.Logf("%d changes, %d SIGKILLs: every contact equal; HubSpot saw %d requests (%d batch/update)", n, kills, st.Requests, st.BatchUpdates)
+	if code := svc.stop(); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+}
