@@ -76,9 +76,9 @@ func (d *Decoder) InTransaction() bool { return d.open != nil }
 // Decode consumes one pgoutput message. It returns a Commit when the message ends a
 // transaction, else nil.
 func (d *Decoder) Decode(data []byte) (*Commit, error) {
-	msg, err := pglogrepl.Parse(data)
+	msg, err := parse(data)
 	if err != nil {
-		return nil, fmt.Errorf("decode pgoutput message: %w", err)
+		return nil, err
 	}
 	switch m := msg.(type) {
 	case *pglogrepl.RelationMessage:
@@ -194,4 +194,22 @@ func newRelation(m *pglogrepl.RelationMessage) relation {
 		r.truncate = true
 	}
 	return r
+}
+
+// parse is pglogrepl.Parse made safe for any input: it indexes into the message without
+// checking its length, and a corrupt message must end the session, not the process.
+func parse(data []byte) (msg pglogrepl.Message, err error) {
+	if len(data) == 0 {
+		return nil, fmt.Errorf("decode pgoutput message: empty message")
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			msg, err = nil, fmt.Errorf("decode pgoutput message %q: malformed (%v)", data[0], r)
+		}
+	}()
+	msg, err = pglogrepl.Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("decode pgoutput message: %w", err)
+	}
+	return msg, nil
 }
