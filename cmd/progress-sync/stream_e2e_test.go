@@ -146,7 +146,7 @@ func (w *world) lsn(query string) pglogrepl.LSN {
 }
 
 func (w *world) slotConfirmed() pglogrepl.LSN {
-	return w.lsn(`SELECT coalesce(confirmed_flush_lsn, '0/0')::text FROM pg_replication_slots WHERE slot_name = 'progress_sync'`)
+	return w.lsn(`SELECT coalesce((SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'progress_sync'), '0/0')::text`)
 }
 
 // waitConfirmedPast waits until the slot has confirmed at least target.
@@ -378,6 +378,112 @@ func TestKilledAtRandomMomentsLosesNothing(t *testing.T) {
 	w.waitEqual(2 * time.Minute)
 	st := w.emu.Stats()
 	t.Logf("%d changes, %d SIGKILLs: every contact equal; HubSpot saw %d requests (%d batch/update)", n, kills, st.Requests, st.BatchUpdates)
+	if code := svc.stop(); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+}
+
+func TestSetupStatusTeardown(t *testing.T) {
+	w := newWorld(t, 300)
+	sql := w.cli.mustRun("setup", "--print-sql").stdout
+	for _, want := range []string{"CREATE PUBLICATION progress_sync FOR TABLE public.users", "ALTER TABLE public.course_progress REPLICA IDENTITY FULL",
+		"pg_create_logical_replication_slot('progress_sync', 'pgoutput')"} {
+		if !strings.Contains(sql, want) {
+			t.Errorf("setup --print-sql lacks %q:\n%s", want, sql)
+		}
+	}
+	if n := w.lsn(`SELECT coalesce((SELECT confirmed_flush_lsn FROM pg_replication_slots), '0/0')::text`); n != 0 {
+		t.Fatal("--print-sql created the slot")
+	}
+	first := w.cli.mustRun("setup").stdout
+	if !strings.Contains(first, "created publication") || !strings.Contains(first, "created replication slot") {
+		t.Fatalf("first setup:\n%s", first)
+	}
+	if again := w.cli.mustRun("setup").stdout; strings.Contains(again, "created") {
+		t.Fatalf("second setup changed something:\n%s", again)
+	}
+
+	w.streamEnv(nil)
+	svc := w.start()
+	w.waitEqual(time.Minute)
+	status := w.cli.mustRun("status").stdout
+	for _, want := range []string{"slot progress_sync: streaming", "wal_status reserved", "checkpoint: 0/", "pending students: 0", "unmatched: 17"} {
+		if !strings.Contains(status, want) {
+			t.Errorf("status lacks %q:\n%s", want, status)
+		}
+	}
+	if r := w.cli.run("teardown"); r.code != 1 || !strings.Contains(r.stderr, "in use") {
+		t.Fatalf("teardown of a slot in use: exit %d %s", r.code, r.stderr)
+	}
+	if code := svc.stop(); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	w.cli.mustRun("teardown")
+	if w.slotConfirmed() != 0 {
+		t.Fatal("slot still exists after teardown")
+	}
+	w.cli.mustRun("teardown", "--all")
+	var pubs, schemas int
+	if err := w.db.QueryRow(context.Background(), `SELECT (SELECT count(*) FROM pg_publication), (SELECT count(*) FROM pg_namespace WHERE nspname = 'progress_sync')`).Scan(&pubs, &schemas); err != nil {
+		t.Fatal(err)
+	}
+	if pubs != 0 || schemas != 0 {
+		t.Fatalf("after teardown --all: %d publications, %d state schemas", pubs, schemas)
+	}
+}
+
+func TestUnmatchedStudentIsPushedOnceItsContactExists(t *testing.T) {
+	w := newWorld(t, 300)
+	w.streamEnv(nil)
+	w.start("run", "--recheck-unmatched", "1s")
+	w.waitEqual(time.Minute)
+	// The contact appears later, say at checkout; nothing changes in the database.
+	late := w.unmatched[0]
+	var email string
+	if err := w.db.QueryRow(context.Background(), `SELECT email FROM users WHERE id = $1`, late).Scan(&email); err != nil {
+		t.Fatal(err)
+	}
+	w.contactIDs[late] = w.addContact(email)
+	w.unmatched = w.unmatched[1:]
+	w.waitEqual(30 * time.Second)
+}
+
+func TestLostSlotIsRecreatedAndBackfilled(t *testing.T) {
+	w := newWorld(t, 300)
+	w.streamEnv(nil)
+	svc := w.start()
+	w.waitEqual(time.Minute)
+	if code := svc.stop(); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	// While the service is down, changes pile up and the server gives the slot's WAL away.
+	w.exec(`UPDATE user_xp SET total_xp = total_xp + 1000`)
+	w.exec(`ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'`)
+	w.exec(`SELECT pg_reload_conf()`)
+	t.Cleanup(func() {
+		w.exec(`ALTER SYSTEM RESET max_slot_wal_keep_size`)
+		w.exec(`SELECT pg_reload_conf()`)
+	})
+	w.exec(`CREATE TABLE filler (pad text)`)
+	deadline := time.Now().Add(time.Minute)
+	for {
+		w.exec(`INSERT INTO filler SELECT repeat('x', 1000) FROM generate_series(1, 20000)`)
+		w.exec(`SELECT pg_switch_wal()`)
+		w.exec(`CHECKPOINT`)
+		var status string
+		if err := w.db.QueryRow(context.Background(), `SELECT coalesce(wal_status, '') FROM pg_replication_slots WHERE slot_name = 'progress_sync'`).Scan(&status); err != nil {
+			t.Fatal(err)
+		}
+		if status == "lost" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("slot not lost after a minute of WAL (wal_status %s)", status)
+		}
+	}
+	svc = w.start()
+	svc.waitLog("LOST", 30*time.Second)
+	w.waitEqual(time.Minute)
 	if code := svc.stop(); code != 0 {
 		t.Fatalf("exit %d", code)
 	}
