@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -16,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/focusenglish/progress-sync/cmd/progress-sync/internal/config"
+	"github.com/focusenglish/progress-sync/hubspot"
 	"github.com/focusenglish/progress-sync/replication"
 	"github.com/focusenglish/progress-sync/replication/buffer"
 	"github.com/focusenglish/progress-sync/replication/flush"
@@ -107,9 +109,6 @@ func (a *app) stream(ctx context.Context, f streamFlags, from pglogrepl.LSN) err
 	if err != nil {
 		return err
 	}
-	if err := provision(ctx, hs, io.Discard); err != nil {
-		return err
-	}
 	buf, checkpoint, err := buffer.Open(ctx, db, buffer.Options{Slot: cfg.Slot, Debounce: cfg.Debounce, MaxDelay: cfg.MaxDelay})
 	if err != nil {
 		return err
@@ -128,8 +127,15 @@ func (a *app) stream(ctx context.Context, f streamFlags, from pglogrepl.LSN) err
 	defer abort()
 	stopFlushing := make(chan struct{})
 	flushed := make(chan struct{})
+	provisioned := make(chan struct{})
 	go func() {
 		defer close(flushed)
+		// HubSpot being down, out of daily calls or misconfigured must not stop the stream:
+		// the slot would keep WAL. Changes are buffered until the properties are in place.
+		if !provisionUntilDone(ctx, hs, log) {
+			return
+		}
+		close(provisioned)
 		_ = flusher.Run(workCtx, stopFlushing)
 	}()
 	go recheckUnmatched(ctx, store, buf, f.recheck, log)
@@ -140,13 +146,41 @@ func (a *app) stream(ctx context.Context, f streamFlags, from pglogrepl.LSN) err
 	if streamErr != nil {
 		return streamErr
 	}
-	graceCtx, cancel := context.WithTimeout(workCtx, f.grace)
-	defer cancel()
-	if err := flusher.Drain(graceCtx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
-		log.WithError(err).Warn("could not push everything due before stopping; it stays in the buffer")
+	select {
+	case <-provisioned:
+		graceCtx, cancel := context.WithTimeout(workCtx, f.grace)
+		defer cancel()
+		if err := flusher.Drain(graceCtx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+			log.WithError(err).Warn("could not push everything due before stopping; it stays in the buffer")
+		}
+	default:
 	}
 	log.WithFields(logrus.Fields{"checkpoint": consumer.Confirmed().String(), "pending": buf.Len()}).Info("stopped")
 	return nil
+}
+
+// provisionUntilDone provisions the HubSpot properties, retrying until it works or ctx ends;
+// it reports whether it worked.
+func provisionUntilDone(ctx context.Context, hs *hubspot.Client, log *logrus.Entry) bool {
+	bo := backoff.NewExponentialBackOff()
+	bo.InitialInterval, bo.MaxInterval, bo.MaxElapsedTime = 5*time.Second, 5*time.Minute, 0
+	for {
+		err := provision(ctx, hs, io.Discard)
+		if err == nil {
+			return true
+		}
+		if ctx.Err() != nil {
+			return false
+		}
+		wait := bo.NextBackOff()
+		log.WithError(err).WithField("retry_in", wait.String()).
+			Error("cannot provision the HubSpot properties; changes are recorded but not pushed until this works")
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(wait):
+		}
+	}
 }
 
 // recheckUnmatched queues students without a contact again now and then: the contact may

@@ -488,3 +488,32 @@ func TestLostSlotIsRecreatedAndBackfilled(t *testing.T) {
 		t.Fatalf("exit %d", code)
 	}
 }
+
+func TestStreamsWhileHubSpotIsDownFromTheStart(t *testing.T) {
+	w := newWorld(t, 300)
+	w.streamEnv(nil)
+	w.emu.SetFaults(hubspottest.Faults{DailyExhausted: true})
+	svc := w.start()
+	svc.waitLog("cannot provision the HubSpot properties", 30*time.Second)
+	svc.waitLog("streaming", 30*time.Second)
+	w.exec(`UPDATE user_streaks SET current_streak = current_streak + 1`)
+	w.waitConfirmedPast(w.lsn(`SELECT pg_current_wal_lsn()::text`), 30*time.Second)
+	w.emu.SetFaults(noFaults())
+	// Provisioning is retried every few seconds at first.
+	w.waitEqual(2 * time.Minute)
+}
+
+func TestReconnectsAfterTheWalsenderIsKilled(t *testing.T) {
+	w := newWorld(t, 300)
+	w.streamEnv(nil)
+	svc := w.start()
+	w.waitEqual(time.Minute)
+	for i := 0; i < 3; i++ {
+		w.exec(`SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = 'progress_sync' AND active_pid IS NOT NULL`)
+		w.exec(`UPDATE user_xp SET total_xp = total_xp + 1 WHERE user_id = $1`, w.students[60+i].ID)
+		w.waitEqual(time.Minute)
+	}
+	if !strings.Contains(svc.logs.String(), "reconnecting") {
+		t.Fatal("the service never noticed the lost connection")
+	}
+}
