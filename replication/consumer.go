@@ -90,6 +90,7 @@ func (c *Consumer) Run(ctx context.Context, start pglogrepl.LSN, needsLoad bool)
 	bo := backoff.NewExponentialBackOff()
 	bo.InitialInterval, bo.MaxInterval, bo.MaxElapsedTime = 500*time.Millisecond, 30*time.Second, 0
 	for {
+		began := time.Now()
 		err := c.session(ctx, &start, &explicit, &needsLoad)
 		if ctx.Err() != nil {
 			return nil
@@ -105,8 +106,8 @@ func (c *Consumer) Run(ctx context.Context, start pglogrepl.LSN, needsLoad bool)
 			wait = bo.NextBackOff()
 			c.log.WithError(err).WithField("retry_in", wait.String()).Warn("replication stream interrupted; reconnecting")
 		}
-		if err == nil {
-			bo.Reset()
+		if time.Since(began) > time.Minute {
+			bo.Reset() // a session that streamed a while failed afresh, not again
 		}
 		select {
 		case <-ctx.Done():

@@ -230,6 +230,7 @@ func TestSlotAdvancesWhileHubSpotRefusesEverything(t *testing.T) {
 	w.start()
 	w.waitEqual(time.Minute)
 	w.emu.SetFaults(hubspottestFaultsAll5xx())
+	before := w.slotConfirmed()
 	for i := 0; i < 5; i++ {
 		w.exec(`UPDATE user_streaks SET current_streak = current_streak + 1 WHERE user_id = $1`, w.students[30+i].ID)
 		target := w.lsn(`SELECT pg_current_wal_lsn()::text`)
@@ -238,8 +239,12 @@ func TestSlotAdvancesWhileHubSpotRefusesEverything(t *testing.T) {
 	if len(w.diff()) == 0 {
 		t.Fatal("contacts equal although HubSpot refused every call")
 	}
+	refused := w.emu.Stats().Faults
+	after := w.slotConfirmed()
 	w.emu.SetFaults(noFaults())
 	w.waitEqual(time.Minute)
+	t.Logf("while HubSpot refused %d calls, the slot confirmed %s -> %s (%d bytes); afterwards every contact equal",
+		refused, before, after, after-before)
 }
 
 func TestUnpublishedWritesAdvanceTheSlot(t *testing.T) {
