@@ -1,0 +1,226 @@
+package push
+
+import (
+	"context"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/sirupsen/logrus"
+	"github.com/sirupsen/logrus/hooks/test"
+
+	"github.com/focusenglish/progress-sync/hubspot"
+	"github.com/focusenglish/progress-sync/hubspot/hubspottest"
+	"github.com/focusenglish/progress-sync/metrics"
+	"github.com/focusenglish/progress-sync/replication/pgtest"
+	"github.com/focusenglish/progress-sync/replication/state"
+)
+
+var pg *pgtest.Server
+
+func TestMain(m *testing.M) { pgtest.Main(m, &pg) }
+
+// env is a database, the emulator with our properties, and a Pusher between them.
+type env struct {
+	t     *testing.T
+	db    *pgxpool.Pool
+	emu   *hubspottest.Server
+	store *state.Store
+	p     *Pusher
+	logs  *test.Hook
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	ctx := context.Background()
+	db, err := pgxpool.New(ctx, pg.NewDatabase(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(db.Close)
+	store, err := state.Open(ctx, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	emu := hubspottest.NewServer(hubspottest.Options{Token: "tok-push-test", Seed: 3})
+	t.Cleanup(emu.Close)
+	logger, hook := test.NewNullLogger()
+	logger.SetOutput(io.Discard)
+	hs, err := hubspot.New(hubspot.Config{BaseURL: emu.URL(), Token: "tok-push-test", RateLimit: hubspot.Rate{Requests: 1000, Per: time.Second},
+		InitialBackoff: time.Millisecond, Log: logrus.NewEntry(logger)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var props []hubspot.Property
+	for _, d := range metrics.Definitions() {
+		p := hubspot.Property{Name: d.Name, Label: d.Label, GroupName: metrics.GroupName, Type: d.Type, FieldType: d.FieldType}
+		for _, o := range d.Options {
+			p.Options = append(p.Options, hubspot.Option{Label: o.Label, Value: o.Value})
+		}
+		props = append(props, p)
+	}
+	if _, err := hs.Provision(ctx, hubspot.PropertyGroup{Name: metrics.GroupName, Label: metrics.GroupLabel}, props); err != nil {
+		t.Fatal(err)
+	}
+	return &env{t: t, db: db, emu: emu, store: store, p: New(hs, store, logrus.NewEntry(logger), Options{}), logs: hook}
+}
+
+func (e *env) student(email string, extra ...string) uuid.UUID {
+	e.t.Helper()
+	ctx := context.Background()
+	var id uuid.UUID
+	if err := e.db.QueryRow(ctx, `INSERT INTO users (email, name, language_level, course_goal) VALUES ($1, 'S', 'B1', 'viajes') RETURNING id`, email).Scan(&id); err != nil {
+		e.t.Fatal(err)
+	}
+	for _, sql := range extra {
+		if _, err := e.db.Exec(ctx, sql, id); err != nil {
+			e.t.Fatalf("%s: %v", sql, err)
+		}
+	}
+	return id
+}
+
+func (e *env) push(ids ...uuid.UUID) Result {
+	e.t.Helper()
+	students, err := metrics.ForStudents(context.Background(), e.db, ids)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	res, err := e.p.Push(context.Background(), students)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return res
+}
+
+func (e *env) problem(id uuid.UUID) state.Problem {
+	e.t.Helper()
+	probs, err := e.store.Problems(context.Background())
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	for _, p := range probs {
+		if p.StudentID == id {
+			return p
+		}
+	}
+	return state.Problem{}
+}
+
+func progress(lesson string, score string, spent string) string {
+	return `INSERT INTO course_progress (user_id, course_level, course_goal, module_id, lesson_id, completed, score, time_spent, last_accessed_at)
+		VALUES ($1, 'B1', 'viajes', 'b1-viajes-m1', ` + lesson + `, true, ` + score + `, ` + spent + `, '2026-11-20 10:00')`
+}
+
+func TestHostileInput(t *testing.T) {
+	e := newEnv(t)
+	fine := e.student("fine@example.com")
+	e.emu.AddContact("fine@example.com", nil, nil)
+
+	noEmail := e.student("   ")
+	notAddress := e.student("just some words")
+	upper := e.student("Twin@Example.com")
+	lower := e.student("twin@example.com")
+	e.emu.AddContact("twin@example.com", nil, nil)
+	secondaryOnly := e.student("old-address@example.com")
+	e.emu.AddContact("new-address@example.com", []string{"old-address@example.com"}, nil)
+	wild := e.student("wild@example.com", progress("'l1'", "150", "2000000000"), progress("'l2'", "-20", "-5"))
+	e.emu.AddContact("wild@example.com", nil, nil)
+	longLesson := e.student("long@example.com", progress("repeat('x', 10000)", "80", "60"))
+	e.emu.AddContact("long@example.com", nil, nil)
+	tooLong := e.student("toolong@example.com", progress("repeat('y', 70000)", "80", "60"))
+	e.emu.AddContact("toolong@example.com", nil, nil)
+
+	res := e.push(fine, noEmail, notAddress, upper, lower, secondaryOnly, wild, longLesson, tooLong)
+
+	for _, tc := range []struct {
+		name    string
+		student uuid.UUID
+		kind    state.Kind
+		reason  string
+	}{
+		{"no email", noEmail, state.Unmatched, "no email"},
+		{"not an address", notAddress, state.Unmatched, "not an address"},
+		{"same email in two cases (upper)", upper, state.Conflict, "no single one"},
+		{"same email in two cases (lower)", lower, state.Conflict, "no single one"},
+		{"value longer than HubSpot takes", tooLong, state.Rejected, "current_lesson"},
+	} {
+		if p := e.problem(tc.student); p.Kind != tc.kind || !strings.Contains(p.Reason, tc.reason) {
+			t.Errorf("%s: problem %+v, want %s containing %q", tc.name, p, tc.kind, tc.reason)
+		}
+	}
+	for _, tc := range []struct {
+		name, email string
+		student     uuid.UUID
+		check       func(c hubspottest.Contact) bool
+	}{
+		{"ordinary student beside the hostile ones", "fine@example.com", fine, func(c hubspottest.Contact) bool { return c.Properties[metrics.CourseStatus] == "not_started" }},
+		{"email only on a contact's secondary address", "new-address@example.com", secondaryOnly, func(c hubspottest.Contact) bool { return c.Properties[metrics.CourseStatus] == "not_started" }},
+		{"scores out of range and enormous time", "wild@example.com", wild, func(c hubspottest.Contact) bool {
+			return c.Properties[metrics.AverageScore] == "65" && c.Properties[metrics.TotalStudyTime] == "33333333"
+		}},
+		{"a 10,000-character lesson id", "long@example.com", longLesson, func(c hubspottest.Contact) bool { return len(c.Properties[metrics.CurrentLesson]) == 10000 }},
+	} {
+		c, ok := e.emu.ContactByEmail(tc.email)
+		if !ok || !tc.check(c) {
+			t.Errorf("%s: contact %+v", tc.name, c.Properties)
+		}
+		if p := e.problem(tc.student); p.Kind != "" {
+			t.Errorf("%s: unexpected problem %+v", tc.name, p)
+		}
+	}
+	twin, _ := e.emu.ContactByEmail("twin@example.com")
+	if twin.Properties[metrics.CourseStatus] != "" {
+		t.Errorf("a contact claimed by two students was written: %v", twin.Properties)
+	}
+	if len(res.Problems) != 5 {
+		t.Errorf("%d problems, want 5: %+v", len(res.Problems), res.Problems)
+	}
+	if v := e.emu.Violations(); len(v) > 0 {
+		t.Fatalf("violations: %v", v)
+	}
+	// Logs name students by id and a masked email, never the address itself.
+	for _, entry := range e.logs.AllEntries() {
+		if s, _ := entry.String(); strings.Contains(s, "Twin@Example.com") || strings.Contains(s, "twin@example.com") {
+			t.Fatalf("log shows a full email: %s", s)
+		}
+	}
+}
+
+func TestSecondPushSendsNothingAndRejectedValuesWaitForAChange(t *testing.T) {
+	e := newEnv(t)
+	a := e.student("a@example.com", progress("'l1'", "90", "60"))
+	e.emu.AddContact("a@example.com", nil, nil)
+	e.emu.AddValidationRule(metrics.AverageScore, hubspottest.MaxNumber(50))
+	e.push(a)
+	if p := e.problem(a); p.Kind != state.Rejected {
+		t.Fatalf("problem %+v, want rejected", p)
+	}
+	e.emu.ResetStats()
+	e.push(a)
+	if st := e.emu.Stats(); st.Requests != 0 {
+		t.Fatalf("pushing unchanged, already refused values made %d requests", st.Requests)
+	}
+	if _, err := e.db.Exec(context.Background(), `UPDATE course_progress SET score = 40 WHERE user_id = $1`, a); err != nil {
+		t.Fatal(err)
+	}
+	e.push(a)
+	if p := e.problem(a); p.Kind != "" {
+		t.Fatalf("after the value changed: problem %+v", p)
+	}
+	c, _ := e.emu.ContactByEmail("a@example.com")
+	if c.Properties[metrics.AverageScore] != "40" {
+		t.Fatalf("average_score %q", c.Properties[metrics.AverageScore])
+	}
+}
+
+func TestMaskEmail(t *testing.T) {
+	for in, want := range map[string]string{"ada@example.com": "a***@example.com", "": "", "x": "x***", "@d.com": "***@d.com"} {
+		if got := MaskEmail(in); got != want {
+			t.Errorf("MaskEmail(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
