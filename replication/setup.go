@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -14,20 +15,22 @@ import (
 // Table is a published source table and the replica identity it needs.
 type Table struct {
 	Name string // schema-qualified
-	// Full says deletes and key-changing updates must carry the whole old row: the column
-	// naming the student (or the course) is not in the primary key.
+	// Full says deletes and key-changing updates must carry the columns in Keys, which name
+	// the student (or the course) and are not in the primary key: REPLICA IDENTITY FULL, or
+	// an identity index covering Keys.
 	Full bool
+	Keys []string
 }
 
 // Tables are the tables whose changes concern students (CONTRACT §2).
 func Tables() []Table {
 	return []Table{
 		{Name: "public.users"},
-		{Name: "public.course_progress", Full: true},
-		{Name: "public.user_streaks", Full: true},
-		{Name: "public.user_xp", Full: true},
-		{Name: "public.course_lessons", Full: true},
-		{Name: "public.course_modules", Full: true},
+		{Name: "public.course_progress", Full: true, Keys: []string{"user_id"}},
+		{Name: "public.user_streaks", Full: true, Keys: []string{"user_id"}},
+		{Name: "public.user_xp", Full: true, Keys: []string{"user_id"}},
+		{Name: "public.course_lessons", Full: true, Keys: []string{"module_id"}},
+		{Name: "public.course_modules", Full: true, Keys: []string{"course_level", "course_goal"}},
 	}
 }
 
@@ -89,11 +92,11 @@ func Setup(ctx context.Context, db *pgxpool.Pool, n Names) (SetupReport, error) 
 		if !t.Full {
 			continue
 		}
-		var identity string
-		if err := db.QueryRow(ctx, `SELECT relreplident::text FROM pg_class WHERE oid = $1::regclass`, t.Name).Scan(&identity); err != nil {
-			return rep, fmt.Errorf("read replica identity of %s: %w", t.Name, err)
+		ok, err := identityCovers(ctx, db, t)
+		if err != nil {
+			return rep, err
 		}
-		if identity == "f" {
+		if ok {
 			continue
 		}
 		stmt := fmt.Sprintf("ALTER TABLE %s REPLICA IDENTITY FULL", t.Name)
@@ -103,6 +106,33 @@ func Setup(ctx context.Context, db *pgxpool.Pool, n Names) (SetupReport, error) 
 		rep.Done = append(rep.Done, fmt.Sprintf("set REPLICA IDENTITY FULL on %s (deletes must name the student)", t.Name))
 	}
 	return rep, nil
+}
+
+// identityCovers reports whether the table's replica identity already makes deletes carry its
+// key columns: FULL, or a DBA's identity index that includes them.
+func identityCovers(ctx context.Context, db *pgxpool.Pool, t Table) (bool, error) {
+	var identity string
+	var indexed []string
+	err := db.QueryRow(ctx, `SELECT c.relreplident::text, coalesce(array_agg(a.attname::text) FILTER (WHERE a.attname IS NOT NULL), '{}')
+		FROM pg_class c
+		LEFT JOIN pg_index i ON i.indrelid = c.oid AND i.indisreplident
+		LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY(i.indkey)
+		WHERE c.oid = $1::regclass GROUP BY c.relreplident`, t.Name).Scan(&identity, &indexed)
+	if err != nil {
+		return false, fmt.Errorf("read replica identity of %s: %w", t.Name, err)
+	}
+	switch identity {
+	case "f":
+		return true, nil
+	case "i":
+		for _, k := range t.Keys {
+			if !slices.Contains(indexed, k) {
+				return false, nil
+			}
+		}
+		return true, nil
+	}
+	return false, nil
 }
 
 // missingTables lists the source tables the publication does not publish.

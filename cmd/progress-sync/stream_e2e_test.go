@@ -522,3 +522,42 @@ func TestReconnectsAfterTheWalsenderIsKilled(t *testing.T) {
 		t.Fatal("the service never noticed the lost connection")
 	}
 }
+
+func TestSchemaSurprises(t *testing.T) {
+	w := newWorld(t, 300)
+	w.streamEnv(nil)
+	// A DBA's choices before the service first runs: an identity index instead of FULL, and
+	// a publication that lacks a table.
+	w.exec(`ALTER TABLE user_xp REPLICA IDENTITY USING INDEX user_xp_user_id_key`)
+	w.exec(`CREATE PUBLICATION progress_sync FOR TABLE users, course_progress, user_streaks, course_lessons, course_modules`)
+	svc := w.start()
+	svc.waitLog("added public.user_xp to publication progress_sync", 30*time.Second)
+	w.waitEqual(time.Minute)
+	var identity string
+	if err := w.db.QueryRow(context.Background(), `SELECT relreplident::text FROM pg_class WHERE oid = 'user_xp'::regclass`).Scan(&identity); err != nil {
+		t.Fatal(err)
+	}
+	if identity != "i" {
+		t.Fatalf("setup replaced a sufficient identity index (now %q)", identity)
+	}
+	// Deletes through the identity index still name the student.
+	victim := w.students[70].ID
+	w.exec(`INSERT INTO user_xp (user_id, total_xp) VALUES ($1, 4242) ON CONFLICT (user_id) DO UPDATE SET total_xp = 4242`, victim)
+	w.waitEqual(30 * time.Second)
+	w.exec(`DELETE FROM user_xp WHERE user_id = $1`, victim)
+	w.waitEqual(30 * time.Second)
+
+	// Columns come and go on published tables while streaming.
+	w.exec(`ALTER TABLE course_progress ADD COLUMN device text DEFAULT 'web'`)
+	w.exec(`UPDATE course_progress SET score = 77, device = 'ios' WHERE user_id = $1`, w.students[71].ID)
+	w.waitEqual(30 * time.Second)
+	w.exec(`ALTER TABLE course_progress DROP COLUMN exercises_completed`)
+	w.exec(`ALTER TABLE course_progress DROP COLUMN device`)
+	w.exec(`DELETE FROM course_progress WHERE user_id = $1`, w.students[72].ID)
+	w.exec(`INSERT INTO course_progress (user_id, course_level, course_goal, module_id, lesson_id, completed, score)
+		VALUES ($1, 'A1', 'viajes', 'a1-viajes-m1', 'a1-viajes-m1-l1', true, 50)`, w.students[73].ID)
+	w.waitEqual(30 * time.Second)
+	if code := svc.stop(); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+}
