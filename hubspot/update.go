@@ -83,8 +83,52 @@ func (u *updater) test(ctx context.Context, batch []Update, useHints bool) error
 	if err != nil || bad == nil {
 		return err
 	}
+	// A property missing from the portal is not any contact's fault: every contact would
+	// be "rejected" and never retried. Stop and say what to do instead.
+	if names := missingProperties(bad); len(names) > 0 {
+		return fmt.Errorf("%w: %s (run `progress-sync provision`): %w", ErrPropertyMissing, strings.Join(names, ", "), bad)
+	}
 	return u.isolate(ctx, batch, bad, useHints)
 }
+
+// ErrPropertyMissing means HubSpot refused an update because a property it names does not
+// exist in the portal.
+var ErrPropertyMissing = errors.New("HubSpot has no such contact property")
+
+// missingProperties lists the properties a 400 says do not exist.
+func missingProperties(e *APIError) []string {
+	seen := map[string]bool{}
+	var out []string
+	add := func(name string) {
+		if name != "" && !seen[name] {
+			seen[name] = true
+			out = append(out, name)
+		}
+	}
+	for _, d := range e.Errors {
+		if d.Code == codePropertyMissing {
+			for _, name := range d.Context["propertyName"] {
+				add(name)
+			}
+		}
+	}
+	if i := strings.IndexByte(e.Message, '['); i >= 0 {
+		var entries []struct {
+			Name  string `json:"name"`
+			Error string `json:"error"`
+		}
+		if json.NewDecoder(strings.NewReader(e.Message[i:])).Decode(&entries) == nil {
+			for _, en := range entries {
+				if en.Error == codePropertyMissing {
+					add(en.Name)
+				}
+			}
+		}
+	}
+	return out
+}
+
+const codePropertyMissing = "PROPERTY_DOESNT_EXIST"
 
 // isolate handles a batch known to hold at least one input HubSpot refuses;
 // cause is the 400 from this batch or from a batch that contained it. It
@@ -141,7 +185,9 @@ func (u *updater) isolate(ctx context.Context, batch []Update, cause *APIError, 
 }
 
 func (u *updater) reject(in Update, cause *APIError) {
-	msg := rejectionMessage(in, cause)
+	// The hints are JSON inside the message, decoded after newAPIError redacted it: an
+	// escaped token comes out whole.
+	msg := redact(rejectionMessage(in, cause), u.c.token)
 	u.res.Rejected = append(u.res.Rejected, Rejection{ContactID: in.ContactID, Message: msg})
 	u.c.log.WithFields(logrus.Fields{"contact_id": in.ContactID, "reason": msg}).Warn("hubspot refused a contact update")
 }
@@ -212,7 +258,7 @@ func (u *updater) record(batch []Update, resp batchResponse) {
 			}
 		}
 		if e.Category != categoryNotFound {
-			u.c.log.WithFields(logrus.Fields{"category": e.Category, "message": msg}).
+			u.c.log.WithFields(logrus.Fields{"category": redact(e.Category, u.c.token), "message": msg}).
 				Warn("hubspot batch/update reported an error for some inputs")
 		}
 	}

@@ -513,3 +513,14 @@ func TestHubSpotUnreachableFailsClearly(t *testing.T) {
 		t.Fatal("the token was printed")
 	}
 }
+
+func TestBackfillRefusesWithoutProperties(t *testing.T) {
+	w := newWorld(t, 300)
+	r := w.cli.run("backfill")
+	if r.code != 1 || !strings.Contains(r.stderr, "run `progress-sync provision`") || !strings.Contains(r.stderr, "lessons_completed") {
+		t.Fatalf("backfill before provision: exit %d\n%s", r.code, r.stderr)
+	}
+	if st := w.emu.Stats(); st.BatchUpdates != 0 || st.BatchReads != 0 {
+		t.Fatalf("backfill before provision sent %d updates and %d reads", st.BatchUpdates, st.BatchReads)
+	}
+}

@@ -39,8 +39,8 @@ func (a *app) provisionCmd() *cobra.Command {
 	}
 }
 
-// provision makes sure the group and every property exist with the types the sync writes.
-func provision(ctx context.Context, hs *hubspot.Client, out io.Writer) error {
+// properties are the HubSpot properties the sync writes.
+func properties() []hubspot.Property {
 	var props []hubspot.Property
 	for _, d := range metrics.Definitions() {
 		p := hubspot.Property{Name: d.Name, Label: d.Label, Description: d.Description,
@@ -50,7 +50,30 @@ func provision(ctx context.Context, hs *hubspot.Client, out io.Writer) error {
 		}
 		props = append(props, p)
 	}
-	rep, err := hs.Provision(ctx, hubspot.PropertyGroup{Name: metrics.GroupName, Label: metrics.GroupLabel}, props)
+	return props
+}
+
+// checkProperties fails when a property the sync writes is missing or of another type:
+// writing then would only get every contact refused.
+func checkProperties(ctx context.Context, hs *hubspot.Client) error {
+	mismatches, err := hs.CheckProperties(ctx, properties())
+	if err != nil {
+		return fmt.Errorf("verify the HubSpot properties: %w", err)
+	}
+	if len(mismatches) == 0 {
+		return nil
+	}
+	lines := make([]string, len(mismatches))
+	for i, m := range mismatches {
+		lines[i] = m.String()
+	}
+	return fmt.Errorf("HubSpot is not ready for the sync: %s; run `progress-sync provision` (it creates missing properties and names those of another type)",
+		strings.Join(lines, "; "))
+}
+
+// provision makes sure the group and every property exist with the types the sync writes.
+func provision(ctx context.Context, hs *hubspot.Client, out io.Writer) error {
+	rep, err := hs.Provision(ctx, hubspot.PropertyGroup{Name: metrics.GroupName, Label: metrics.GroupLabel}, properties())
 	if err != nil {
 		return fmt.Errorf("provision: %w", err)
 	}
@@ -93,6 +116,9 @@ in HubSpot workflows that watch those properties: run it with --dry-run first.`,
 			defer db.Close()
 			hs, err := newHubSpot(cfg, log)
 			if err != nil {
+				return err
+			}
+			if err := checkProperties(ctx, hs); err != nil {
 				return err
 			}
 			var store push.Store
