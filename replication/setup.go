@@ -56,6 +56,22 @@ func SetupSQL(n Names) []string {
 	return append(stmts, fmt.Sprintf("SELECT pg_create_logical_replication_slot('%s', 'pgoutput');", n.Slot))
 }
 
+// RoleSQL creates a least-privilege role for the service: it logs in and replicates, reads the
+// six source tables, and owns its state schema; nothing else. The publication and replica
+// identities (SetupSQL) stay with the tables' owner.
+func RoleSQL(role, stateSchema string) []string {
+	var names []string
+	for _, t := range Tables() {
+		names = append(names, t.Name)
+	}
+	return []string{
+		fmt.Sprintf("CREATE ROLE %s LOGIN REPLICATION PASSWORD 'choose-a-strong-password';", role),
+		fmt.Sprintf("GRANT USAGE ON SCHEMA public TO %s;", role),
+		fmt.Sprintf("GRANT SELECT ON %s TO %s;", strings.Join(names, ", "), role),
+		fmt.Sprintf("CREATE SCHEMA IF NOT EXISTS %s AUTHORIZATION %s;", stateSchema, role),
+	}
+}
+
 // SetupReport says what Setup changed.
 type SetupReport struct {
 	Done []string // one line per change made

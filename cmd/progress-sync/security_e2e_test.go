@@ -138,3 +138,44 @@ func TestSecretsNeverPrinted(t *testing.T) {
 		t.Error("no masked email in the logs; the masking test proves nothing")
 	}
 }
+
+func TestLeastPrivilegeRole(t *testing.T) {
+	w := newWorld(t, 300)
+	printed := w.cli.mustRun("setup", "--print-sql").stdout
+	// A DBA runs the printed SQL, leaving the slot to the service as the comment says.
+	for _, line := range strings.Split(printed, "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "--") || strings.Contains(line, "pg_create_logical_replication_slot") {
+			continue
+		}
+		w.exec(line)
+	}
+	t.Cleanup(func() {
+		// Roles outlive the test database; drop this one with what it owns.
+		ctx := context.Background()
+		w.db.Exec(ctx, `DROP OWNED BY progress_sync`)
+		w.db.Exec(ctx, `DROP ROLE IF EXISTS progress_sync`)
+	})
+	u, _ := url.Parse(w.dbURL)
+	u.User = url.UserPassword("progress_sync", "choose-a-strong-password")
+	w.cli.env["DATABASE_URL"] = u.String()
+	w.streamEnv(nil)
+	svc := w.start()
+	w.waitEqual(time.Minute)
+	if code := svc.stop(); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	var owner string
+	if err := w.db.QueryRow(context.Background(), `SELECT tableowner FROM pg_tables WHERE schemaname = 'progress_sync' AND tablename = 'pending'`).Scan(&owner); err != nil {
+		t.Fatal(err)
+	}
+	if owner != "progress_sync" {
+		t.Fatalf("state owned by %q", owner)
+	}
+	// Without the right to change the publication, a missing table is reported with the fix.
+	w.exec(`ALTER PUBLICATION progress_sync DROP TABLE user_xp`)
+	r := w.cli.run("setup")
+	if r.code != 1 || !strings.Contains(r.stderr, "ALTER PUBLICATION progress_sync ADD TABLE public.user_xp") {
+		t.Fatalf("setup without the right to fix the publication: exit %d\n%s", r.code, r.stderr)
+	}
+}

@@ -219,6 +219,10 @@ func (a *app) setupCmd() *cobra.Command {
 				}
 				fmt.Fprintln(out, "-- progress-sync setup: run as a role that owns these tables (Supabase: postgres).")
 				fmt.Fprintln(out, strings.Join(replication.SetupSQL(replication.Names{Slot: cfg.Slot, Publication: cfg.Publication}), "\n"))
+				fmt.Fprintln(out, "\n-- Optional: a least-privilege role for the service (use it in DATABASE_URL). It may log in,")
+				fmt.Fprintln(out, "-- replicate, read the six tables and own its state schema; nothing else. With it, leave the")
+				fmt.Fprintln(out, "-- slot to the service: it creates the slot itself, with a snapshot for the first backfill.")
+				fmt.Fprintln(out, strings.Join(replication.RoleSQL("progress_sync", state.Schema), "\n"))
 				return nil
 			}
 			cfg, _, err := a.load(config.Needs{Database: true, Replication: true})

@@ -75,10 +75,20 @@ func Migrate(ctx context.Context, db *pgxpool.Pool) error {
 		return fmt.Errorf("migrate state: lock: %w", err)
 	}
 	defer conn.Exec(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock($1)", migrationLock) //nolint:errcheck
-	if _, err := conn.Exec(ctx, `CREATE SCHEMA IF NOT EXISTS `+Schema+`;
-		CREATE TABLE IF NOT EXISTS `+Schema+`.schema_migrations (
+	// CREATE SCHEMA IF NOT EXISTS checks the right to create schemas even when the schema
+	// exists, and a least-privilege role only owns its schema: create it only when missing.
+	var exists bool
+	if err := conn.QueryRow(ctx, `SELECT to_regnamespace($1) IS NOT NULL`, Schema).Scan(&exists); err != nil {
+		return fmt.Errorf("migrate state: %w", err)
+	}
+	if !exists {
+		if _, err := conn.Exec(ctx, `CREATE SCHEMA `+Schema); err != nil {
+			return fmt.Errorf("migrate state: create schema %s (the role needs CREATE on the database, or a DBA runs the SQL of `setup --print-sql`): %w", Schema, err)
+		}
+	}
+	if _, err := conn.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+Schema+`.schema_migrations (
 			version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())`); err != nil {
-		return fmt.Errorf("migrate state: create schema %s (the role needs CREATE on the database): %w", Schema, err)
+		return fmt.Errorf("migrate state: %w", err)
 	}
 	var current int
 	if err := conn.QueryRow(ctx, `SELECT coalesce(max(version), 0) FROM `+Schema+`.schema_migrations`).Scan(&current); err != nil {
