@@ -65,6 +65,7 @@ type app struct {
 	stdout, stderr io.Writer
 	getenv         func(string) (string, bool)
 	root           *cobra.Command
+	showEmails     bool
 }
 
 func newRoot(stdout, stderr io.Writer, getenv func(string) (string, bool)) *cobra.Command {
@@ -77,6 +78,7 @@ func newRoot(stdout, stderr io.Writer, getenv func(string) (string, bool)) *cobr
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	config.Register(root.PersistentFlags())
+	root.PersistentFlags().BoolVar(&a.showEmails, "show-emails", false, "log email addresses in full (by default logs mask them: a***@example.com)")
 	a.root = root
 	root.AddCommand(a.runCmd(), a.setupCmd(), a.provisionCmd(), a.backfillCmd(), a.replayCmd(), a.statusCmd(), a.teardownCmd())
 	return root

@@ -130,7 +130,7 @@ in HubSpot workflows that watch those properties: run it with --dry-run first.`,
 			if err != nil {
 				return err
 			}
-			p := push.New(hs, store, log, push.Options{DryRun: dryRun})
+			p := push.New(hs, store, log, push.Options{DryRun: dryRun, ShowEmails: a.showEmails})
 			res, err := backfill(ctx, db, p, emails, log)
 			report(cmd.OutOrStdout(), res, dryRun)
 			return err

@@ -119,7 +119,7 @@ func (a *app) stream(ctx context.Context, f streamFlags, from pglogrepl.LSN) err
 		DatabaseURL: cfg.DatabaseURL, Names: names, StatusInterval: f.statusInterval,
 		Log: log.WithField("component", "replication"),
 	})
-	flusher := flush.New(buf, db, push.New(hs, store, log.WithField("component", "push"), push.Options{}),
+	flusher := flush.New(buf, db, push.New(hs, store, log.WithField("component", "push"), push.Options{ShowEmails: a.showEmails}),
 		flush.Options{Log: log.WithField("component", "flush")})
 
 	// The flusher outlives the stream by the grace period; workCtx bounds even that.

@@ -224,3 +224,21 @@ func TestMaskEmail(t *testing.T) {
 		}
 	}
 }
+
+func TestShowEmailsIsOptIn(t *testing.T) {
+	for _, show := range []bool{false, true} {
+		e := newEnv(t)
+		e.p.showEmails = show
+		id := e.student("nobody-here@example.com")
+		e.push(id)
+		var logged bool
+		for _, entry := range e.logs.AllEntries() {
+			if entry.Data["email"] == "nobody-here@example.com" {
+				logged = true
+			}
+		}
+		if logged != show {
+			t.Errorf("ShowEmails=%v: full email logged = %v", show, logged)
+		}
+	}
+}
