@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
@@ -66,6 +67,7 @@ type app struct {
 	getenv         func(string) (string, bool)
 	root           *cobra.Command
 	showEmails     bool
+	hubspotTimeout time.Duration
 }
 
 func newRoot(stdout, stderr io.Writer, getenv func(string) (string, bool)) *cobra.Command {
@@ -78,6 +80,7 @@ func newRoot(stdout, stderr io.Writer, getenv func(string) (string, bool)) *cobr
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	config.Register(root.PersistentFlags())
+	root.PersistentFlags().DurationVar(&a.hubspotTimeout, "hubspot-timeout", 30*time.Second, "give up on a HubSpot request after this long (it is retried)")
 	root.PersistentFlags().BoolVar(&a.showEmails, "show-emails", false, "log email addresses in full (by default logs mask them: a***@example.com)")
 	a.root = root
 	root.AddCommand(a.runCmd(), a.setupCmd(), a.provisionCmd(), a.backfillCmd(), a.replayCmd(), a.statusCmd(), a.teardownCmd())

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"sort"
 	"strings"
 
@@ -30,7 +31,7 @@ func (a *app) provisionCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			hs, err := newHubSpot(cfg, log)
+			hs, err := a.newHubSpot(cfg, log)
 			if err != nil {
 				return err
 			}
@@ -114,7 +115,7 @@ in HubSpot workflows that watch those properties: run it with --dry-run first.`,
 				return fmt.Errorf("connect to the database: %w", err)
 			}
 			defer db.Close()
-			hs, err := newHubSpot(cfg, log)
+			hs, err := a.newHubSpot(cfg, log)
 			if err != nil {
 				return err
 			}
@@ -224,11 +225,12 @@ func report(out io.Writer, res push.Result, dryRun bool) {
 		res.Count(state.Unmatched), res.Count(state.Rejected), res.Count(state.Conflict))
 }
 
-func newHubSpot(cfg config.Config, log *logrus.Entry) (*hubspot.Client, error) {
+func (a *app) newHubSpot(cfg config.Config, log *logrus.Entry) (*hubspot.Client, error) {
 	return hubspot.New(hubspot.Config{
-		BaseURL:   cfg.HubSpotBaseURL,
-		Token:     cfg.HubSpotToken,
-		RateLimit: cfg.RateLimit,
-		Log:       log.WithField("component", "hubspot"),
+		BaseURL:    cfg.HubSpotBaseURL,
+		Token:      cfg.HubSpotToken,
+		RateLimit:  cfg.RateLimit,
+		HTTPClient: &http.Client{Timeout: a.hubspotTimeout},
+		Log:        log.WithField("component", "hubspot"),
 	})
 }

@@ -27,15 +27,17 @@ import (
 
 // streamFlags are the tuning knobs of run and replay beyond CONTRACT §4.
 type streamFlags struct {
-	grace          time.Duration
-	recheck        time.Duration
-	statusInterval time.Duration
+	grace           time.Duration
+	recheck         time.Duration
+	statusInterval  time.Duration
+	dailyLimitPause time.Duration
 }
 
 func (f *streamFlags) register(cmd *cobra.Command) {
 	cmd.Flags().DurationVar(&f.grace, "grace", 20*time.Second, "on SIGTERM, how long to keep pushing students that are due")
 	cmd.Flags().DurationVar(&f.recheck, "recheck-unmatched", time.Hour, "how often students without a HubSpot contact are looked up again")
 	cmd.Flags().DurationVar(&f.statusInterval, "status-interval", 10*time.Second, "how often the position is reported to PostgreSQL (keep well under wal_sender_timeout)")
+	cmd.Flags().DurationVar(&f.dailyLimitPause, "daily-limit-pause", 15*time.Minute, "how long pushes pause when HubSpot's daily limit is spent (changes keep being recorded)")
 }
 
 func (a *app) runCmd() *cobra.Command {
@@ -105,7 +107,7 @@ func (a *app) stream(ctx context.Context, f streamFlags, from pglogrepl.LSN) err
 	for _, line := range rep.Done {
 		log.Info(line)
 	}
-	hs, err := newHubSpot(cfg, log)
+	hs, err := a.newHubSpot(cfg, log)
 	if err != nil {
 		return err
 	}
@@ -120,7 +122,7 @@ func (a *app) stream(ctx context.Context, f streamFlags, from pglogrepl.LSN) err
 		Log: log.WithField("component", "replication"),
 	})
 	flusher := flush.New(buf, db, push.New(hs, store, log.WithField("component", "push"), push.Options{ShowEmails: a.showEmails}),
-		flush.Options{Log: log.WithField("component", "flush")})
+		flush.Options{Log: log.WithField("component", "flush"), DailyLimitPause: f.dailyLimitPause})
 
 	// The flusher outlives the stream by the grace period; workCtx bounds even that.
 	workCtx, abort := context.WithCancel(context.WithoutCancel(ctx))
