@@ -1,0 +1,21 @@
+# Shortcuts; each target is one command you can also run by hand.
+.PHONY: demo test chaos chaos-short fuzz
+
+demo:
+	go run ./cmd/demo
+
+test:
+	go test -race ./...
+
+# The soak under fire (about 5 minutes); its summary goes in the README.
+chaos:
+	go run ./cmd/chaos
+
+# The short variant CI runs.
+chaos-short:
+	go run ./cmd/chaos --duration 45s --students 1000
+
+# A minute of each fuzz target.
+fuzz:
+	go test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime 60s ./replication/
+	go test -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime 60s ./cmd/progress-sync/internal/config/
