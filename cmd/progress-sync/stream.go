@@ -84,8 +84,17 @@ both positions; progress-sync backfill recomputes every student from current dat
 	return cmd
 }
 
-// stream is the service: stream → buffer → flusher, with a clean stop.
+// stream is the service: stream → buffer → flusher, with a clean stop. A stop requested
+// while it is still starting is a clean stop too: nothing was in flight.
 func (a *app) stream(ctx context.Context, f streamFlags, from pglogrepl.LSN) error {
+	err := a.serve(ctx, f, from)
+	if err != nil && ctx.Err() != nil && errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}
+
+func (a *app) serve(ctx context.Context, f streamFlags, from pglogrepl.LSN) error {
 	cfg, log, err := a.load(config.Needs{Database: true, Replication: true, HubSpot: true})
 	if err != nil {
 		return err

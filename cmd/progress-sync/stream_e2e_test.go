@@ -561,3 +561,15 @@ func TestSchemaSurprises(t *testing.T) {
 		t.Fatalf("exit %d", code)
 	}
 }
+
+func TestSIGTERMWhileStartingExitsZero(t *testing.T) {
+	w := newWorld(t, 300)
+	w.streamEnv(nil)
+	for _, after := range []string{"loaded sync state", "streaming"} {
+		svc := w.start()
+		svc.waitLog(after, 30*time.Second)
+		if code := svc.stop(); code != 0 {
+			t.Fatalf("SIGTERM after %q: exit %d", after, code)
+		}
+	}
+}

@@ -34,7 +34,7 @@ type Store interface {
 	Links(ctx context.Context, students []uuid.UUID) (map[uuid.UUID]state.Link, error)
 	Claimants(ctx context.Context, contactIDs []string) ([]state.Link, error)
 	Pushed(ctx context.Context, contactIDs []string) (map[string]map[string]string, error)
-	Rejections(ctx context.Context, students []uuid.UUID) (map[uuid.UUID]state.Problem, error)
+	ProblemsOf(ctx context.Context, students []uuid.UUID) (map[uuid.UUID]state.Problem, error)
 	Record(ctx context.Context, o state.Outcome) error
 }
 
@@ -77,6 +77,8 @@ type Result struct {
 	Unchanged int // matched students whose contact already held every value
 	Changes   []Change
 	Problems  []state.Problem // unmatched, rejected and conflicting students
+
+	known map[uuid.UUID]state.Problem // problems recorded before this push
 }
 
 // Add accumulates another Result into r.
@@ -143,6 +145,11 @@ func (p *Pusher) push(ctx context.Context, students []metrics.Student, res *Resu
 	if err != nil {
 		return err
 	}
+	known, err := p.store.ProblemsOf(ctx, ids)
+	if err != nil {
+		return err
+	}
+	res.known = known
 
 	// Resolve: cached links hold while the email is unchanged; the rest take one batch/read.
 	var targets []*target
@@ -213,10 +220,6 @@ func (p *Pusher) push(ctx context.Context, students []metrics.Student, res *Resu
 			baseline[id] = v
 		}
 	}
-	rejected, err := p.store.Rejections(ctx, ids)
-	if err != nil {
-		return err
-	}
 	var updates []hubspot.Update
 	byContact := map[string]*target{}
 	changes := map[string]Change{}
@@ -240,7 +243,7 @@ func (p *Pusher) push(ctx context.Context, students []metrics.Student, res *Resu
 			out.Synced = append(out.Synced, t.student.ID)
 			continue
 		}
-		if r, ok := rejected[t.student.ID]; ok && r.ContactID == id && maps.Equal(r.Properties, changed) {
+		if r, ok := known[t.student.ID]; ok && r.Kind == state.Rejected && r.ContactID == id && maps.Equal(r.Properties, changed) {
 			// HubSpot refused exactly these values before; they go again when they change.
 			res.Problems = append(res.Problems, r)
 			continue
@@ -381,8 +384,17 @@ func (p *Pusher) settleConflicts(ctx context.Context, targets []*target, res *Re
 func (p *Pusher) problem(res *Result, out *state.Outcome, pr state.Problem) {
 	res.Problems = append(res.Problems, pr)
 	out.Problems = append(out.Problems, pr)
-	p.log.WithFields(logrus.Fields{"student_id": pr.StudentID, "email": p.mask(pr.Email), "kind": pr.Kind, "contact_id": pr.ContactID}).
-		Warn(pr.Reason)
+	fields := logrus.Fields{"student_id": pr.StudentID, "email": p.mask(pr.Email), "kind": pr.Kind}
+	if pr.ContactID != "" {
+		fields["contact_id"] = pr.ContactID
+	}
+	// A problem already on record (a student without a contact, looked up again) is news
+	// only at debug level; a new one is a warning.
+	if old, ok := res.known[pr.StudentID]; ok && old.Kind == pr.Kind && old.Reason == pr.Reason {
+		p.log.WithFields(fields).Debug(pr.Reason)
+		return
+	}
+	p.log.WithFields(fields).Warn(pr.Reason)
 }
 
 func (p *Pusher) mask(email string) string {

@@ -313,26 +313,28 @@ func (s *Store) Record(ctx context.Context, o Outcome) error {
 	return nil
 }
 
-// Rejections returns, for the given students HubSpot refused, the problem recorded with the
-// values it refused: sending the same values again would only be refused again.
-func (s *Store) Rejections(ctx context.Context, students []uuid.UUID) (map[uuid.UUID]Problem, error) {
+// ProblemsOf returns the problems recorded for the given students: a push skips values HubSpot
+// already refused, and reports again only what is new.
+func (s *Store) ProblemsOf(ctx context.Context, students []uuid.UUID) (map[uuid.UUID]Problem, error) {
 	out := map[uuid.UUID]Problem{}
 	if s.absent {
 		return out, nil
 	}
-	rows, err := s.db.Query(ctx, `SELECT student_id, email, reason, coalesce(contact_id, ''), properties
-		FROM `+Schema+`.problems WHERE kind = 'rejected' AND student_id = ANY($1)`, students)
+	rows, err := s.db.Query(ctx, `SELECT student_id, email, kind, reason, coalesce(contact_id, ''), properties
+		FROM `+Schema+`.problems WHERE student_id = ANY($1)`, students)
 	if err != nil {
-		return nil, fmt.Errorf("read rejections: %w", err)
+		return nil, fmt.Errorf("read problems: %w", err)
 	}
-	p := Problem{Kind: Rejected}
-	_, err = pgx.ForEachRow(rows, []any{&p.StudentID, &p.Email, &p.Reason, &p.ContactID, &p.Properties}, func() error {
+	var p Problem
+	var kind string
+	_, err = pgx.ForEachRow(rows, []any{&p.StudentID, &p.Email, &kind, &p.Reason, &p.ContactID, &p.Properties}, func() error {
+		p.Kind = Kind(kind)
 		out[p.StudentID] = p
 		p.Properties = nil
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("read rejections: %w", err)
+		return nil, fmt.Errorf("read problems: %w", err)
 	}
 	return out, nil
 }
