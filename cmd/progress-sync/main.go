@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
 
@@ -102,4 +103,18 @@ func (a *app) load(needs config.Needs) (config.Config, *logrus.Entry, error) {
 		logger.SetFormatter(&logrus.TextFormatter{FullTimestamp: true})
 	}
 	return cfg, logrus.NewEntry(logger), nil
+}
+
+// openDatabase loads the configuration and opens a pool on DATABASE_URL; the caller closes it.
+func (a *app) openDatabase(ctx context.Context, needs config.Needs) (config.Config, *logrus.Entry, *pgxpool.Pool, error) {
+	needs.Database = true
+	cfg, log, err := a.load(needs)
+	if err != nil {
+		return cfg, nil, nil, err
+	}
+	db, err := pgxpool.New(ctx, cfg.DatabaseURL)
+	if err != nil {
+		return cfg, nil, nil, fmt.Errorf("connect to the database: %w", err)
+	}
+	return cfg, log, db, nil
 }

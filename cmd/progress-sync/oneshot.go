@@ -105,14 +105,10 @@ A first backfill can change properties on thousands of contacts at once and so e
 in HubSpot workflows that watch those properties: run it with --dry-run first.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, log, err := a.load(config.Needs{Database: true, HubSpot: true})
+			ctx := cmd.Context()
+			cfg, log, db, err := a.openDatabase(ctx, config.Needs{Database: true, HubSpot: true})
 			if err != nil {
 				return err
-			}
-			ctx := cmd.Context()
-			db, err := pgxpool.New(ctx, cfg.DatabaseURL)
-			if err != nil {
-				return fmt.Errorf("connect to the database: %w", err)
 			}
 			defer db.Close()
 			hs, err := a.newHubSpot(cfg, log)

@@ -95,16 +95,12 @@ func (a *app) stream(ctx context.Context, f streamFlags, from pglogrepl.LSN) err
 }
 
 func (a *app) serve(ctx context.Context, f streamFlags, from pglogrepl.LSN) error {
-	cfg, log, err := a.load(config.Needs{Database: true, Replication: true, HubSpot: true})
+	cfg, log, db, err := a.openDatabase(ctx, config.Needs{Replication: true, HubSpot: true})
 	if err != nil {
 		return err
 	}
-	names := replication.Names{Slot: cfg.Slot, Publication: cfg.Publication}
-	db, err := pgxpool.New(ctx, cfg.DatabaseURL)
-	if err != nil {
-		return fmt.Errorf("connect to the database: %w", err)
-	}
 	defer db.Close()
+	names := replication.Names{Slot: cfg.Slot, Publication: cfg.Publication}
 	store, err := state.Open(ctx, db)
 	if err != nil {
 		return err
@@ -236,14 +232,10 @@ func (a *app) setupCmd() *cobra.Command {
 				fmt.Fprintln(out, strings.Join(replication.RoleSQL("progress_sync", state.Schema), "\n"))
 				return nil
 			}
-			cfg, _, err := a.load(config.Needs{Database: true, Replication: true})
+			ctx := cmd.Context()
+			cfg, _, db, err := a.openDatabase(ctx, config.Needs{Database: true, Replication: true})
 			if err != nil {
 				return err
-			}
-			ctx := cmd.Context()
-			db, err := pgxpool.New(ctx, cfg.DatabaseURL)
-			if err != nil {
-				return fmt.Errorf("connect to the database: %w", err)
 			}
 			defer db.Close()
 			if _, err := state.Open(ctx, db); err != nil {
@@ -278,14 +270,10 @@ func (a *app) teardownCmd() *cobra.Command {
 		Short: "Drop the replication slot (and with --all the publication and sync state) so no WAL is retained",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, _, err := a.load(config.Needs{Database: true})
+			ctx, out := cmd.Context(), cmd.OutOrStdout()
+			cfg, _, db, err := a.openDatabase(ctx, config.Needs{Database: true})
 			if err != nil {
 				return err
-			}
-			ctx, out := cmd.Context(), cmd.OutOrStdout()
-			db, err := pgxpool.New(ctx, cfg.DatabaseURL)
-			if err != nil {
-				return fmt.Errorf("connect to the database: %w", err)
 			}
 			defer db.Close()
 			dropped, err := replication.DropSlot(ctx, db, cfg.Slot, force)
@@ -326,14 +314,10 @@ func (a *app) statusCmd() *cobra.Command {
 		Short: "Show slot lag, checkpoint, pending and unmatched students, last flush",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, _, err := a.load(config.Needs{Database: true})
+			ctx, out := cmd.Context(), cmd.OutOrStdout()
+			cfg, _, db, err := a.openDatabase(ctx, config.Needs{Database: true})
 			if err != nil {
 				return err
-			}
-			ctx, out := cmd.Context(), cmd.OutOrStdout()
-			db, err := pgxpool.New(ctx, cfg.DatabaseURL)
-			if err != nil {
-				return fmt.Errorf("connect to the database: %w", err)
 			}
 			defer db.Close()
 			return printStatus(ctx, db, cfg, out)
