@@ -48,6 +48,7 @@ type Config struct {
 	Log             *logrus.Entry // optional; default discards
 	MaxRetryElapsed time.Duration // stop retrying a request after this long; default 10m
 	InitialBackoff  time.Duration // first retry wait before jitter; default 500ms
+	Observer        Observer      // optional: hears about every attempt, for metrics
 }
 
 // Rate is an allowance of Requests per rolling window of length Per.
@@ -104,6 +105,7 @@ type Client struct {
 	pace           pacer
 	maxElapsed     time.Duration
 	initialBackoff time.Duration
+	observer       Observer
 
 	// Tests replace the backoff clock and timer so retry waits are recorded
 	// instead of slept.
@@ -161,6 +163,7 @@ func New(cfg Config) (*Client, error) {
 		pace:           newLimiter(r),
 		maxElapsed:     cfg.MaxRetryElapsed,
 		initialBackoff: cfg.InitialBackoff,
+		observer:       cfg.Observer,
 		clock:          backoff.SystemClock,
 	}
 	if c.maxElapsed <= 0 {
@@ -195,8 +198,27 @@ func newLimiter(r Rate) *rate.Limiter {
 type call struct {
 	method string
 	path   string // already escaped
+	route  string // path with names replaced by placeholders, for metrics; empty: path
 	query  url.Values
 	body   any // JSON-encoded; nil sends no body
+}
+
+// endpoint names the call for metrics without property or group names, which would make a
+// label per property.
+func (cl call) endpoint() string {
+	if cl.route != "" {
+		return cl.method + " " + cl.route
+	}
+	return cl.method + " " + cl.path
+}
+
+// Observer hears about every HTTP attempt, retries included, for metrics. Its methods must be
+// cheap and safe for concurrent use.
+type Observer interface {
+	// Request reports one attempt; status 0 means no answer (timeout, connection error).
+	Request(endpoint string, status int, took time.Duration)
+	// RateLimited reports a 429 with HubSpot's policyName (TEN_SECONDLY_ROLLING, DAILY, ...).
+	RateLimited(policy string)
 }
 
 func (cl call) String() string { return cl.method + " " + cl.path }
@@ -311,6 +333,7 @@ func (c *Client) attempt(ctx context.Context, cl call, payload []byte) (response
 	started := time.Now()
 	res, err := c.http.Do(req)
 	if err != nil {
+		c.observe(cl, 0, started, nil)
 		return response{}, c.classifyTransportError(ctx, err)
 	}
 	defer res.Body.Close()
@@ -327,13 +350,29 @@ func (c *Client) attempt(ctx context.Context, cl call, payload []byte) (response
 	}).Debug("hubspot request")
 
 	if res.StatusCode >= 200 && res.StatusCode < 300 {
+		c.observe(cl, res.StatusCode, started, nil)
 		return response{status: res.StatusCode, body: data}, nil
 	}
 	apiErr := newAPIError(res.StatusCode, data, c.token)
+	c.observe(cl, res.StatusCode, started, apiErr)
 	if retryableStatus(apiErr) {
 		return response{}, &retryableError{err: apiErr, retryAfter: parseRetryAfter(res.Header.Get("Retry-After"), time.Now())}
 	}
 	return response{}, apiErr
+}
+
+func (c *Client) observe(cl call, status int, started time.Time, apiErr *APIError) {
+	if c.observer == nil {
+		return
+	}
+	c.observer.Request(cl.endpoint(), status, time.Since(started))
+	if status == http.StatusTooManyRequests {
+		policy := "unknown"
+		if apiErr != nil && apiErr.PolicyName != "" {
+			policy = apiErr.PolicyName
+		}
+		c.observer.RateLimited(policy)
+	}
 }
 
 // retryableStatus follows HubSpot's error guide: rate limits other than the

@@ -226,7 +226,7 @@ func (c *Client) ensureGroup(ctx context.Context, g PropertyGroup) (bool, error)
 	if g.Name == "" {
 		return false, errors.New("hubspot: property group needs a name")
 	}
-	_, _, err := c.do(ctx, call{method: http.MethodGet, path: pathPropertyGroups + "/" + url.PathEscape(g.Name)})
+	_, _, err := c.do(ctx, call{method: http.MethodGet, path: pathPropertyGroups + "/" + url.PathEscape(g.Name), route: pathPropertyGroups + "/{groupName}"})
 	if err == nil {
 		return false, nil
 	}
@@ -329,7 +329,7 @@ func (c *Client) addMissingOptions(ctx context.Context, want Property, got prope
 	body := struct {
 		Options []optionJSON `json:"options"`
 	}{opts}
-	if _, _, err := c.do(ctx, call{method: http.MethodPatch, path: pathProperties + "/" + url.PathEscape(want.Name), body: body}); err != nil {
+	if _, _, err := c.do(ctx, call{method: http.MethodPatch, path: pathProperties + "/" + url.PathEscape(want.Name), route: pathProperties + "/{propertyName}", body: body}); err != nil {
 		return fmt.Errorf("hubspot: add options to property %q: %w", want.Name, err)
 	}
 	report.OptionsAdded = append(report.OptionsAdded, want.Name)
@@ -410,7 +410,7 @@ func (c *Client) createOne(ctx context.Context, p Property, report *ProvisionRep
 	if !isStatus(err, http.StatusConflict) {
 		return fmt.Errorf("hubspot: create property %q: %w", p.Name, err)
 	}
-	_, body, err := c.do(ctx, call{method: http.MethodGet, path: pathProperties + "/" + url.PathEscape(p.Name)})
+	_, body, err := c.do(ctx, call{method: http.MethodGet, path: pathProperties + "/" + url.PathEscape(p.Name), route: pathProperties + "/{propertyName}"})
 	if err != nil {
 		return fmt.Errorf("hubspot: read property %q after a create conflict: %w", p.Name, err)
 	}
