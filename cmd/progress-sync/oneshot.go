@@ -221,12 +221,16 @@ func report(out io.Writer, res push.Result, dryRun bool) {
 		res.Count(state.Unmatched), res.Count(state.Rejected), res.Count(state.Conflict))
 }
 
-func (a *app) newHubSpot(cfg config.Config, log *logrus.Entry) (*hubspot.Client, error) {
-	return hubspot.New(hubspot.Config{
+func (a *app) newHubSpot(cfg config.Config, log *logrus.Entry, obs ...hubspot.Observer) (*hubspot.Client, error) {
+	hc := hubspot.Config{
 		BaseURL:    cfg.HubSpotBaseURL,
 		Token:      cfg.HubSpotToken,
 		RateLimit:  cfg.RateLimit,
 		HTTPClient: &http.Client{Timeout: a.hubspotTimeout},
 		Log:        log.WithField("component", "hubspot"),
-	})
+	}
+	if len(obs) > 0 {
+		hc.Observer = obs[0]
+	}
+	return hubspot.New(hc)
 }

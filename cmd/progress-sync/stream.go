@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"strings"
 	"time"
 
@@ -17,6 +19,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/focusenglish/progress-sync/cmd/progress-sync/internal/config"
+	"github.com/focusenglish/progress-sync/cmd/progress-sync/internal/telemetry"
 	"github.com/focusenglish/progress-sync/hubspot"
 	"github.com/focusenglish/progress-sync/replication"
 	"github.com/focusenglish/progress-sync/replication/buffer"
@@ -112,7 +115,8 @@ func (a *app) serve(ctx context.Context, f streamFlags, from pglogrepl.LSN) erro
 	for _, line := range rep.Done {
 		log.Info(line)
 	}
-	hs, err := a.newHubSpot(cfg, log)
+	tm := telemetry.New()
+	hs, err := a.newHubSpot(cfg, log, tm)
 	if err != nil {
 		return err
 	}
@@ -127,7 +131,24 @@ func (a *app) serve(ctx context.Context, f streamFlags, from pglogrepl.LSN) erro
 		Log: log.WithField("component", "replication"),
 	})
 	flusher := flush.New(buf, db, push.New(hs, store, log.WithField("component", "push"), push.Options{ShowEmails: a.showEmails}),
-		flush.Options{Log: log.WithField("component", "flush"), DailyLimitPause: f.dailyLimitPause})
+		flush.Options{Log: log.WithField("component", "flush"), DailyLimitPause: f.dailyLimitPause, Observer: tm})
+
+	tm.Gauge("progress_sync_pending_students", "Students waiting in the durable buffer.", func() float64 { return float64(buf.Len()) })
+	tm.Gauge("progress_sync_confirmed_lsn", "The position confirmed to the slot, as a number.", func() float64 { return float64(consumer.Confirmed()) })
+	tm.Gauge("progress_sync_streaming", "1 while connected to the slot and streaming.", func() float64 {
+		if consumer.Streaming() {
+			return 1
+		}
+		return 0
+	})
+	health := &telemetry.Health{Streaming: consumer.Streaming, Confirmed: func() uint64 { return uint64(consumer.Confirmed()) },
+		DailyPaused: flusher.DailyLimitPaused, StallAfter: 3*f.statusInterval + 30*time.Second}
+	stopServing, err := serveTelemetry(cfg.Listen, telemetry.Handler(tm, health), log)
+	if err != nil {
+		return err
+	}
+	defer stopServing()
+	go tm.WatchDatabase(ctx, db, cfg.Slot, f.statusInterval, log)
 
 	// The flusher outlives the stream by the grace period; workCtx bounds even that.
 	workCtx, abort := context.WithCancel(context.WithoutCancel(ctx))
@@ -164,6 +185,23 @@ func (a *app) serve(ctx context.Context, f streamFlags, from pglogrepl.LSN) erro
 	}
 	log.WithFields(logrus.Fields{"checkpoint": consumer.Confirmed().String(), "pending": buf.Len()}).Info("stopped")
 	return nil
+}
+
+// serveTelemetry serves /metrics, /healthz and /readyz on addr until the returned stop is
+// called. Port 0 picks a free port; the log says which.
+func serveTelemetry(addr string, h http.Handler, log *logrus.Entry) (func(), error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("PROGRESS_SYNC_LISTEN %s: %w", addr, err)
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	log.WithField("addr", ln.Addr().String()).Info("serving /metrics, /healthz and /readyz")
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+	}, nil
 }
 
 // provisionUntilDone provisions the HubSpot properties, retrying until it works or ctx ends;

@@ -2,7 +2,11 @@ package main_test
 
 import (
 	"fmt"
+	"io"
 	"math/rand/v2"
+	"net/http"
+	"regexp"
+	"strconv"
 
 	"bytes"
 	"context"
@@ -572,4 +576,124 @@ func TestSIGTERMWhileStartingExitsZero(t *testing.T) {
 			t.Fatalf("SIGTERM after %q: exit %d", after, code)
 		}
 	}
+}
+
+// scrape fetches one of the service's HTTP endpoints, found from its log.
+func (s *service) scrape(path string) (int, string) {
+	s.t.Helper()
+	s.waitLog("serving /metrics", 30*time.Second)
+	m := regexp.MustCompile(`"addr":"([^"]+)"`).FindStringSubmatch(s.logs.String())
+	if m == nil {
+		s.t.Fatal("no telemetry address in the log")
+	}
+	res, err := http.Get("http://" + m[1] + path)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	return res.StatusCode, string(b)
+}
+
+// metricValue reads one sample from a Prometheus text exposition.
+func metricValue(t *testing.T, body, sample string) float64 {
+	t.Helper()
+	for _, line := range strings.Split(body, "\n") {
+		if strings.HasPrefix(line, sample+" ") {
+			v, err := strconv.ParseFloat(strings.TrimPrefix(line, sample+" "), 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return v
+		}
+	}
+	return -1
+}
+
+func TestMetricsAndHealth(t *testing.T) {
+	w := newWorld(t, 300)
+	w.streamEnv(nil)
+	svc := w.start()
+	if code, body := svc.scrape("/healthz"); code != 200 {
+		t.Fatalf("/healthz %d %s", code, body)
+	}
+	w.waitEqual(time.Minute)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		code, body := svc.scrape("/readyz")
+		if code == 200 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/readyz %d %s", code, body)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	_, before := svc.scrape("/metrics")
+	for i := 0; i < 5; i++ {
+		w.exec(`INSERT INTO user_xp (user_id, total_xp) VALUES ($1, 1) ON CONFLICT (user_id) DO UPDATE SET total_xp = user_xp.total_xp + 1`, w.students[80+i].ID)
+	}
+	w.waitEqual(30 * time.Second)
+	// The gauges and counters move as the stream is processed.
+	var after string
+	deadline = time.Now().Add(30 * time.Second)
+	for {
+		_, after = svc.scrape("/metrics")
+		if metricValue(t, after, `progress_sync_flush_batches_total`) > metricValue(t, before, `progress_sync_flush_batches_total`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no flush counted:\n%s", after)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	// The database gauges refresh every status interval.
+	for metricValue(t, after, `progress_sync_slot_wal_status{status="reserved"}`) != 1 && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+		_, after = svc.scrape("/metrics")
+	}
+	if n := metricValue(t, after, `progress_sync_problem_students{kind="unmatched"}`); n != 17 {
+		t.Errorf("unmatched students %v, want 17", n)
+	}
+	for _, sample := range []string{
+		`progress_sync_hubspot_requests_total{endpoint="POST /crm/v3/objects/contacts/batch/update",status="200"}`,
+		`progress_sync_contacts_updated_total`, `progress_sync_commit_to_hubspot_seconds_count`,
+		`progress_sync_last_flush_timestamp_seconds`, `progress_sync_confirmed_lsn`, `progress_sync_streaming`,
+		`progress_sync_pending_students`, `progress_sync_slot_wal_status{status="reserved"}`, `progress_sync_problem_students{kind="unmatched"}`,
+	} {
+		if metricValue(t, after, sample) < 0 {
+			t.Errorf("no sample %s", sample)
+		}
+	}
+	if v := metricValue(t, after, `progress_sync_contacts_updated_total`); v < metricValue(t, before, `progress_sync_contacts_updated_total`)+5 {
+		t.Errorf("contacts_updated_total %v, want at least 5 more than %v", v, metricValue(t, before, `progress_sync_contacts_updated_total`))
+	}
+	if strings.Contains(after, token) {
+		t.Fatal("the metrics show the token")
+	}
+	t.Logf("one scrape of /metrics during the test (progress_sync_ lines):\n%s", grepLines(after, "progress_sync_"))
+	// A spent daily limit makes the service not ready, while it keeps streaming.
+	w.emu.SetFaults(hubspottest.Faults{DailyExhausted: true})
+	w.exec(`UPDATE user_xp SET total_xp = total_xp + 1 WHERE user_id = $1`, w.students[90].ID)
+	deadline = time.Now().Add(30 * time.Second)
+	for {
+		code, body := svc.scrape("/readyz")
+		if code == 503 && strings.Contains(body, "daily") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/readyz with a spent daily limit: %d %s", code, body)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func grepLines(body, prefix string) string {
+	var out []string
+	for _, l := range strings.Split(body, "\n") {
+		if strings.HasPrefix(l, prefix) && !strings.Contains(l, "_bucket{") {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }

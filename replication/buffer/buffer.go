@@ -26,6 +26,8 @@ import (
 type Entry struct {
 	Student uuid.UUID
 	Version int64
+	// Since is when the oldest change waiting for this push was recorded.
+	Since time.Time
 }
 
 // Options configure a Buffer.
@@ -173,7 +175,7 @@ func (b *Buffer) Due(max int) []Entry {
 			continue // superseded by a later change, a retry, or taken already
 		}
 		e.inFlight = true
-		out = append(out, Entry{Student: it.student, Version: e.version})
+		out = append(out, Entry{Student: it.student, Version: e.version, Since: e.first})
 	}
 	return out
 }

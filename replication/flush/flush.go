@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -33,12 +34,20 @@ type Pusher interface {
 	Push(ctx context.Context, students []metrics.Student) (push.Result, error)
 }
 
+// Observer hears about every batch HubSpot took, for metrics.
+type Observer interface {
+	// Flushed reports a batch: its students, the contacts updated, and how long each
+	// student's changes waited from being recorded to being in HubSpot.
+	Flushed(students, updated int, waited []time.Duration)
+}
+
 // Options configure a Flusher.
 type Options struct {
 	// DailyLimitPause is how long flushing pauses when HubSpot's daily limit is spent. The
 	// limit resets at midnight in the portal's time zone, which the API does not tell.
 	DailyLimitPause time.Duration
 	Log             *logrus.Entry
+	Observer        Observer // optional
 }
 
 // Flusher drains a Buffer.
@@ -49,8 +58,9 @@ type Flusher struct {
 	opts   Options
 	log    *logrus.Entry
 	fails  *backoff.ExponentialBackOff
-	// dailyLimitUntil is when flushing resumes after a spent daily limit (zero: not paused).
-	dailyLimitUntil time.Time
+	// dailyLimitUntil is when flushing resumes after a spent daily limit, in Unix
+	// nanoseconds (0: not paused); health checks read it from another goroutine.
+	dailyLimitUntil atomic.Int64
 }
 
 // New returns a Flusher.
@@ -107,7 +117,7 @@ func (f *Flusher) FlushDue(ctx context.Context) (int, error) {
 	if len(entries) == 0 {
 		return 0, nil
 	}
-	if wait := time.Until(f.dailyLimitUntil); wait > 0 {
+	if wait := time.Until(time.Unix(0, f.dailyLimitUntil.Load())); wait > 0 {
 		f.buf.Retry(entries, wait)
 		return 0, ErrDailyLimit
 	}
@@ -117,8 +127,9 @@ func (f *Flusher) FlushDue(ctx context.Context) (int, error) {
 		f.fails.Reset()
 		return len(entries), nil
 	case errors.Is(err, hubspot.ErrDailyLimit):
-		f.dailyLimitUntil = time.Now().Add(f.opts.DailyLimitPause)
-		f.log.WithField("retry_at", f.dailyLimitUntil.Format(time.RFC3339)).
+		until := time.Now().Add(f.opts.DailyLimitPause)
+		f.dailyLimitUntil.Store(until.UnixNano())
+		f.log.WithField("retry_at", until.Format(time.RFC3339)).
 			Error("HubSpot's daily API limit is spent; changes keep being recorded and will be pushed when it resets")
 		f.buf.Retry(entries, f.opts.DailyLimitPause)
 		return 0, ErrDailyLimit
@@ -132,6 +143,11 @@ func (f *Flusher) FlushDue(ctx context.Context) (int, error) {
 		f.buf.Retry(entries, wait)
 		return 0, err
 	}
+}
+
+// DailyLimitPaused reports whether pushes are paused on HubSpot's spent daily limit.
+func (f *Flusher) DailyLimitPaused() bool {
+	return time.Now().Before(time.Unix(0, f.dailyLimitUntil.Load()))
 }
 
 // Drain pushes everything due now, for a clean stop; it returns when nothing is due or ctx
@@ -171,5 +187,13 @@ func (f *Flusher) flush(ctx context.Context, entries []buffer.Entry) error {
 	}
 	f.log.WithFields(logrus.Fields{"students": len(entries), "updated": res.Updated, "unchanged": res.Unchanged,
 		"problems": len(res.Problems)}).Debug("flushed batch")
+	if f.opts.Observer != nil {
+		now := time.Now()
+		waited := make([]time.Duration, len(entries))
+		for i, e := range entries {
+			waited[i] = now.Sub(e.Since)
+		}
+		f.opts.Observer.Flushed(len(entries), res.Updated, waited)
+	}
 	return nil
 }

@@ -1,0 +1,206 @@
+// Package telemetry exposes progress-sync's Prometheus metrics and its /healthz and /readyz
+// endpoints. The pipeline's packages report through small observer interfaces of their own;
+// this package implements them, so none of them imports Prometheus.
+package telemetry
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/sirupsen/logrus"
+)
+
+// walStatuses are the values of pg_replication_slots.wal_status, plus "missing".
+var walStatuses = []string{"reserved", "extended", "unreserved", "lost", "missing"}
+
+// Metrics holds every metric the service exports.
+type Metrics struct {
+	reg *prometheus.Registry
+
+	changes         *prometheus.CounterVec
+	hubspotRequests *prometheus.CounterVec
+	rateLimited     *prometheus.CounterVec
+	flushBatches    prometheus.Counter
+	flushSize       prometheus.Histogram
+	contactsUpdated prometheus.Counter
+	latency         prometheus.Histogram
+	lastFlush       prometheus.Gauge
+	slotLag         prometheus.Gauge
+	walStatus       *prometheus.GaugeVec
+	problems        *prometheus.GaugeVec
+}
+
+// New registers the metrics on a fresh registry.
+func New() *Metrics {
+	m := &Metrics{reg: prometheus.NewRegistry()}
+	f := func(c prometheus.Collector) { m.reg.MustRegister(c) }
+	m.changes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "progress_sync_changes_received_total",
+		Help: "Row changes received from the replication stream, by table."}, []string{"table"})
+	m.hubspotRequests = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "progress_sync_hubspot_requests_total",
+		Help: "HubSpot HTTP attempts by endpoint and status (0: no answer)."}, []string{"endpoint", "status"})
+	m.rateLimited = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "progress_sync_hubspot_rate_limited_total",
+		Help: "HubSpot 429 answers by policy (TEN_SECONDLY_ROLLING, DAILY, ...)."}, []string{"policy"})
+	m.flushBatches = prometheus.NewCounter(prometheus.CounterOpts{Name: "progress_sync_flush_batches_total",
+		Help: "Batches of due students pushed to HubSpot."})
+	m.flushSize = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "progress_sync_flush_batch_students",
+		Help: "Students per flushed batch.", Buckets: []float64{1, 5, 10, 25, 50, 75, 100}})
+	m.contactsUpdated = prometheus.NewCounter(prometheus.CounterOpts{Name: "progress_sync_contacts_updated_total",
+		Help: "Contacts HubSpot accepted an update for."})
+	m.latency = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "progress_sync_commit_to_hubspot_seconds",
+		Help:    "From a student's first change being recorded to HubSpot holding it.",
+		Buckets: []float64{0.5, 1, 2, 3, 4, 5, 7.5, 10, 15, 20, 30, 60, 120, 300, 900, 3600}})
+	m.lastFlush = prometheus.NewGauge(prometheus.GaugeOpts{Name: "progress_sync_last_flush_timestamp_seconds",
+		Help: "Unix time of the last batch HubSpot accepted."})
+	m.slotLag = prometheus.NewGauge(prometheus.GaugeOpts{Name: "progress_sync_slot_lag_bytes",
+		Help: "WAL between the server's current position and the slot's confirmed position."})
+	m.walStatus = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "progress_sync_slot_wal_status",
+		Help: "1 for the slot's current wal_status (reserved, extended, unreserved, lost, missing)."}, []string{"status"})
+	m.problems = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "progress_sync_problem_students",
+		Help: "Students that could not be written, by kind (unmatched, rejected, conflict)."}, []string{"kind"})
+	for _, c := range []prometheus.Collector{m.changes, m.hubspotRequests, m.rateLimited, m.flushBatches, m.flushSize,
+		m.contactsUpdated, m.latency, m.lastFlush, m.slotLag, m.walStatus, m.problems,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
+		f(c)
+	}
+	return m
+}
+
+// Gauge registers a gauge read from fn at every scrape.
+func (m *Metrics) Gauge(name, help string, fn func() float64) {
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, fn))
+}
+
+// Request implements hubspot.Observer.
+func (m *Metrics) Request(endpoint string, status int, _ time.Duration) {
+	m.hubspotRequests.WithLabelValues(endpoint, strconv.Itoa(status)).Inc()
+}
+
+// RateLimited implements hubspot.Observer.
+func (m *Metrics) RateLimited(policy string) { m.rateLimited.WithLabelValues(policy).Inc() }
+
+// Changes implements replication.Observer.
+func (m *Metrics) Changes(table string, rows int) {
+	m.changes.WithLabelValues(table).Add(float64(rows))
+}
+
+// Flushed implements flush.Observer.
+func (m *Metrics) Flushed(students, updated int, waited []time.Duration) {
+	m.flushBatches.Inc()
+	m.flushSize.Observe(float64(students))
+	m.contactsUpdated.Add(float64(updated))
+	for _, w := range waited {
+		m.latency.Observe(w.Seconds())
+	}
+	m.lastFlush.SetToCurrentTime()
+}
+
+// WatchDatabase refreshes the slot and problem gauges every interval until ctx ends.
+func (m *Metrics) WatchDatabase(ctx context.Context, db *pgxpool.Pool, slot string, every time.Duration, log *logrus.Entry) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		if err := m.readDatabase(ctx, db, slot); err != nil && ctx.Err() == nil {
+			log.WithError(err).Debug("could not refresh slot metrics")
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (m *Metrics) readDatabase(ctx context.Context, db *pgxpool.Pool, slot string) error {
+	var status string
+	var lag int64
+	err := db.QueryRow(ctx, `SELECT coalesce((SELECT coalesce(wal_status, 'missing') FROM pg_replication_slots WHERE slot_name = $1), 'missing'),
+		coalesce((SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn) FROM pg_replication_slots WHERE slot_name = $1), 0)::bigint`,
+		slot).Scan(&status, &lag)
+	if err != nil {
+		return fmt.Errorf("read slot: %w", err)
+	}
+	m.slotLag.Set(float64(lag))
+	for _, s := range walStatuses {
+		v := 0.0
+		if s == status {
+			v = 1
+		}
+		m.walStatus.WithLabelValues(s).Set(v)
+	}
+	counts := map[string]float64{"unmatched": 0, "rejected": 0, "conflict": 0}
+	rows, err := db.Query(ctx, `SELECT kind, count(*) FROM progress_sync.problems GROUP BY kind`)
+	if err != nil {
+		return fmt.Errorf("count problems: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var kind string
+		var n int64
+		if err := rows.Scan(&kind, &n); err != nil {
+			return err
+		}
+		counts[kind] = float64(n)
+	}
+	for k, v := range counts {
+		m.problems.WithLabelValues(k).Set(v)
+	}
+	return rows.Err()
+}
+
+// Health decides /readyz: streaming, the checkpoint moving, and HubSpot not out of calls.
+type Health struct {
+	Streaming   func() bool
+	Confirmed   func() uint64
+	DailyPaused func() bool
+	// StallAfter is how long the confirmed position may stand still before the service is
+	// not ready; it moves at least once per status interval even when idle.
+	StallAfter time.Duration
+
+	mu        sync.Mutex
+	last      uint64
+	lastMoved time.Time
+}
+
+// Ready reports readiness and, when not ready, why.
+func (h *Health) Ready() (bool, string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	now := time.Now()
+	if c := h.Confirmed(); c != h.last || h.lastMoved.IsZero() {
+		h.last, h.lastMoved = c, now
+	}
+	switch {
+	case !h.Streaming():
+		return false, "not streaming from the replication slot"
+	case now.Sub(h.lastMoved) > h.StallAfter:
+		return false, fmt.Sprintf("checkpoint has not advanced for %s", now.Sub(h.lastMoved).Round(time.Second))
+	case h.DailyPaused():
+		return false, "HubSpot's daily API limit is spent; pushes are paused"
+	}
+	return true, "ready"
+}
+
+// Handler serves /metrics, /healthz and /readyz.
+func Handler(m *Metrics, h *Health) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		ok, why := h.Ready()
+		if !ok {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+		fmt.Fprintln(w, why)
+	})
+	return mux
+}
