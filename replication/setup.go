@@ -86,7 +86,7 @@ func Setup(ctx context.Context, db *pgxpool.Pool, n Names) (SetupReport, error) 
 	if err := db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)`, n.Publication).Scan(&exists); err != nil {
 		return rep, fmt.Errorf("look up publication %s: %w", n.Publication, err)
 	}
-	missing, err := missingTables(ctx, db, n.Publication)
+	missing, err := MissingTables(ctx, db, n.Publication)
 	if err != nil {
 		return rep, err
 	}
@@ -124,6 +124,25 @@ func Setup(ctx context.Context, db *pgxpool.Pool, n Names) (SetupReport, error) 
 	return rep, nil
 }
 
+// WeakIdentities lists the tables whose replica identity would leave deletes without the
+// student (or course) key.
+func WeakIdentities(ctx context.Context, db *pgxpool.Pool) ([]string, error) {
+	var out []string
+	for _, t := range Tables() {
+		if !t.Full {
+			continue
+		}
+		ok, err := identityCovers(ctx, db, t)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			out = append(out, t.Name)
+		}
+	}
+	return out, nil
+}
+
 // identityCovers reports whether the table's replica identity already makes deletes carry its
 // key columns: FULL, or a DBA's identity index that includes them.
 func identityCovers(ctx context.Context, db *pgxpool.Pool, t Table) (bool, error) {
@@ -151,8 +170,9 @@ func identityCovers(ctx context.Context, db *pgxpool.Pool, t Table) (bool, error
 	return false, nil
 }
 
-// missingTables lists the source tables the publication does not publish.
-func missingTables(ctx context.Context, db *pgxpool.Pool, publication string) ([]string, error) {
+// MissingTables lists the source tables the publication does not publish (all six when it
+// does not exist).
+func MissingTables(ctx context.Context, db *pgxpool.Pool, publication string) ([]string, error) {
 	rows, err := db.Query(ctx, `SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1`, publication)
 	if err != nil {
 		return nil, fmt.Errorf("list tables of publication %s: %w", publication, err)

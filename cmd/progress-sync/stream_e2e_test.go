@@ -697,3 +697,30 @@ func grepLines(body, prefix string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+func TestCheck(t *testing.T) {
+	w := newWorld(t, 300)
+	// Misconfigured: no publication, weak replica identities, properties missing in HubSpot,
+	// a token without access.
+	r := w.cli.run("check")
+	for _, want := range []string{"PROBLEM  publication", "PROBLEM  replica identities", "ALTER TABLE public.course_progress REPLICA IDENTITY FULL;",
+		"PROBLEM  HubSpot properties", "ok       wal_level", "ok       replication connection"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("misconfigured check lacks %q", want)
+		}
+	}
+	if r.code != 1 {
+		t.Fatalf("misconfigured check: exit %d\n%s", r.code, r.stdout)
+	}
+	w.cli.mustRun("setup")
+	w.cli.mustRun("provision")
+	good := w.cli.mustRun("check")
+	if !strings.Contains(good.stdout, "all ") {
+		t.Fatalf("correct setup:\n%s", good.stdout)
+	}
+	t.Logf("check on the test database:\n%s", good.stdout)
+	bad := cli{t: t, env: map[string]string{"DATABASE_URL": w.dbURL, "HUBSPOT_ACCESS_TOKEN": "not-the-token", "HUBSPOT_BASE_URL": w.emu.URL()}}
+	if r := bad.run("check"); r.code != 1 || !strings.Contains(r.stdout, "PROBLEM  HubSpot token") {
+		t.Fatalf("wrong token: exit %d\n%s", r.code, r.stdout)
+	}
+}

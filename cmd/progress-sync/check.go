@@ -1,0 +1,234 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/spf13/cobra"
+
+	"github.com/focusenglish/progress-sync/cmd/progress-sync/internal/config"
+	"github.com/focusenglish/progress-sync/hubspot"
+	"github.com/focusenglish/progress-sync/replication"
+)
+
+// finding is one line of the preflight: ok, or the problem and its fix.
+type finding struct {
+	item, detail, fix string
+	ok                bool
+}
+
+func (a *app) checkCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "check",
+		Short: "Preflight: database, replication settings, publication, slot, HubSpot token and properties",
+		Long: `Check everything run needs and print each item as ok, or the problem and its fix.
+Exit status 0 only when every item is ok.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, out := cmd.Context(), cmd.OutOrStdout()
+			cfg, log, db, err := a.openDatabase(ctx, config.Needs{Replication: true, HubSpot: true})
+			if err != nil {
+				return err
+			}
+			defer db.Close()
+			findings := checkDatabase(ctx, db, cfg)
+			hs, err := a.newHubSpot(cfg, log)
+			if err != nil {
+				return err
+			}
+			findings = append(findings, checkHubSpot(ctx, hs)...)
+			return printFindings(out, findings)
+		},
+	}
+}
+
+func printFindings(out io.Writer, findings []finding) error {
+	problems := 0
+	for _, f := range findings {
+		if f.ok {
+			fmt.Fprintf(out, "ok       %s: %s\n", f.item, f.detail)
+			continue
+		}
+		problems++
+		fmt.Fprintf(out, "PROBLEM  %s: %s\n         fix: %s\n", f.item, f.detail, f.fix)
+	}
+	if problems > 0 {
+		return fmt.Errorf("check: %d of %d items need attention", problems, len(findings))
+	}
+	fmt.Fprintf(out, "check: all %d items ok\n", len(findings))
+	return nil
+}
+
+// checkDatabase stops at the first item that makes the others meaningless (no connection).
+func checkDatabase(ctx context.Context, db *pgxpool.Pool, cfg config.Config) []finding {
+	var fs []finding
+	add := func(item string, ok bool, detail, fix string) { fs = append(fs, finding{item, detail, fix, ok}) }
+
+	var version, walLevel, user string
+	var replicationRole bool
+	err := db.QueryRow(ctx, `SELECT current_setting('server_version'), current_setting('wal_level'), current_user,
+		(SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user)`).Scan(&version, &walLevel, &user, &replicationRole)
+	if err != nil {
+		add("database", false, err.Error(), "check DATABASE_URL: host, port, user, password, sslmode")
+		return fs
+	}
+	add("database", true, fmt.Sprintf("PostgreSQL %s, connected as %s", version, user), "")
+
+	// A replication connection is what a pooler (Supavisor, PgBouncer) cannot carry.
+	conn, err := pgconn.Connect(ctx, replicationURL(cfg.DatabaseURL))
+	if err == nil {
+		_, err = pglogrepl.IdentifySystem(ctx, conn)
+		conn.Close(ctx)
+	}
+	add("replication connection", err == nil, detailOr(err, "direct connection accepts replication=database"),
+		"use the direct connection string (Supabase: db.<project>.supabase.co:5432), not the pooler; the role needs REPLICATION")
+
+	add("wal_level", walLevel == "logical", "wal_level = "+walLevel,
+		"set wal_level = logical and restart PostgreSQL (Supabase projects have it already)")
+	add("replication privilege", replicationRole, fmt.Sprintf("role %s may replicate: %v", user, replicationRole),
+		fmt.Sprintf("ALTER ROLE %s REPLICATION; (or use the role from `progress-sync setup --print-sql`)", user))
+
+	var maxSlots, usedSlots, maxSenders, usedSenders int
+	var keep string
+	err = db.QueryRow(ctx, `SELECT current_setting('max_replication_slots')::int, (SELECT count(*) FROM pg_replication_slots),
+		current_setting('max_wal_senders')::int, (SELECT count(*) FROM pg_stat_replication),
+		current_setting('max_slot_wal_keep_size')`).Scan(&maxSlots, &usedSlots, &maxSenders, &usedSenders, &keep)
+	if err != nil {
+		add("replication settings", false, err.Error(), "grant the role read access to pg_settings")
+		return fs
+	}
+	slot, err := replication.ReadSlot(ctx, db, cfg.Slot)
+	if err != nil {
+		add("slot", false, err.Error(), "")
+		return fs
+	}
+	needSlot := 0
+	if !slot.Exists {
+		needSlot = 1
+	}
+	add("free replication slots", maxSlots-usedSlots >= needSlot, fmt.Sprintf("%d of %d in use", usedSlots, maxSlots),
+		"raise max_replication_slots, or drop unused slots (SELECT slot_name, active FROM pg_replication_slots)")
+	add("free WAL senders", maxSenders-usedSenders >= 1, fmt.Sprintf("%d of %d in use", usedSenders, maxSenders),
+		"raise max_wal_senders")
+	add("max_slot_wal_keep_size", keepOK(keep), "max_slot_wal_keep_size = "+keep+" (WAL a stalled slot may hold before the server invalidates it)",
+		"keep it at least 1GB so an outage of the service does not lose the slot (Supabase: its config command; plain PostgreSQL: ALTER SYSTEM)")
+
+	missing, err := replication.MissingTables(ctx, db, cfg.Publication)
+	switch {
+	case err != nil:
+		add("publication", false, err.Error(), "")
+	case len(missing) == 6:
+		add("publication", false, fmt.Sprintf("publication %s does not exist", cfg.Publication), "run `progress-sync setup` (or its --print-sql as the tables' owner)")
+	default:
+		add("publication", len(missing) == 0, fmt.Sprintf("publication %s publishes the six tables", cfg.Publication)+missingNote(missing),
+			fmt.Sprintf("ALTER PUBLICATION %s ADD TABLE %s;", cfg.Publication, strings.Join(missing, ", ")))
+	}
+	wrong, err := replication.WeakIdentities(ctx, db)
+	if err != nil {
+		add("replica identities", false, err.Error(), "")
+	} else {
+		var fixes []string
+		for _, t := range wrong {
+			fixes = append(fixes, "ALTER TABLE "+t+" REPLICA IDENTITY FULL;")
+		}
+		add("replica identities", len(wrong) == 0, identityDetail(wrong), strings.Join(fixes, " "))
+	}
+	switch {
+	case !slot.Exists:
+		add("slot", true, fmt.Sprintf("slot %s does not exist yet; run creates it and backfills every student", cfg.Slot), "")
+	case slot.WALStatus == "lost":
+		add("slot", false, fmt.Sprintf("slot %s is lost: the server removed WAL it needed", cfg.Slot),
+			"start `progress-sync run`: it recreates the slot and backfills every student")
+	case slot.Active:
+		add("slot", false, fmt.Sprintf("slot %s is in use by process %d", cfg.Slot, slot.ActivePID),
+			"another consumer (a running progress-sync?) holds the slot; a second run waits as a standby")
+	default:
+		add("slot", true, fmt.Sprintf("slot %s: wal_status %s, lag %d bytes", cfg.Slot, slot.WALStatus, slot.LagBytes), "")
+	}
+	return fs
+}
+
+func checkHubSpot(ctx context.Context, hs *hubspot.Client) []finding {
+	mismatches, err := hs.CheckProperties(ctx, properties())
+	if err != nil {
+		return []finding{{item: "HubSpot token", detail: err.Error(),
+			fix: "create a private app with scopes " + strings.Join(hubspot.RequiredScopes(), ", ") + " and set HUBSPOT_ACCESS_TOKEN to its token"}}
+	}
+	fs := []finding{{item: "HubSpot token", ok: true, detail: "accepted (property schemas readable)"}}
+	if _, err := hs.ReadByEmail(ctx, []string{"progress-sync-check@example.invalid"}, []string{"email"}); err != nil {
+		fs = append(fs, finding{item: "HubSpot contacts scope", detail: err.Error(), fix: "add crm.objects.contacts.read and crm.objects.contacts.write to the private app"})
+	} else {
+		fs = append(fs, finding{item: "HubSpot contacts scope", ok: true, detail: "contacts readable (write access is proven by the first push)"})
+	}
+	var lines []string
+	for _, m := range mismatches {
+		lines = append(lines, m.String())
+	}
+	fs = append(fs, finding{item: "HubSpot properties", ok: len(mismatches) == 0, detail: orText(strings.Join(lines, "; "), "all 10 present with the right types"),
+		fix: "run `progress-sync provision`; a property of another type must be renamed or deleted in HubSpot first"})
+	return fs
+}
+
+func replicationURL(dsn string) string {
+	if strings.Contains(dsn, "://") {
+		sep := "?"
+		if strings.Contains(dsn, "?") {
+			sep = "&"
+		}
+		return dsn + sep + "replication=database"
+	}
+	return dsn + " replication=database"
+}
+
+func keepOK(v string) bool {
+	if v == "-1" {
+		return true // unlimited: the slot is never invalidated (watch disk usage instead)
+	}
+	n, unit := v, ""
+	for i, r := range v {
+		if r < '0' || r > '9' {
+			n, unit = v[:i], v[i:]
+			break
+		}
+	}
+	x, err := strconv.ParseFloat(n, 64)
+	if err != nil {
+		return false
+	}
+	mb := map[string]float64{"kB": 1.0 / 1024, "MB": 1, "GB": 1024, "TB": 1024 * 1024, "": 1}[unit]
+	return x*mb >= 1024
+}
+
+func missingNote(missing []string) string {
+	if len(missing) == 0 {
+		return ""
+	}
+	return "; missing " + strings.Join(missing, ", ")
+}
+
+func identityDetail(wrong []string) string {
+	if len(wrong) == 0 {
+		return "deletes carry the student key on every table"
+	}
+	return "deletes would not name the student on " + strings.Join(wrong, ", ")
+}
+
+func detailOr(err error, ok string) string {
+	if err != nil {
+		return err.Error()
+	}
+	return ok
+}
+
+func orText(s, fallback string) string {
+	if s == "" {
+		return fallback
+	}
+	return s
+}
