@@ -121,7 +121,7 @@ func (c *Client) readChunk(ctx context.Context, chunk, props []string, out map[s
 		// Misses are the normal "student has no contact" case; anything else
 		// leaves those emails unmatched too, but deserves a look.
 		if e.Category != categoryNotFound {
-			c.log.WithFields(logrus.Fields{"category": e.Category, "message": redact(e.Message, c.token)}).
+			c.log.WithFields(logrus.Fields{"category": redact(e.Category, c.token), "message": redact(e.Message, c.token)}).
 				Warn("hubspot batch/read reported an error for some inputs; treating them as unmatched")
 		}
 	}
@@ -145,7 +145,7 @@ func (c *Client) readChunk(ctx context.Context, chunk, props []string, out map[s
 			}
 		}
 		if !matched {
-			c.log.WithField("contact_id", ct.ID).Warn("hubspot batch/read returned a contact that matches no requested email; ignoring it")
+			c.log.WithField("contact_id", redact(ct.ID, c.token)).Warn("hubspot batch/read returned a contact that matches no requested email; ignoring it")
 		}
 	}
 	return nil

@@ -142,21 +142,22 @@ func newAPIError(status int, body []byte, token string) *APIError {
 	e := &APIError{StatusCode: status}
 	var eb errorBody
 	if err := json.Unmarshal(body, &eb); err != nil {
-		e.Message = redact(snippet(body), token)
+		// Redact before cutting: a token across the cut would leave its first part.
+		e.Message = snippet([]byte(redact(string(body), token)))
 		return e
 	}
 	e.Message = redact(eb.Message, token)
-	e.Category = eb.Category
+	e.Category = redact(eb.Category, token)
 	if e.Category == "" {
-		e.Category = eb.ErrorType
+		e.Category = redact(eb.ErrorType, token)
 	}
-	e.CorrelationID = eb.CorrelationID
-	e.PolicyName = eb.PolicyName
+	e.CorrelationID = redact(eb.CorrelationID, token)
+	e.PolicyName = redact(eb.PolicyName, token)
 	e.Context = redactLists(eb.Context, token)
 	for _, d := range eb.Errors {
 		e.Errors = append(e.Errors, ErrorDetail{
 			Message: redact(d.Message, token),
-			Code:    d.Code,
+			Code:    redact(d.Code, token),
 			Context: redactLists(d.Context, token),
 		})
 	}

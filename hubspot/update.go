@@ -86,7 +86,8 @@ func (u *updater) test(ctx context.Context, batch []Update, useHints bool) error
 	// A property missing from the portal is not any contact's fault: every contact would
 	// be "rejected" and never retried. Stop and say what to do instead.
 	if names := missingProperties(bad); len(names) > 0 {
-		return fmt.Errorf("%w: %s (run `progress-sync provision`): %w", ErrPropertyMissing, strings.Join(names, ", "), bad)
+		// Names decoded from the JSON in the message were not redacted with it.
+		return fmt.Errorf("%w: %s (run `progress-sync provision`): %w", ErrPropertyMissing, redact(strings.Join(names, ", "), u.c.token), bad)
 	}
 	return u.isolate(ctx, batch, bad, useHints)
 }

@@ -1,6 +1,7 @@
 package replication
 
 import (
+	"encoding/binary"
 	"fmt"
 
 	"github.com/google/uuid"
@@ -202,6 +203,9 @@ func parse(data []byte) (msg pglogrepl.Message, err error) {
 	if len(data) == 0 {
 		return nil, fmt.Errorf("decode pgoutput message: empty message")
 	}
+	if err := checkSizes(data); err != nil {
+		return nil, fmt.Errorf("decode pgoutput message %q: malformed (%v)", data[0], err)
+	}
 	defer func() {
 		if r := recover(); r != nil {
 			msg, err = nil, fmt.Errorf("decode pgoutput message %q: malformed (%v)", data[0], r)
@@ -212,4 +216,82 @@ func parse(data []byte) (msg pglogrepl.Message, err error) {
 		return nil, fmt.Errorf("decode pgoutput message: %w", err)
 	}
 	return msg, nil
+}
+
+// checkSizes refuses a message that declares more data than it holds. pglogrepl allocates
+// what a Truncate's relation count or a tuple column's length declares before reading it, so
+// a corrupt 64-byte message could allocate gigabytes (a count of 2^32-1 relations is 16 GiB),
+// and running out of memory is fatal: recover cannot catch it. The walk mirrors pglogrepl's
+// decoding; where the message ends early, pglogrepl panics before allocating, and parse
+// recovers.
+func checkSizes(data []byte) error {
+	src := data[1:]
+	switch data[0] {
+	case 'T': // relation count, options, relation ids
+		if len(src) >= 5 {
+			if n := binary.BigEndian.Uint32(src); uint64(n) > uint64(len(src)-5)/4 {
+				return fmt.Errorf("%d relations declared in %d bytes", n, len(src))
+			}
+		}
+	case 'I': // relation id, 'N', new tuple
+		if len(src) >= 8 && src[4] == 'N' {
+			_, err := checkTuple(src[5:])
+			return err
+		}
+	case 'U': // relation id, optional 'K' or 'O' and old tuple, 'N', new tuple
+		if len(src) < 6 {
+			return nil
+		}
+		low := 5
+		switch src[4] {
+		case 'K', 'O':
+			used, err := checkTuple(src[low:])
+			if err != nil || used < 0 {
+				return err
+			}
+			low += used + 1
+			if low > len(src) {
+				return nil
+			}
+			fallthrough
+		case 'N':
+			_, err := checkTuple(src[low:])
+			return err
+		}
+	case 'D': // relation id, 'K' or 'O', old tuple
+		if len(src) >= 5 && (src[4] == 'K' || src[4] == 'O') {
+			_, err := checkTuple(src[5:])
+			return err
+		}
+	}
+	return nil
+}
+
+// checkTuple walks TupleData (column count, then per column a type and, for text and binary
+// values, a length and the bytes) and returns how many bytes it spans, or -1 if it ends early.
+func checkTuple(src []byte) (int, error) {
+	if len(src) < 2 {
+		return -1, nil
+	}
+	n, low := int(binary.BigEndian.Uint16(src)), 2
+	for i := 0; i < n; i++ {
+		if low >= len(src) {
+			return -1, nil
+		}
+		kind := src[low]
+		low++
+		if kind != pglogrepl.TupleDataTypeText && kind != pglogrepl.TupleDataTypeBinary {
+			continue
+		}
+		if len(src)-low < 4 {
+			return -1, nil
+		}
+		size := binary.BigEndian.Uint32(src[low:])
+		low += 4
+		if uint64(size) > uint64(len(src)-low) {
+			return 0, fmt.Errorf("column %d declares %d bytes where %d remain", i+1, size, len(src)-low)
+		}
+		low += int(size)
+	}
+	return low, nil
 }

@@ -91,7 +91,8 @@ func Load(fs *pflag.FlagSet, getenv func(string) (string, bool), needs Needs) (C
 	var c Config
 	var problems []string
 	bad := func(env, format string, args ...any) {
-		problems = append(problems, env+": "+fmt.Sprintf(format, args...))
+		// One line per problem: a parser's message may quote a value's line breaks as they are.
+		problems = append(problems, env+": "+lineBreaks.Replace(fmt.Sprintf(format, args...)))
 	}
 
 	if needs.Database || needs.Replication {
@@ -113,11 +114,15 @@ func Load(fs *pflag.FlagSet, getenv func(string) (string, bool), needs Needs) (C
 		switch {
 		case c.HubSpotToken == "":
 			bad("HUBSPOT_ACCESS_TOKEN", "not set; create a HubSpot private app with scopes crm.objects.contacts.read, crm.objects.contacts.write, crm.schemas.contacts.read, crm.schemas.contacts.write and use its access token")
-		case strings.ContainsAny(c.HubSpotToken, " \t\r\n"):
-			bad("HUBSPOT_ACCESS_TOKEN", "contains whitespace; paste the token alone")
+		case strings.IndexFunc(c.HubSpotToken, func(r rune) bool { return r <= ' ' || r >= 0x7f }) >= 0:
+			// As hubspot.New checks: such a token cannot go in an Authorization header.
+			bad("HUBSPOT_ACCESS_TOKEN", "contains whitespace or non-printable characters; paste the token alone")
 		}
 		c.HubSpotBaseURL = strings.TrimRight(raw["HUBSPOT_BASE_URL"], "/")
-		if u, err := url.Parse(c.HubSpotBaseURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		if u, err := url.Parse(c.HubSpotBaseURL); err == nil && u.User != nil {
+			// As hubspot.New refuses; not quoted, since it holds credentials.
+			bad("HUBSPOT_BASE_URL", "must not contain a user name or password; the token goes in HUBSPOT_ACCESS_TOKEN")
+		} else if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			bad("HUBSPOT_BASE_URL", "%q is not an http(s) URL such as https://api.hubapi.com", raw["HUBSPOT_BASE_URL"])
 		}
 		r, err := hubspot.ParseRate(raw["PROGRESS_SYNC_RATE_LIMIT"])
@@ -158,6 +163,8 @@ func Load(fs *pflag.FlagSet, getenv func(string) (string, bool), needs Needs) (C
 	return c, nil
 }
 
+var lineBreaks = strings.NewReplacer("\r", `\r`, "\n", `\n`)
+
 // identifier matches names that need no quoting in SQL and in replication commands.
 var identifier = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`)
 
@@ -197,5 +204,48 @@ func redact(msg, raw string, cfg *pgconn.Config) string {
 	if cfg != nil && cfg.Password != "" {
 		msg = strings.ReplaceAll(msg, cfg.Password, "***")
 	}
+	// An unencoded '@', '/' or space makes parsers disagree on where the password ends (pgx
+	// reads the user information up to the first '@', net/url up to the last), and the
+	// parser's message may then quote a piece of it as a host, port or keyword. When any
+	// piece of the widest reading of the password survives, drop the detail.
+	for _, pw := range widestPasswords(raw) {
+		if holdsPiece(msg, pw) {
+			return "check that special characters such as @ / : ? # and spaces in the user name and password are percent-encoded"
+		}
+	}
 	return msg
+}
+
+// widestPasswords are the most a password in raw could be: in a URL, what follows the first
+// ':' of the user information, read up to the last '@'; after a "password=" keyword or query
+// parameter, the rest of the string.
+func widestPasswords(raw string) []string {
+	var out []string
+	if _, rest, ok := strings.Cut(raw, "://"); ok {
+		if at := strings.LastIndex(rest, "@"); at >= 0 {
+			if _, pw, ok := strings.Cut(rest[:at], ":"); ok && pw != "" {
+				out = append(out, pw)
+			}
+		}
+	}
+	if _, rest, ok := strings.Cut(raw, "password"); ok {
+		if rest, ok := strings.CutPrefix(strings.TrimLeft(rest, " "), "="); ok && strings.TrimSpace(rest) != "" {
+			out = append(out, strings.TrimSpace(rest))
+		}
+	}
+	return out
+}
+
+// holdsPiece reports whether msg holds secret or, for a longer secret, any 4 bytes of it.
+func holdsPiece(msg, secret string) bool {
+	const piece = 4
+	if len(secret) <= piece {
+		return strings.Contains(msg, secret)
+	}
+	for i := 0; i+piece <= len(secret); i++ {
+		if strings.Contains(msg, secret[i:i+piece]) {
+			return true
+		}
+	}
+	return false
 }
