@@ -33,6 +33,11 @@ type Sink interface {
 	Advance(ctx context.Context, end pglogrepl.LSN) error
 }
 
+// Observer hears about the rows the stream delivers, for metrics.
+type Observer interface {
+	Changes(table string, rows int)
+}
+
 // Options configure a Consumer.
 type Options struct {
 	DatabaseURL string
@@ -44,6 +49,7 @@ type Options struct {
 	// that another instance is using. Default 5 s.
 	StandbyRetry time.Duration
 	Log          *logrus.Entry
+	Observer     Observer // optional
 }
 
 // Consumer streams the slot into a Sink.
@@ -427,6 +433,11 @@ func (c *Consumer) process(ctx context.Context, events <-chan event) error {
 		}
 		pending.Merge(commit.Changes)
 		pendingEnd, txns = commit.End, txns+1
+		if c.opts.Observer != nil {
+			for table, n := range commit.Changes.Rows {
+				c.opts.Observer.Changes(table, n)
+			}
+		}
 		if len(events) == 0 || txns >= groupLimit {
 			if err := flush(); err != nil {
 				return err

@@ -17,10 +17,13 @@ type Changes struct {
 	Courses  map[[2]string]struct{} // (course_level, course_goal) of changed modules
 	// AllStudents is set by a TRUNCATE of a table whose rows name students or courses.
 	AllStudents bool
+	// Rows counts the row changes per table, for metrics.
+	Rows map[string]int
 }
 
 func newChanges() Changes {
-	return Changes{Students: map[uuid.UUID]struct{}{}, Modules: map[string]struct{}{}, Courses: map[[2]string]struct{}{}}
+	return Changes{Students: map[uuid.UUID]struct{}{}, Modules: map[string]struct{}{}, Courses: map[[2]string]struct{}{},
+		Rows: map[string]int{}}
 }
 
 // Empty reports whether the changes concern no student.
@@ -40,6 +43,9 @@ func (c *Changes) Merge(o Changes) {
 		c.Courses[k] = struct{}{}
 	}
 	c.AllStudents = c.AllStudents || o.AllStudents
+	for t, n := range o.Rows {
+		c.Rows[t] += n
+	}
 }
 
 // Commit is a decoded transaction.
@@ -88,8 +94,10 @@ func (d *Decoder) Decode(data []byte) (*Commit, error) {
 		c := newChanges()
 		d.open = &c
 	case *pglogrepl.InsertMessage:
+		d.count(m.RelationID)
 		return nil, d.row(m.RelationID, m.Tuple)
 	case *pglogrepl.UpdateMessage:
+		d.count(m.RelationID)
 		// The old row (replica identity FULL, or a changed key) names the student the row
 		// belonged to; the new row the one it belongs to now.
 		if err := d.row(m.RelationID, m.OldTuple); err != nil {
@@ -97,6 +105,7 @@ func (d *Decoder) Decode(data []byte) (*Commit, error) {
 		}
 		return nil, d.row(m.RelationID, m.NewTuple)
 	case *pglogrepl.DeleteMessage:
+		d.count(m.RelationID)
 		return nil, d.row(m.RelationID, m.OldTuple)
 	case *pglogrepl.TruncateMessage:
 		open, err := d.current()
@@ -119,6 +128,14 @@ func (d *Decoder) Decode(data []byte) (*Commit, error) {
 		return &Commit{Changes: *open, End: m.TransactionEndLSN}, nil
 	}
 	return nil, nil
+}
+
+// count notes a row change of relation relID; unknown relations and changes outside a
+// transaction are left to row, which reports them.
+func (d *Decoder) count(relID uint32) {
+	if rel, ok := d.relations[relID]; ok && d.open != nil {
+		d.open.Rows[rel.table]++
+	}
 }
 
 func (d *Decoder) current() (*Changes, error) {

@@ -128,7 +128,7 @@ func (a *app) serve(ctx context.Context, f streamFlags, from pglogrepl.LSN) erro
 
 	consumer := replication.NewConsumer(db, buf, replication.Options{
 		DatabaseURL: cfg.DatabaseURL, Names: names, StatusInterval: f.statusInterval,
-		Log: log.WithField("component", "replication"),
+		Log: log.WithField("component", "replication"), Observer: tm,
 	})
 	flusher := flush.New(buf, db, push.New(hs, store, log.WithField("component", "push"), push.Options{ShowEmails: a.showEmails}),
 		flush.Options{Log: log.WithField("component", "flush"), DailyLimitPause: f.dailyLimitPause, Observer: tm})

@@ -658,6 +658,7 @@ func TestMetricsAndHealth(t *testing.T) {
 	for _, sample := range []string{
 		`progress_sync_hubspot_requests_total{endpoint="POST /crm/v3/objects/contacts/batch/update",status="200"}`,
 		`progress_sync_contacts_updated_total`, `progress_sync_commit_to_hubspot_seconds_count`,
+		`progress_sync_changes_received_total{table="public.user_xp"}`,
 		`progress_sync_last_flush_timestamp_seconds`, `progress_sync_confirmed_lsn`, `progress_sync_streaming`,
 		`progress_sync_pending_students`, `progress_sync_slot_wal_status{status="reserved"}`, `progress_sync_problem_students{kind="unmatched"}`,
 	} {
