@@ -401,15 +401,22 @@ func printStatus(ctx context.Context, db *pgxpool.Pool, cfg config.Config, out i
 		fmt.Fprintf(out, "checkpoint: %s, stored %s (%.0f s ago)\nlast flush: %s\n", lsn, updated, lagSeconds, lastFlush)
 	}
 	var pending, unmatched, rejected, conflicts int
+	var oldest *float64
 	err = db.QueryRow(ctx, `SELECT (SELECT count(*) FROM `+state.Schema+`.pending),
+			(SELECT extract(epoch FROM now() - min(first_change_at))::float8 FROM `+state.Schema+`.pending),
 			count(*) FILTER (WHERE kind = 'unmatched'), count(*) FILTER (WHERE kind = 'rejected'),
 			count(*) FILTER (WHERE kind = 'conflict')
-		FROM `+state.Schema+`.problems`).Scan(&pending, &unmatched, &rejected, &conflicts)
+		FROM `+state.Schema+`.problems`).Scan(&pending, &oldest, &unmatched, &rejected, &conflicts)
 	if err != nil {
 		return fmt.Errorf("count students: %w", err)
 	}
-	fmt.Fprintf(out, "pending students: %d\nunmatched: %d, rejected: %d, conflicts: %d (see progress_sync.problems)\n",
-		pending, unmatched, rejected, conflicts)
+	// The time lag: how long the oldest change still to push has waited.
+	lag := "none waiting"
+	if oldest != nil {
+		lag = fmt.Sprintf("oldest waiting %.0f s", *oldest)
+	}
+	fmt.Fprintf(out, "pending students: %d (%s)\nunmatched: %d, rejected: %d, conflicts: %d (see progress_sync.problems)\n",
+		pending, lag, unmatched, rejected, conflicts)
 	return nil
 }
 
