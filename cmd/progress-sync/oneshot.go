@@ -212,12 +212,12 @@ func report(out io.Writer, res push.Result, dryRun bool) {
 	for _, p := range res.Problems {
 		fmt.Fprintf(out, "%-9s student %s (%s): %s\n", p.Kind, p.StudentID, p.Email, p.Reason)
 	}
-	verb := "updated"
+	verb, n := "updated", res.Updated
 	if dryRun {
-		verb = "would update"
+		verb, n = "would update", len(res.Changes)
 	}
 	fmt.Fprintf(out, "backfill: %d students, %s %d contacts, %d already up to date, %d unmatched, %d rejected, %d conflicts\n",
-		res.Students, verb, len(res.Changes), res.Unchanged,
+		res.Students, verb, n, res.Unchanged,
 		res.Count(state.Unmatched), res.Count(state.Rejected), res.Count(state.Conflict))
 }
 

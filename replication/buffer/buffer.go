@@ -26,8 +26,9 @@ import (
 type Entry struct {
 	Student uuid.UUID
 	Version int64
-	// Since is when the oldest change waiting for this push was recorded.
-	Since time.Time
+	// Since and Last are when the oldest and the latest change waiting for this push were
+	// recorded.
+	Since, Last time.Time
 }
 
 // Options configure a Buffer.
@@ -39,10 +40,16 @@ type Options struct {
 }
 
 type entry struct {
+	id          uuid.UUID
 	first, last time.Time
 	version     int64
 	notBefore   time.Time // a failed push waits until then
 	inFlight    bool
+	// at is when the entry falls due, and index its place in the due queue (-1: not
+	// queued, because it is in flight). One queue item per student, moved in place when a
+	// change moves its due time, keeps memory flat however often a student changes.
+	at    time.Time
+	index int
 }
 
 // Buffer is the keyed buffer. Its methods are safe for concurrent use.
@@ -87,9 +94,10 @@ func Open(ctx context.Context, db *pgxpool.Pool, opts Options) (*Buffer, pglogre
 	var e entry
 	_, err = pgx.ForEachRow(rows, []any{&id, &e.first, &e.last, &e.version}, func() error {
 		ent := e
+		ent.id, ent.index = id, -1
 		b.entries[id] = &ent
 		b.version = max(b.version, e.version)
-		b.schedule(id, &ent)
+		b.schedule(&ent)
 		return nil
 	})
 	if err != nil {
@@ -131,12 +139,12 @@ func (b *Buffer) Add(ctx context.Context, students []uuid.UUID, end pglogrepl.LS
 	for _, id := range students {
 		e, ok := b.entries[id]
 		if !ok {
-			e = &entry{first: now}
+			e = &entry{id: id, first: now, index: -1}
 			b.entries[id] = e
 		}
 		e.last, e.version = now, version
 		if !e.inFlight {
-			b.schedule(id, e)
+			b.schedule(e)
 		}
 	}
 	b.mu.Unlock()
@@ -169,13 +177,9 @@ func (b *Buffer) Due(max int) []Entry {
 	defer b.mu.Unlock()
 	var out []Entry
 	for len(out) < max && b.queue.Len() > 0 && !b.queue[0].at.After(now) {
-		it := heap.Pop(&b.queue).(dueItem)
-		e, ok := b.entries[it.student]
-		if !ok || e.inFlight || e.version != it.version || !b.dueAt(e).Equal(it.at) {
-			continue // superseded by a later change, a retry, or taken already
-		}
+		e := heap.Pop(&b.queue).(*entry)
 		e.inFlight = true
-		out = append(out, Entry{Student: it.student, Version: e.version, Since: e.first})
+		out = append(out, Entry{Student: e.id, Version: e.version, Since: e.first, Last: e.last})
 	}
 	return out
 }
@@ -184,15 +188,31 @@ func (b *Buffer) Due(max int) []Entry {
 func (b *Buffer) NextDue() (at time.Time, ok bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	for b.queue.Len() > 0 {
-		it := b.queue[0]
-		e, live := b.entries[it.student]
-		if live && !e.inFlight && e.version == it.version && b.dueAt(e).Equal(it.at) {
-			return it.at, true
-		}
-		heap.Pop(&b.queue)
+	if b.queue.Len() == 0 {
+		return time.Time{}, false
 	}
-	return time.Time{}, false
+	return b.queue[0].at, true
+}
+
+// DueCount counts the students due now, up to limit.
+func (b *Buffer) DueCount(limit int) int {
+	now := b.opts.Now()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	// The queue is a heap: everything due sits above anything not due, so a walk that
+	// skips the subtrees of items not due visits only due items (and their children).
+	n := 0
+	var walk func(i int)
+	walk = func(i int) {
+		if n >= limit || i >= len(b.queue) || b.queue[i].at.After(now) {
+			return
+		}
+		n++
+		walk(2*i + 1)
+		walk(2*i + 2)
+	}
+	walk(0)
+	return n
 }
 
 // Done removes students HubSpot now holds, unless they changed again since they were taken.
@@ -222,7 +242,7 @@ func (b *Buffer) Done(ctx context.Context, entries []Entry) error {
 		}
 		e.inFlight = false
 		e.first = e.last // the changes since the push are what is waiting now
-		b.schedule(en.Student, e)
+		b.schedule(e)
 	}
 	b.mu.Unlock()
 	b.signal()
@@ -237,7 +257,7 @@ func (b *Buffer) Retry(entries []Entry, wait time.Duration) {
 		if e, ok := b.entries[en.Student]; ok {
 			e.inFlight = false
 			e.notBefore = notBefore
-			b.schedule(en.Student, e)
+			b.schedule(e)
 		}
 	}
 	b.mu.Unlock()
@@ -273,28 +293,35 @@ func (b *Buffer) dueAt(e *entry) time.Time {
 	return at
 }
 
-// schedule queues the entry at its due time; older queue items for it go stale and are
-// skipped, which is cheaper than finding and fixing them.
-func (b *Buffer) schedule(id uuid.UUID, e *entry) {
-	heap.Push(&b.queue, dueItem{at: b.dueAt(e), student: id, version: e.version})
+// schedule puts the entry in the due queue at its due time, or moves it there.
+func (b *Buffer) schedule(e *entry) {
+	e.at = b.dueAt(e)
+	if e.index >= 0 {
+		heap.Fix(&b.queue, e.index)
+		return
+	}
+	heap.Push(&b.queue, e)
 }
 
-type dueItem struct {
-	at      time.Time
-	student uuid.UUID
-	version int64
-}
-
-// dueQueue is a min-heap of due times.
-type dueQueue []dueItem
+// dueQueue is a min-heap of entries by due time.
+type dueQueue []*entry
 
 func (q dueQueue) Len() int           { return len(q) }
 func (q dueQueue) Less(i, j int) bool { return q[i].at.Before(q[j].at) }
-func (q dueQueue) Swap(i, j int)      { q[i], q[j] = q[j], q[i] }
-func (q *dueQueue) Push(x any)        { *q = append(*q, x.(dueItem)) }
+func (q dueQueue) Swap(i, j int) {
+	q[i], q[j] = q[j], q[i]
+	q[i].index, q[j].index = i, j
+}
+func (q *dueQueue) Push(x any) {
+	e := x.(*entry)
+	e.index = len(*q)
+	*q = append(*q, e)
+}
 func (q *dueQueue) Pop() any {
 	old := *q
-	it := old[len(old)-1]
+	e := old[len(old)-1]
+	old[len(old)-1] = nil
 	*q = old[:len(old)-1]
-	return it
+	e.index = -1
+	return e
 }

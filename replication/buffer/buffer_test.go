@@ -207,3 +207,32 @@ func TestReopenRestoresPendingAndCheckpoint(t *testing.T) {
 		t.Fatalf("version after reload = %d", v)
 	}
 }
+
+func TestQueueHoldsOneItemPerStudent(t *testing.T) {
+	ctx := context.Background()
+	db, c, opts := setup(t)
+	b, _, _ := Open(ctx, db, opts)
+	s := students(50)
+	for i := 0; i < 40; i++ {
+		if err := b.Add(ctx, s, 0); err != nil {
+			t.Fatal(err)
+		}
+		c.advance(100 * time.Millisecond)
+	}
+	if b.queue.Len() != 50 {
+		t.Fatalf("queue holds %d items for 50 students changed 40 times each", b.queue.Len())
+	}
+	if n := b.DueCount(100); n != 0 {
+		t.Fatalf("%d due during the debounce", n)
+	}
+	c.advance(3 * time.Second)
+	if n := b.DueCount(20); n != 20 {
+		t.Fatalf("DueCount(20) = %d", n)
+	}
+	if n := b.DueCount(100); n != 50 {
+		t.Fatalf("DueCount(100) = %d", n)
+	}
+	if got := b.Due(100); len(got) != 50 || b.queue.Len() != 0 {
+		t.Fatalf("took %d, %d left queued", len(got), b.queue.Len())
+	}
+}

@@ -24,6 +24,7 @@ import (
 type Buffer interface {
 	Due(max int) []buffer.Entry
 	NextDue() (time.Time, bool)
+	DueCount(limit int) int
 	Done(ctx context.Context, entries []buffer.Entry) error
 	Retry(entries []buffer.Entry, wait time.Duration)
 	Changed() <-chan struct{}
@@ -36,9 +37,9 @@ type Pusher interface {
 
 // Observer hears about every batch HubSpot took, for metrics.
 type Observer interface {
-	// Flushed reports a batch: its students, the contacts updated, and how long each
-	// student's changes waited from being recorded to being in HubSpot.
-	Flushed(students, updated int, waited []time.Duration)
+	// Flushed reports a batch: its students, the contacts updated, and for each student how
+	// long its oldest and its latest change waited from being recorded to being in HubSpot.
+	Flushed(students, updated int, oldest, latest []time.Duration)
 }
 
 // Options configure a Flusher.
@@ -46,8 +47,12 @@ type Options struct {
 	// DailyLimitPause is how long flushing pauses when HubSpot's daily limit is spent. The
 	// limit resets at midnight in the portal's time zone, which the API does not tell.
 	DailyLimitPause time.Duration
-	Log             *logrus.Entry
-	Observer        Observer // optional
+	// Linger is how long a partial batch may wait for more students to fall due before it
+	// goes: HubSpot counts requests, not contacts, so fuller batches save the rate limit.
+	// Full batches never wait. Default 1 s; negative disables.
+	Linger   time.Duration
+	Log      *logrus.Entry
+	Observer Observer // optional
 }
 
 // Flusher drains a Buffer.
@@ -68,6 +73,9 @@ func New(buf Buffer, db metrics.Querier, p Pusher, opts Options) *Flusher {
 	if opts.DailyLimitPause <= 0 {
 		opts.DailyLimitPause = 15 * time.Minute
 	}
+	if opts.Linger == 0 {
+		opts.Linger = time.Second
+	}
 	fails := backoff.NewExponentialBackOff()
 	fails.InitialInterval, fails.MaxInterval, fails.MaxElapsedTime = time.Second, 5*time.Minute, 0
 	return &Flusher{buf: buf, db: db, pusher: p, opts: opts, log: opts.Log, fails: fails}
@@ -85,16 +93,22 @@ func (f *Flusher) Run(ctx context.Context, stop <-chan struct{}) error {
 			return nil
 		default:
 		}
-		n, err := f.FlushDue(ctx)
-		if ctx.Err() != nil {
-			return nil
-		}
-		if err != nil || n > 0 {
-			continue // errors are logged and the students rescheduled by FlushDue
-		}
 		wait := time.Hour
 		if at, ok := f.buf.NextDue(); ok {
 			wait = time.Until(at)
+			if wait <= 0 {
+				// Something is due: go now with a full batch, or once the oldest due
+				// student has lingered long enough for company.
+				if linger := f.opts.Linger + wait; linger > 0 && f.buf.DueCount(push.MaxBatch) < push.MaxBatch {
+					wait = linger
+				} else {
+					_, _ = f.FlushDue(ctx) // errors are logged and the students rescheduled
+					if ctx.Err() != nil {
+						return nil
+					}
+					continue
+				}
+			}
 		}
 		timer := time.NewTimer(max(wait, time.Millisecond))
 		select {
@@ -189,11 +203,11 @@ func (f *Flusher) flush(ctx context.Context, entries []buffer.Entry) error {
 		"problems": len(res.Problems)}).Debug("flushed batch")
 	if f.opts.Observer != nil {
 		now := time.Now()
-		waited := make([]time.Duration, len(entries))
+		oldest, latest := make([]time.Duration, len(entries)), make([]time.Duration, len(entries))
 		for i, e := range entries {
-			waited[i] = now.Sub(e.Since)
+			oldest[i], latest[i] = now.Sub(e.Since), now.Sub(e.Last)
 		}
-		f.opts.Observer.Flushed(len(entries), res.Updated, waited)
+		f.opts.Observer.Flushed(len(entries), res.Updated, oldest, latest)
 	}
 	return nil
 }

@@ -73,9 +73,9 @@ type Change struct {
 // Result summarizes a push.
 type Result struct {
 	Students  int
-	Updated   int // contacts written
-	Unchanged int // matched students whose contact already held every value
-	Changes   []Change
+	Updated   int             // contacts written
+	Unchanged int             // matched students whose contact already held every value
+	Changes   []Change        // what a dry run would send (empty otherwise: a backfill of 100,000 students need not hold them)
 	Problems  []state.Problem // unmatched, rejected and conflicting students
 
 	known map[uuid.UUID]state.Problem // problems recorded before this push
@@ -273,7 +273,6 @@ func (p *Pusher) push(ctx context.Context, students []metrics.Student, res *Resu
 	for _, id := range ur.Updated {
 		t := byContact[id]
 		res.Updated++
-		res.Changes = append(res.Changes, changes[id])
 		out.Pushed = append(out.Pushed, state.Pushed{ContactID: id, StudentID: t.student.ID, Properties: sent[id].Properties})
 		out.Synced = append(out.Synced, t.student.ID)
 	}

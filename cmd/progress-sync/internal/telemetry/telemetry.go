@@ -32,6 +32,7 @@ type Metrics struct {
 	flushSize       prometheus.Histogram
 	contactsUpdated prometheus.Counter
 	latency         prometheus.Histogram
+	quietLatency    prometheus.Histogram
 	lastFlush       prometheus.Gauge
 	slotLag         prometheus.Gauge
 	walStatus       *prometheus.GaugeVec
@@ -57,6 +58,9 @@ func New() *Metrics {
 	m.latency = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "progress_sync_commit_to_hubspot_seconds",
 		Help:    "From a student's first change being recorded to HubSpot holding it.",
 		Buckets: []float64{0.5, 1, 2, 3, 4, 5, 7.5, 10, 15, 20, 30, 60, 120, 300, 900, 3600}})
+	m.quietLatency = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "progress_sync_last_change_to_hubspot_seconds",
+		Help:    "From a student's latest change being recorded to HubSpot holding it (the debounce plus the pipeline).",
+		Buckets: []float64{0.5, 1, 2, 3, 3.5, 4, 4.5, 5, 6, 7.5, 10, 15, 20, 30, 60, 120, 300, 900, 3600}})
 	m.lastFlush = prometheus.NewGauge(prometheus.GaugeOpts{Name: "progress_sync_last_flush_timestamp_seconds",
 		Help: "Unix time of the last batch HubSpot accepted."})
 	m.slotLag = prometheus.NewGauge(prometheus.GaugeOpts{Name: "progress_sync_slot_lag_bytes",
@@ -66,7 +70,7 @@ func New() *Metrics {
 	m.problems = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "progress_sync_problem_students",
 		Help: "Students that could not be written, by kind (unmatched, rejected, conflict)."}, []string{"kind"})
 	for _, c := range []prometheus.Collector{m.changes, m.hubspotRequests, m.rateLimited, m.flushBatches, m.flushSize,
-		m.contactsUpdated, m.latency, m.lastFlush, m.slotLag, m.walStatus, m.problems,
+		m.contactsUpdated, m.latency, m.quietLatency, m.lastFlush, m.slotLag, m.walStatus, m.problems,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)
 	}
@@ -92,12 +96,15 @@ func (m *Metrics) Changes(table string, rows int) {
 }
 
 // Flushed implements flush.Observer.
-func (m *Metrics) Flushed(students, updated int, waited []time.Duration) {
+func (m *Metrics) Flushed(students, updated int, oldest, latest []time.Duration) {
 	m.flushBatches.Inc()
 	m.flushSize.Observe(float64(students))
 	m.contactsUpdated.Add(float64(updated))
-	for _, w := range waited {
+	for _, w := range oldest {
 		m.latency.Observe(w.Seconds())
+	}
+	for _, w := range latest {
+		m.quietLatency.Observe(w.Seconds())
 	}
 	m.lastFlush.SetToCurrentTime()
 }
