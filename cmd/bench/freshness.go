@@ -24,7 +24,11 @@ type freshnessOptions struct {
 	load, logDir                 string
 }
 
-const latencyMetric = "progress_sync_commit_to_hubspot_seconds"
+const (
+	latencyMetric = "progress_sync_commit_to_hubspot_seconds"
+	// quietMetric measures from a student's latest change: the debounce plus the pipeline.
+	quietMetric = "progress_sync_last_change_to_hubspot_seconds"
+)
 
 func runFreshness(ctx context.Context, args []string, out io.Writer) error {
 	var o freshnessOptions
@@ -117,6 +121,12 @@ func runFreshness(ctx context.Context, args []string, out io.Writer) error {
 	fmt.Fprintf(out, "  %s: %.0f observations, mean %.2f s, p50 %.2f s, p99 %.2f s (from the buckets); %.1f%% within %.0f s\n",
 		latencyMetric, lat.count, lat.sum/lat.count, p50, p99, 100*within/lat.count, target)
 	fmt.Fprintf(out, "  p99 target <= debounce + 2 s = %.0f s: %s\n", target, verdict(p99 <= target))
+	quiet := parseHistogram(final, quietMetric).minus(parseHistogram(base, quietMetric))
+	if quiet.count > 0 {
+		qp99 := quiet.quantile(0.99)
+		fmt.Fprintf(out, "  %s: %.0f observations, p50 %.2f s, p99 %.2f s: %s\n",
+			quietMetric, quiet.count, quiet.quantile(0.50), qp99, verdict(qp99 <= target))
+	}
 	fmt.Fprintf(out, "  the load's own bursts (a student's changes less than the debounce apart, as the buffer groups them): %d bursts, %.2f changes each;\n"+
 		"    span from a burst's first to last change: p50 %.2f s, p99 %.2f s; so first change to due (span + debounce): p50 %.2f s, p99 %.2f s\n",
 		len(spans), float64(made)/float64(max(1, len(spans))), quantile(spans, 0.5), quantile(spans, 0.99),
