@@ -6,7 +6,6 @@ import (
 	"testing"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/focusenglish/progress-sync/replication/pgtest"
@@ -22,34 +21,11 @@ const (
 )
 
 // decodeAll runs sql and decodes what the publication sends for it, through a real slot.
-func decodeAll(t *testing.T, db *pgxpool.Pool, slot string, sql ...string) []*Commit {
+func decodeAll(t *testing.T, db *pgxpool.Pool, sql ...string) []*Commit {
 	t.Helper()
-	ctx := context.Background()
-	for _, s := range sql {
-		// The test server commits asynchronously, and decoding stops at the flushed WAL.
-		err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
-			if _, err := tx.Exec(ctx, "SET LOCAL synchronous_commit = on"); err != nil {
-				return err
-			}
-			_, err := tx.Exec(ctx, s)
-			return err
-		})
-		if err != nil {
-			t.Fatalf("%s: %v", s, err)
-		}
-	}
-	rows, err := db.Query(ctx, `SELECT data FROM pg_logical_slot_get_binary_changes($1, NULL, NULL,
-		'proto_version', '1', 'publication_names', 'progress_sync')`, slot)
-	if err != nil {
-		t.Fatal(err)
-	}
-	msgs, err := pgx.CollectRows(rows, pgx.RowTo[[]byte])
-	if err != nil {
-		t.Fatal(err)
-	}
 	dec := NewDecoder()
 	var commits []*Commit
-	for _, m := range msgs {
+	for _, m := range captureMessages(t, db, sql) {
 		c, err := dec.Decode(m)
 		if err != nil {
 			t.Fatal(err)
@@ -132,7 +108,7 @@ func TestDecodeMapsRowsToStudents(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			db := setupSlot(t)
-			commits := decodeAll(t, db, "progress_sync", tc.sql...)
+			commits := decodeAll(t, db, tc.sql...)
 			got := newChanges()
 			for _, c := range commits {
 				if c.End == 0 {
@@ -169,7 +145,7 @@ func TestDecodeFollowsAlterTable(t *testing.T) {
 	db := setupSlot(t)
 	// Adding a column before user_id's position is impossible, but dropping one before it
 	// moves it: the decoder must take positions from the latest Relation message.
-	commits := decodeAll(t, db, "progress_sync",
+	commits := decodeAll(t, db,
 		`ALTER TABLE user_xp ADD COLUMN note text`,
 		`INSERT INTO user_xp (user_id, total_xp, note) VALUES ('`+ada+`', 1, 'x')`,
 		`ALTER TABLE user_xp DROP COLUMN id`,
