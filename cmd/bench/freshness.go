@@ -54,28 +54,13 @@ func runFreshness(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	defer h.close()
-	seeded, err := h.seed(ctx, o.students, 0, true)
+	ss, err := h.startStreaming(ctx, o.students, o.debounce)
 	if err != nil {
 		return err
 	}
-	contactOf := h.contactMap(seeded)
-	conn, err := h.connect(ctx)
-	if err != nil {
-		return err
-	}
-	defer conn.Close(context.Background())
-	svc, err := h.startService("run", []string{"PROGRESS_SYNC_DEBOUNCE=" + o.debounce.String()}, "--status-interval", "1s")
-	if err != nil {
-		return err
-	}
-	defer svc.stop(time.Minute) //nolint:errcheck
-	addr, err := svc.metricsAddr(ctx)
-	if err != nil {
-		return err
-	}
-	if _, err := h.waitDrained(ctx, conn, contactOf, 5*time.Minute, svc.running); err != nil {
-		return err
-	}
+	defer ss.conn.Close(context.Background())
+	defer ss.svc.stop(time.Minute) //nolint:errcheck
+	seeded, contactOf, conn, svc, addr := ss.seeded, ss.contactOf, ss.conn, ss.svc, ss.addr
 	h.logf("first-start backfill done; /metrics at %s; %s load at %.0f changes/s for %s", addr, o.load, o.rate, o.duration)
 	base, err := scrape(ctx, addr)
 	if err != nil {

@@ -661,3 +661,40 @@ func shellJoin(argv []string) string {
 	}
 	return strings.Join(out, " ")
 }
+
+// streaming is a seeded database with the service running and its first-start backfill
+// drained: where the economy and freshness scenarios begin.
+type streaming struct {
+	seeded    []pgtest.SeededStudent
+	contactOf map[uuid.UUID]string
+	conn      *pgx.Conn
+	svc       *service
+	addr      string // the service's /metrics address
+}
+
+// startStreaming seeds students (all with contacts), starts `progress-sync run` with the
+// given debounce and waits until the first-start backfill has filled every contact. The
+// caller closes conn and stops svc.
+func (h *harness) startStreaming(ctx context.Context, students int, debounce time.Duration) (*streaming, error) {
+	seeded, err := h.seed(ctx, students, 0, true)
+	if err != nil {
+		return nil, err
+	}
+	st := &streaming{seeded: seeded, contactOf: h.contactMap(seeded)}
+	if st.conn, err = h.connect(ctx); err != nil {
+		return nil, err
+	}
+	if st.svc, err = h.startService("run", []string{"PROGRESS_SYNC_DEBOUNCE=" + debounce.String()}, "--status-interval", "1s"); err != nil {
+		st.conn.Close(context.Background())
+		return nil, err
+	}
+	if st.addr, err = st.svc.metricsAddr(ctx); err == nil {
+		_, err = h.waitDrained(ctx, st.conn, st.contactOf, 5*time.Minute, st.svc.running)
+	}
+	if err != nil {
+		st.svc.stop(time.Minute) //nolint:errcheck
+		st.conn.Close(context.Background())
+		return nil, err
+	}
+	return st, nil
+}
