@@ -175,7 +175,7 @@ func demo(ctx context.Context, out io.Writer, o options) (err error) {
 		if o.duration > 0 {
 			until = fmt.Sprintf("for %s", o.duration)
 		}
-		step("Students study (%g changes/s); HubSpot follows about %s after a student's last change (%s)", o.rate, debounce, until)
+		step("Students study (%g changes/s); HubSpot follows %s to %s after a student's last change (%s)", o.rate, debounce, debounce+time.Second, until)
 		reason, sim = study(ctx, o, dbURL, seeded, hasContact, svc, w, p, act)
 	}
 
