@@ -36,7 +36,7 @@ const (
 	fullname       = "focus-progress-sync"
 	metricsPort    = 9187
 	testDBURL      = "postgresql://progress_sync:s3cret-pw@db.abcdefgh.supabase.co:5432/postgres?sslmode=require"
-	testToken      = "pat-eu1-11111111-2222-3333-4444-555555555555"
+	testToken      = "fake-test-token-not-a-secret"
 	nonRootUID     = 65532
 	chartSecretKey = "DATABASE_URL"
 )

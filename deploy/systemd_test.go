@@ -220,7 +220,7 @@ func TestSystemdEnvExample(t *testing.T) {
 				t.Errorf("DATABASE_URL in %s should hold a placeholder password (CHANGE-ME)", envExample)
 			}
 		case "HUBSPOT_ACCESS_TOKEN":
-			if !strings.Contains(v, "00000000-0000-0000-0000-000000000000") {
+			if !strings.Contains(v, "CHANGE-ME") {
 				t.Errorf("HUBSPOT_ACCESS_TOKEN in %s should be a placeholder", envExample)
 			}
 		}
