@@ -251,15 +251,19 @@ func (c *Consumer) initialLoad(ctx context.Context, snapshot string, point pglog
 }
 
 func (c *Consumer) connect(ctx context.Context) (*pgconn.PgConn, error) {
-	u, err := url.Parse(c.opts.DatabaseURL)
-	var connString string
-	if err == nil && (u.Scheme == "postgres" || u.Scheme == "postgresql") {
+	return Connect(ctx, c.opts.DatabaseURL)
+}
+
+// Connect opens a replication connection (replication=database) with the settings of a
+// regular connection string, URL or key=value. A pooler refuses it, which is what `check`
+// tests.
+func Connect(ctx context.Context, databaseURL string) (*pgconn.PgConn, error) {
+	connString := databaseURL + " replication=database"
+	if u, err := url.Parse(databaseURL); err == nil && (u.Scheme == "postgres" || u.Scheme == "postgresql") {
 		q := u.Query()
 		q.Set("replication", "database")
 		u.RawQuery = q.Encode()
 		connString = u.String()
-	} else {
-		connString = c.opts.DatabaseURL + " replication=database"
 	}
 	conn, err := pgconn.Connect(ctx, connString)
 	if err != nil {

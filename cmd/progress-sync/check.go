@@ -8,7 +8,6 @@ import (
 	"strings"
 
 	"github.com/jackc/pglogrepl"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
 
@@ -81,7 +80,7 @@ func checkDatabase(ctx context.Context, db *pgxpool.Pool, cfg config.Config) []f
 	add("database", true, fmt.Sprintf("PostgreSQL %s, connected as %s", version, user), "")
 
 	// A replication connection is what a pooler (Supavisor, PgBouncer) cannot carry.
-	conn, err := pgconn.Connect(ctx, replicationURL(cfg.DatabaseURL))
+	conn, err := replication.Connect(ctx, cfg.DatabaseURL)
 	if err == nil {
 		_, err = pglogrepl.IdentifySystem(ctx, conn)
 		conn.Close(ctx)
@@ -173,17 +172,6 @@ func checkHubSpot(ctx context.Context, hs *hubspot.Client) []finding {
 	fs = append(fs, finding{item: "HubSpot properties", ok: len(mismatches) == 0, detail: orText(strings.Join(lines, "; "), "all 10 present with the right types"),
 		fix: "run `progress-sync provision`; a property of another type must be renamed or deleted in HubSpot first"})
 	return fs
-}
-
-func replicationURL(dsn string) string {
-	if strings.Contains(dsn, "://") {
-		sep := "?"
-		if strings.Contains(dsn, "?") {
-			sep = "&"
-		}
-		return dsn + sep + "replication=database"
-	}
-	return dsn + " replication=database"
 }
 
 func keepOK(v string) bool {
