@@ -77,8 +77,6 @@ type Result struct {
 	Unchanged int             // matched students whose contact already held every value
 	Changes   []Change        // what a dry run would send (empty otherwise: a backfill of 100,000 students need not hold them)
 	Problems  []state.Problem // unmatched, rejected and conflicting students
-
-	known map[uuid.UUID]state.Problem // problems recorded before this push
 }
 
 // Add accumulates another Result into r.
@@ -101,6 +99,14 @@ func (r *Result) Count(k state.Kind) int {
 	return n
 }
 
+// batch is what one Push builds up: the result for the caller, the outcome to record, and
+// the problems already on record for its students.
+type batch struct {
+	res   *Result
+	out   *state.Outcome
+	known map[uuid.UUID]state.Problem
+}
+
 // target is one student on its way to a contact.
 type target struct {
 	student metrics.Student
@@ -117,7 +123,7 @@ func (p *Pusher) Push(ctx context.Context, students []metrics.Student) (Result, 
 	}
 	res := Result{Students: len(students)}
 	var out state.Outcome
-	err := p.push(ctx, students, &res, &out, nil)
+	err := p.push(ctx, students, &batch{res: &res, out: &out}, nil)
 	if err != nil {
 		return Result{}, err
 	}
@@ -136,7 +142,8 @@ func (p *Pusher) Push(ctx context.Context, students []metrics.Student) (Result, 
 
 // push does one batch. lost holds the contacts HubSpot no longer has when push calls itself to
 // resolve their students afresh; nil on the first pass.
-func (p *Pusher) push(ctx context.Context, students []metrics.Student, res *Result, out *state.Outcome, lost map[string]bool) error {
+func (p *Pusher) push(ctx context.Context, students []metrics.Student, b *batch, lost map[string]bool) error {
+	res, out := b.res, b.out
 	ids := make([]uuid.UUID, len(students))
 	for i, s := range students {
 		ids[i] = s.ID
@@ -149,7 +156,7 @@ func (p *Pusher) push(ctx context.Context, students []metrics.Student, res *Resu
 	if err != nil {
 		return err
 	}
-	res.known = known
+	b.known = known
 
 	// Resolve: cached links hold while the email is unchanged; the rest take one batch/read.
 	var targets []*target
@@ -157,7 +164,7 @@ func (p *Pusher) push(ctx context.Context, students []metrics.Student, res *Resu
 	for _, s := range students {
 		email, problem := NormalizeEmail(s.Email)
 		if problem != "" {
-			p.problem(res, out, state.Problem{StudentID: s.ID, Email: s.Email, Kind: state.Unmatched, Reason: problem})
+			p.problem(b, state.Problem{StudentID: s.ID, Email: s.Email, Kind: state.Unmatched, Reason: problem})
 			continue
 		}
 		t := &target{student: s, email: email}
@@ -182,7 +189,7 @@ func (p *Pusher) push(ctx context.Context, students []metrics.Student, res *Resu
 			}
 			c, ok := contacts[t.email]
 			if !ok {
-				p.problem(res, out, state.Problem{StudentID: t.student.ID, Email: t.email, Kind: state.Unmatched,
+				p.problem(b, state.Problem{StudentID: t.student.ID, Email: t.email, Kind: state.Unmatched,
 					Reason: "no HubSpot contact has this email"})
 				continue
 			}
@@ -199,7 +206,7 @@ func (p *Pusher) push(ctx context.Context, students []metrics.Student, res *Resu
 		targets = kept
 	}
 
-	targets, err = p.settleConflicts(ctx, targets, res, out)
+	targets, err = p.settleConflicts(ctx, targets, b)
 	if err != nil {
 		return err
 	}
@@ -278,7 +285,7 @@ func (p *Pusher) push(ctx context.Context, students []metrics.Student, res *Resu
 	}
 	for _, r := range ur.Rejected {
 		t := byContact[r.ContactID]
-		p.problem(res, out, state.Problem{StudentID: t.student.ID, Email: t.email, Kind: state.Rejected,
+		p.problem(b, state.Problem{StudentID: t.student.ID, Email: t.email, Kind: state.Rejected,
 			Reason: "HubSpot refused the values: " + r.Message, ContactID: r.ContactID, Properties: sent[r.ContactID].Properties})
 	}
 	if len(ur.NotFound) > 0 {
@@ -293,12 +300,12 @@ func (p *Pusher) push(ctx context.Context, students []metrics.Student, res *Resu
 		}
 		if lost != nil {
 			for _, s := range again {
-				p.problem(res, out, state.Problem{StudentID: s.ID, Email: s.Email, Kind: state.Unmatched,
+				p.problem(b, state.Problem{StudentID: s.ID, Email: s.Email, Kind: state.Unmatched,
 					Reason: "HubSpot contact disappeared (deleted or merged) while writing"})
 			}
 			return nil
 		}
-		return p.push(ctx, again, res, out, gone)
+		return p.push(ctx, again, b, gone)
 	}
 	return nil
 }
@@ -308,7 +315,7 @@ func (p *Pusher) push(ctx context.Context, students []metrics.Student, res *Resu
 // the one student whose email is its primary address; the others are reported as conflicts.
 // When no single student holds the primary address (two students whose emails differ only in
 // case), nobody writes the contact until a person decides.
-func (p *Pusher) settleConflicts(ctx context.Context, targets []*target, res *Result, out *state.Outcome) ([]*target, error) {
+func (p *Pusher) settleConflicts(ctx context.Context, targets []*target, b *batch) ([]*target, error) {
 	claims := map[string][]state.Link{}
 	inBatch := map[uuid.UUID]bool{}
 	var ids []string
@@ -374,22 +381,22 @@ func (p *Pusher) settleConflicts(ctx context.Context, targets []*target, res *Re
 			} else {
 				reason += "; no single one of them holds the contact's primary address, so none is written"
 			}
-			p.problem(res, out, state.Problem{StudentID: l.StudentID, Email: l.Email, Kind: state.Conflict, Reason: reason, ContactID: id})
+			p.problem(b, state.Problem{StudentID: l.StudentID, Email: l.Email, Kind: state.Conflict, Reason: reason, ContactID: id})
 		}
 	}
 	return kept, nil
 }
 
-func (p *Pusher) problem(res *Result, out *state.Outcome, pr state.Problem) {
-	res.Problems = append(res.Problems, pr)
-	out.Problems = append(out.Problems, pr)
+func (p *Pusher) problem(b *batch, pr state.Problem) {
+	b.res.Problems = append(b.res.Problems, pr)
+	b.out.Problems = append(b.out.Problems, pr)
 	fields := logrus.Fields{"student_id": pr.StudentID, "email": p.mask(pr.Email), "kind": pr.Kind}
 	if pr.ContactID != "" {
 		fields["contact_id"] = pr.ContactID
 	}
 	// A problem already on record (a student without a contact, looked up again) is news
 	// only at debug level; a new one is a warning.
-	if old, ok := res.known[pr.StudentID]; ok && old.Kind == pr.Kind && old.Reason == pr.Reason {
+	if old, ok := b.known[pr.StudentID]; ok && old.Kind == pr.Kind && old.Reason == pr.Reason {
 		p.log.WithFields(fields).Debug(pr.Reason)
 		return
 	}
