@@ -229,19 +229,6 @@ func (s *Server) logTail() string {
 	return string(b)
 }
 
-// Kill stops the server process abruptly (SIGKILL), as a crash would. Restart brings it back.
-func (s *Server) Kill() error {
-	s.mu.Lock()
-	cmd, exited := s.cmd, s.exited
-	s.mu.Unlock()
-	if cmd == nil {
-		return nil
-	}
-	_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-	<-exited
-	return nil
-}
-
 func (s *Server) stopProcess() error {
 	s.mu.Lock()
 	cmd, exited := s.cmd, s.exited
@@ -284,11 +271,11 @@ func (s *Server) URL(database string) string {
 	return u.String()
 }
 
-// Port is the server's TCP port (0 for an external server).
-func (s *Server) Port() int { return s.port }
-
 // DataDir is the server's data directory (empty for an external server).
 func (s *Server) DataDir() string { return s.dataDir }
+
+// Port is the server's TCP port (0 for an external server).
+func (s *Server) Port() int { return s.port }
 
 // CreateDatabase creates a database holding Schema, named after hint, and returns its URL.
 func (s *Server) CreateDatabase(ctx context.Context, hint string) (string, error) {
