@@ -36,16 +36,18 @@ type Store interface {
 	Pushed(ctx context.Context, contactIDs []string) (map[string]map[string]string, error)
 	ProblemsOf(ctx context.Context, students []uuid.UUID) (map[uuid.UUID]state.Problem, error)
 	Record(ctx context.Context, o state.Outcome) error
+	Unsettle(ctx context.Context, properties map[string][]string) error
 }
 
 // Pusher pushes batches of students.
 type Pusher struct {
-	hs         HubSpot
-	store      Store
-	log        *logrus.Entry
-	dryRun     bool
-	showEmails bool
-	props      []string
+	hs            HubSpot
+	store         Store
+	log           *logrus.Entry
+	dryRun        bool
+	showEmails    bool
+	allowClearing bool
+	props         []string
 }
 
 // Options configure a Pusher.
@@ -54,11 +56,15 @@ type Options struct {
 	DryRun bool
 	// ShowEmails logs email addresses in full instead of masked.
 	ShowEmails bool
+	// AllowClearing lets a batch clear the progress of many students at once (see
+	// VanishedProgressError), for an operator who knows the rows were really deleted.
+	AllowClearing bool
 }
 
 // New returns a Pusher.
 func New(hs HubSpot, store Store, log *logrus.Entry, opts Options) *Pusher {
-	return &Pusher{hs: hs, store: store, log: log, dryRun: opts.DryRun, showEmails: opts.ShowEmails, props: metrics.Names()}
+	return &Pusher{hs: hs, store: store, log: log, dryRun: opts.DryRun, showEmails: opts.ShowEmails,
+		allowClearing: opts.AllowClearing, props: metrics.Names()}
 }
 
 // Change is what a push sends (or, in a dry run, would send) to one contact.
@@ -259,6 +265,9 @@ func (p *Pusher) push(ctx context.Context, students []metrics.Student, b *batch,
 		byContact[id] = t
 		changes[id] = Change{StudentID: t.student.ID, Email: t.email, ContactID: id, Properties: diff}
 	}
+	if err := p.guardVanishedProgress(students, targets, baseline); err != nil {
+		return err
+	}
 	if p.dryRun {
 		for _, u := range updates {
 			res.Changes = append(res.Changes, changes[u.ContactID])
@@ -269,6 +278,9 @@ func (p *Pusher) push(ctx context.Context, students []metrics.Student, b *batch,
 		return nil
 	}
 
+	if err := p.unsettle(ctx, updates); err != nil {
+		return err
+	}
 	ur, err := p.hs.UpdateContacts(ctx, updates)
 	if err != nil {
 		return fmt.Errorf("update contacts: %w", err)
@@ -308,6 +320,64 @@ func (p *Pusher) push(ctx context.Context, students []metrics.Student, b *batch,
 		return p.push(ctx, again, b, gone)
 	}
 	return nil
+}
+
+// VanishedProgressMin is how many students of one batch must have lost every progress row
+// at once, while HubSpot holds progress for them, before a push refuses the batch. One
+// student whose rows were deleted is ordinary; a whole batch of them is far more likely a
+// view of the database that hides rows (row-level security, a revoked grant, the wrong
+// database) than a mass deletion.
+const VanishedProgressMin = 5
+
+// VanishedProgressError refuses a batch whose every student has no course_progress rows while
+// at least VanishedProgressMin of them have progress on their contact.
+type VanishedProgressError struct {
+	Students int // whose contact shows progress
+	Batch    int
+}
+
+func (e *VanishedProgressError) Error() string {
+	return fmt.Sprintf("%d of the %d students of a batch have progress in HubSpot but no course_progress rows in the database; "+
+		"nothing was written: the database most likely hides rows from the service (row-level security, a revoked grant, a wrong DATABASE_URL). "+
+		"Run `progress-sync check`; if that progress was really deleted, `progress-sync backfill --allow-clearing` writes it",
+		e.Students, e.Batch)
+}
+
+// guardVanishedProgress is the last line against pushing from a partial view: a batch whose
+// students all come back without progress rows may not clear the progress HubSpot holds for
+// many of them.
+func (p *Pusher) guardVanishedProgress(students []metrics.Student, targets []*target, baseline map[string]map[string]string) error {
+	if p.allowClearing {
+		return nil
+	}
+	for _, s := range students {
+		if s.Values[metrics.CourseStatus] != metrics.StatusNotStarted {
+			return nil // someone has progress rows: the view is not empty
+		}
+	}
+	had := 0
+	for _, t := range targets {
+		switch baseline[t.link.ContactID][metrics.CourseStatus] {
+		case metrics.StatusInProgress, metrics.StatusCompleted:
+			had++
+		}
+	}
+	if had < VanishedProgressMin {
+		return nil
+	}
+	return &VanishedProgressError{Students: had, Batch: len(students)}
+}
+
+// unsettle marks the values about to be written as unknown in the sync state before the
+// write, so that no crash between HubSpot taking them and Record can leave a stale record.
+func (p *Pusher) unsettle(ctx context.Context, updates []hubspot.Update) error {
+	props := make(map[string][]string, len(updates))
+	for _, u := range updates {
+		for name := range u.Properties {
+			props[u.ContactID] = append(props[u.ContactID], name)
+		}
+	}
+	return p.store.Unsettle(ctx, props)
 }
 
 // settleConflicts keeps one student per contact. HubSpot refuses a batch naming a contact twice,

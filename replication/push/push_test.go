@@ -2,6 +2,8 @@ package push
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"strings"
 	"testing"
@@ -240,5 +242,111 @@ func TestShowEmailsIsOptIn(t *testing.T) {
 		if logged != show {
 			t.Errorf("ShowEmails=%v: full email logged = %v", show, logged)
 		}
+	}
+}
+
+func TestBatchThatLostEveryProgressRowIsRefused(t *testing.T) {
+	ctx := context.Background()
+	cases := []struct {
+		name     string
+		students int  // all with progress, pushed once
+		keep     int  // students whose rows survive
+		allow    bool // AllowClearing
+		refused  bool
+	}{
+		{name: "one student deleted their progress", students: 1, refused: false},
+		{name: "fewer than the threshold", students: VanishedProgressMin - 1, refused: false},
+		{name: "a whole batch at the threshold", students: VanishedProgressMin, refused: true},
+		{name: "one survivor shows the view is not empty", students: VanishedProgressMin + 2, keep: 1, refused: false},
+		{name: "the operator allows clearing", students: VanishedProgressMin + 2, allow: true, refused: false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			var ids []uuid.UUID
+			for i := range tc.students {
+				email := fmt.Sprintf("s%d@example.com", i)
+				ids = append(ids, e.student(email, progress("'l1'", "80", "600")))
+				e.emu.AddContact(email, nil, nil)
+			}
+			e.push(ids...)
+			if _, err := e.db.Exec(ctx, `DELETE FROM course_progress WHERE NOT user_id = ANY($1)`, ids[:tc.keep]); err != nil {
+				t.Fatal(err)
+			}
+			e.p.allowClearing = tc.allow
+			e.emu.ResetStats()
+			students, err := metrics.ForStudents(ctx, e.db, ids)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = e.p.Push(ctx, students)
+			var vanished *VanishedProgressError
+			if got := errors.As(err, &vanished); got != tc.refused {
+				t.Fatalf("refused %v (%v), want %v", got, err, tc.refused)
+			}
+			updates := e.emu.Stats().BatchUpdates
+			c, _ := e.emu.ContactByEmail(fmt.Sprintf("s%d@example.com", tc.students-1))
+			if tc.refused {
+				if updates != 0 || c.Properties[metrics.CourseStatus] != metrics.StatusInProgress {
+					t.Fatalf("a refused batch wrote: %d updates, course_status %q", updates, c.Properties[metrics.CourseStatus])
+				}
+				if vanished.Students != tc.students || !strings.Contains(err.Error(), "row-level security") {
+					t.Fatalf("error %v", err)
+				}
+				return
+			}
+			if c.Properties[metrics.CourseStatus] != metrics.StatusNotStarted {
+				t.Fatalf("course_status %q after a push that was let through", c.Properties[metrics.CourseStatus])
+			}
+		})
+	}
+}
+
+// crashingStore loses the Record of the next push, as a SIGKILL between HubSpot's answer and
+// the state's transaction would.
+type crashingStore struct {
+	*state.Store
+	crash bool
+}
+
+func (c *crashingStore) Record(ctx context.Context, o state.Outcome) error {
+	if c.crash {
+		c.crash = false
+		return errors.New("killed before recording")
+	}
+	return c.Store.Record(ctx, o)
+}
+
+func TestAWriteNeverRecordedIsNotTakenForTheOldValue(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t)
+	a := e.student("a@example.com")
+	e.emu.AddContact("a@example.com", nil, nil)
+	e.push(a) // records the contact's values: no progress
+	store := &crashingStore{Store: e.store, crash: true}
+	e.p.store = store
+	if _, err := e.db.Exec(ctx, progress("'l1'", "76.09", "60"), a); err != nil {
+		t.Fatal(err)
+	}
+	students, err := metrics.ForStudents(ctx, e.db, []uuid.UUID{a})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.p.Push(ctx, students); err == nil {
+		t.Fatal("the push whose record was lost reported success")
+	}
+	c, _ := e.emu.ContactByEmail("a@example.com")
+	if c.Properties[metrics.AverageScore] != "76.09" {
+		t.Fatalf("HubSpot took %q; the test needs the write to have happened", c.Properties[metrics.AverageScore])
+	}
+	// The student's progress goes back to what the record last held; the retry must still
+	// write it, since HubSpot holds the values of the lost write.
+	if _, err := e.db.Exec(ctx, `DELETE FROM course_progress WHERE user_id = $1`, a); err != nil {
+		t.Fatal(err)
+	}
+	e.push(a)
+	c, _ = e.emu.ContactByEmail("a@example.com")
+	if c.Properties[metrics.AverageScore] != "" || c.Properties[metrics.CourseStatus] != metrics.StatusNotStarted {
+		t.Fatalf("after the retry HubSpot holds average_score %q, course_status %q", c.Properties[metrics.AverageScore], c.Properties[metrics.CourseStatus])
 	}
 }

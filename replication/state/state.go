@@ -86,6 +86,19 @@ func Migrate(ctx context.Context, db *pgxpool.Pool) error {
 			return fmt.Errorf("migrate state: create schema %s (the role needs CREATE on the database, or a DBA runs the SQL of `setup --print-sql`): %w", Schema, err)
 		}
 	}
+	// The state belongs to the schema's owner (the service's role): a DBA who runs `setup`
+	// as the tables' owner must not leave tables that the service may not write.
+	var asOwner bool
+	if err := conn.QueryRow(ctx, `SELECT n.nspowner <> (SELECT oid FROM pg_roles WHERE rolname = current_user)
+			AND pg_has_role(current_user, n.nspowner, 'MEMBER') FROM pg_namespace n WHERE n.nspname = $1`, Schema).Scan(&asOwner); err != nil {
+		return fmt.Errorf("migrate state: %w", err)
+	}
+	if asOwner {
+		if _, err := conn.Exec(ctx, `SELECT set_config('role', (SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = $1), false)`, Schema); err != nil {
+			return fmt.Errorf("migrate state: act as the owner of schema %s: %w", Schema, err)
+		}
+		defer conn.Exec(context.WithoutCancel(ctx), `RESET ROLE`) //nolint:errcheck
+	}
 	if _, err := conn.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+Schema+`.schema_migrations (
 			version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())`); err != nil {
 		return fmt.Errorf("migrate state: %w", err)
@@ -217,6 +230,31 @@ func (s *Store) Pushed(ctx context.Context, contactIDs []string) (map[string]map
 		return nil, fmt.Errorf("read pushed values: %w", err)
 	}
 	return out, nil
+}
+
+// Unsettle forgets, for each contact, the recorded values of the properties about to be
+// written (contact id -> property names). A write HubSpot applied but that was never recorded
+// (a crash, a timeout after HubSpot took it) must not leave the record claiming the old
+// value: a later change back to that value would then look like no change at all. Until
+// Record stores the new values, the properties are unknown and are sent again.
+func (s *Store) Unsettle(ctx context.Context, properties map[string][]string) error {
+	if s.readOnly {
+		return errors.New("unsettle pushed values: the store is read-only (dry run)")
+	}
+	if len(properties) == 0 {
+		return nil
+	}
+	arg, err := json.Marshal(properties)
+	if err != nil {
+		return fmt.Errorf("unsettle pushed values: %w", err)
+	}
+	_, err = s.db.Exec(ctx, `UPDATE `+Schema+`.pushed_values p
+		SET properties = p.properties - ARRAY(SELECT jsonb_array_elements_text(x.value))
+		FROM jsonb_each($1::jsonb) x WHERE p.contact_id = x.key`, arg)
+	if err != nil {
+		return fmt.Errorf("unsettle pushed values: %w", err)
+	}
+	return nil
 }
 
 // Kind classifies a student that could not be written.
