@@ -105,6 +105,10 @@ func (c *Consumer) Run(ctx context.Context, start pglogrepl.LSN, needsLoad bool)
 		switch {
 		case errors.Is(err, ErrReplayTooOld):
 			return err
+		case errors.As(err, new(*HiddenRowsError)):
+			wait = bo.NextBackOff()
+			c.log.WithError(err).WithField("retry_in", wait.String()).
+				Error("cannot find the students a change concerns: the database hides rows from the service; the change waits in the slot until it is fixed")
 		case isSlotActive(err):
 			c.log.WithError(err).Warn("replication slot is in use by another instance; waiting as a warm standby")
 			wait = c.opts.StandbyRetry
@@ -131,6 +135,11 @@ func (c *Consumer) session(ctx context.Context, start *pglogrepl.LSN, explicit, 
 	}
 	defer conn.Close(context.Background())
 
+	// Policies may have changed while disconnected. The stream itself is not filtered by
+	// row-level security, so it goes on recording students; the flusher holds the pushes.
+	if err := CheckVisibility(ctx, c.db); err != nil {
+		c.log.WithError(err).Error("the database hides rows from the service: changes are recorded but not pushed until it is fixed")
+	}
 	slot, err := ReadSlot(ctx, c.db, c.opts.Names.Slot)
 	if err != nil {
 		return err
@@ -232,6 +241,10 @@ func (c *Consumer) initialLoad(ctx context.Context, snapshot string, point pglog
 			if _, err := tx.Exec(ctx, "SET TRANSACTION SNAPSHOT '"+snapshot+"'"); err != nil {
 				return fmt.Errorf("use the slot's snapshot: %w", err)
 			}
+		}
+		// A load that misses hidden students would never push them.
+		if err := CheckVisibility(ctx, tx); err != nil {
+			return err
 		}
 		rows, err := tx.Query(ctx, `SELECT id FROM public.users`)
 		if err != nil {
@@ -486,6 +499,10 @@ func (c *Consumer) resolve(ctx context.Context, ch Changes) ([]uuid.UUID, error)
 		args = []any{modules, levels, goals}
 	default:
 		return ids, nil
+	}
+	// Students hidden from this query would lose the change; the session fails and retries.
+	if err := CheckVisibility(ctx, c.db); err != nil {
+		return nil, err
 	}
 	rows, err := c.db.Query(ctx, query, args...)
 	if err != nil {

@@ -45,7 +45,7 @@ func setupSlot(t *testing.T) *pgxpool.Pool {
 		t.Fatal(err)
 	}
 	t.Cleanup(db.Close)
-	if _, err := Setup(ctx, db, Names{Slot: "progress_sync", Publication: "progress_sync"}); err != nil {
+	if _, err := Setup(ctx, db, Names{Slot: "progress_sync", Publication: "progress_sync"}, ""); err != nil {
 		t.Fatal(err)
 	}
 	for _, s := range []string{

@@ -43,11 +43,7 @@ type Names struct {
 // SetupSQL is what Setup runs, for a DBA to review and run by hand. The publication comes
 // before the slot: decoding with a publication created later fails.
 func SetupSQL(n Names) []string {
-	var names []string
-	for _, t := range Tables() {
-		names = append(names, t.Name)
-	}
-	stmts := []string{fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s;", n.Publication, strings.Join(names, ", "))}
+	stmts := []string{fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s;", n.Publication, strings.Join(tableNames(), ", "))}
 	for _, t := range Tables() {
 		if t.Full {
 			stmts = append(stmts, fmt.Sprintf("ALTER TABLE %s REPLICA IDENTITY FULL;", t.Name))
@@ -58,18 +54,27 @@ func SetupSQL(n Names) []string {
 
 // RoleSQL creates a least-privilege role for the service: it logs in and replicates, reads the
 // six source tables, and owns its state schema; nothing else. The publication and replica
-// identities (SetupSQL) stay with the tables' owner.
-func RoleSQL(role, stateSchema string) []string {
-	var names []string
-	for _, t := range Tables() {
-		names = append(names, t.Name)
-	}
-	return []string{
+// identities (SetupSQL) stay with the tables' owner. Each table of rlsTables (row-level
+// security enabled) gets a read policy for the role alone: without it the role sees no rows.
+func RoleSQL(role, stateSchema string, rlsTables []string) []string {
+	stmts := []string{
 		fmt.Sprintf("CREATE ROLE %s LOGIN REPLICATION PASSWORD 'choose-a-strong-password';", role),
 		fmt.Sprintf("GRANT USAGE ON SCHEMA public TO %s;", role),
-		fmt.Sprintf("GRANT SELECT ON %s TO %s;", strings.Join(names, ", "), role),
+		fmt.Sprintf("GRANT SELECT ON %s TO %s;", strings.Join(tableNames(), ", "), role),
 		fmt.Sprintf("CREATE SCHEMA IF NOT EXISTS %s AUTHORIZATION %s;", stateSchema, role),
 	}
+	for _, t := range rlsTables {
+		stmts = append(stmts, ReadPolicySQL(t, role))
+	}
+	return stmts
+}
+
+// DB is what setup and the visibility check need of a database: *pgxpool.Pool, *pgx.Conn and
+// pgx.Tx all have it.
+type DB interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
 }
 
 // SetupReport says what Setup changed.
@@ -77,10 +82,11 @@ type SetupReport struct {
 	Done []string // one line per change made
 }
 
-// Setup creates the publication (or adds the tables it lacks) and the replica identities. It
-// is idempotent. The slot is left to the stream, which creates it with a snapshot for the
-// first backfill; CreateSlot makes it without one.
-func Setup(ctx context.Context, db *pgxpool.Pool, n Names) (SetupReport, error) {
+// Setup creates the publication (or adds the tables it lacks), the replica identities and,
+// on each source table with row-level security that it owns, a read policy for readRole
+// (empty: the connecting role). It is idempotent. The slot is left to the stream, which
+// creates it with a snapshot for the first backfill; CreateSlot makes it without one.
+func Setup(ctx context.Context, db *pgxpool.Pool, n Names, readRole string) (SetupReport, error) {
 	var rep SetupReport
 	var exists bool
 	if err := db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)`, n.Publication).Scan(&exists); err != nil {
@@ -121,7 +127,9 @@ func Setup(ctx context.Context, db *pgxpool.Pool, n Names) (SetupReport, error) 
 		}
 		rep.Done = append(rep.Done, fmt.Sprintf("set REPLICA IDENTITY FULL on %s (deletes must name the student)", t.Name))
 	}
-	return rep, nil
+	done, err := grantReadPolicies(ctx, db, readRole)
+	rep.Done = append(rep.Done, done...)
+	return rep, err
 }
 
 // WeakIdentities lists the tables whose replica identity would leave deletes without the

@@ -138,6 +138,7 @@ func checkDatabase(ctx context.Context, db *pgxpool.Pool, cfg config.Config) []f
 		}
 		add("replica identities", len(wrong) == 0, identityDetail(wrong), strings.Join(fixes, " "))
 	}
+	fs = append(fs, checkVisibility(ctx, db, user)...)
 	switch {
 	case !slot.Exists:
 		add("slot", true, fmt.Sprintf("slot %s does not exist yet; run creates it and backfills every student", cfg.Slot), "")
@@ -219,4 +220,21 @@ func orText(s, fallback string) string {
 		return fallback
 	}
 	return s
+}
+
+// checkVisibility is one failing item per source table whose rows the role sees only in
+// part, or one ok item.
+func checkVisibility(ctx context.Context, db *pgxpool.Pool, user string) []finding {
+	hidden, err := replication.HiddenTables(ctx, db, "")
+	if err != nil {
+		return []finding{{item: "row-level security", detail: err.Error(), fix: "grant the role read access to pg_class and pg_policy"}}
+	}
+	if len(hidden) == 0 {
+		return []finding{{item: "row-level security", ok: true, detail: fmt.Sprintf("role %s reads every row of the six tables", user)}}
+	}
+	fs := make([]finding, len(hidden))
+	for i, h := range hidden {
+		fs[i] = finding{item: "row-level security on " + h.Table, detail: h.Why + "; the metrics would be computed from missing rows", fix: h.Fix}
+	}
+	return fs
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/focusenglish/progress-sync/cmd/progress-sync/internal/config"
+	"github.com/focusenglish/progress-sync/replication"
 )
 
 // exitUsage is the status for a wrong setting or flag (CONTRACT §4).
@@ -47,7 +48,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	}
 	var cfgErr *config.Error
 	var uErr usageError
+	var hidden *replication.HiddenRowsError
 	switch {
+	case errors.As(err, &hidden):
+		// Refused before anything was computed: one line per table, each with its fix.
+		for _, line := range hidden.Lines() {
+			fmt.Fprintln(stderr, "progress-sync: refusing to compute metrics from a partial view: "+line)
+		}
+		return exitUsage
 	case errors.As(err, &cfgErr):
 		for _, p := range cfgErr.Problems {
 			fmt.Fprintln(stderr, "progress-sync: "+p)

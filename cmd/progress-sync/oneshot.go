@@ -17,6 +17,7 @@ import (
 	"github.com/focusenglish/progress-sync/cmd/progress-sync/internal/config"
 	"github.com/focusenglish/progress-sync/hubspot"
 	"github.com/focusenglish/progress-sync/metrics"
+	"github.com/focusenglish/progress-sync/replication"
 	"github.com/focusenglish/progress-sync/replication/push"
 	"github.com/focusenglish/progress-sync/replication/state"
 )
@@ -93,7 +94,7 @@ func provision(ctx context.Context, hs *hubspot.Client, out io.Writer) error {
 
 func (a *app) backfillCmd() *cobra.Command {
 	var emails []string
-	var dryRun bool
+	var dryRun, allowClearing bool
 	cmd := &cobra.Command{
 		Use:   "backfill",
 		Short: "Recompute and push every student (or the --email ones) once",
@@ -111,6 +112,9 @@ in HubSpot workflows that watch those properties: run it with --dry-run first.`,
 				return err
 			}
 			defer db.Close()
+			if err := replication.CheckVisibility(ctx, db); err != nil {
+				return err
+			}
 			hs, err := a.newHubSpot(cfg, log)
 			if err != nil {
 				return err
@@ -127,7 +131,7 @@ in HubSpot workflows that watch those properties: run it with --dry-run first.`,
 			if err != nil {
 				return err
 			}
-			p := push.New(hs, store, log, push.Options{DryRun: dryRun, ShowEmails: a.showEmails})
+			p := push.New(hs, store, log, push.Options{DryRun: dryRun, ShowEmails: a.showEmails, AllowClearing: allowClearing})
 			res, err := backfill(ctx, db, p, emails, log)
 			report(cmd.OutOrStdout(), res, dryRun)
 			return err
@@ -135,6 +139,8 @@ in HubSpot workflows that watch those properties: run it with --dry-run first.`,
 	}
 	cmd.Flags().StringSliceVar(&emails, "email", nil, "backfill only the students with these emails (repeat or comma-separate)")
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print what would change and write nothing")
+	cmd.Flags().BoolVar(&allowClearing, "allow-clearing", false,
+		fmt.Sprintf("write batches in which %d or more students lost every progress row at once (refused by default: it usually means the database hides rows)", push.VanishedProgressMin))
 	return cmd
 }
 

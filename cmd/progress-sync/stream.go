@@ -108,12 +108,15 @@ func (a *app) serve(ctx context.Context, f streamFlags, from pglogrepl.LSN) erro
 	if err != nil {
 		return err
 	}
-	rep, err := replication.Setup(ctx, db, names)
+	rep, err := replication.Setup(ctx, db, names, "")
 	if err != nil {
 		return err
 	}
 	for _, line := range rep.Done {
 		log.Info(line)
+	}
+	if err := replication.CheckVisibility(ctx, db); err != nil {
+		return err
 	}
 	tm := telemetry.New()
 	hs, err := a.newHubSpot(cfg, log, tm)
@@ -131,7 +134,8 @@ func (a *app) serve(ctx context.Context, f streamFlags, from pglogrepl.LSN) erro
 		Log: log.WithField("component", "replication"), Observer: tm,
 	})
 	flusher := flush.New(buf, db, push.New(hs, store, log.WithField("component", "push"), push.Options{ShowEmails: a.showEmails}),
-		flush.Options{Log: log.WithField("component", "flush"), DailyLimitPause: f.dailyLimitPause, Observer: tm})
+		flush.Options{Log: log.WithField("component", "flush"), DailyLimitPause: f.dailyLimitPause, Observer: tm,
+			Visibility: func(ctx context.Context) error { return replication.CheckVisibility(ctx, db) }})
 
 	tm.Gauge("progress_sync_pending_students", "Students waiting in the durable buffer.", func() float64 { return float64(buf.Len()) })
 	tm.Gauge("progress_sync_confirmed_lsn", "The position confirmed to the slot, as a number.", func() float64 { return float64(consumer.Confirmed()) })
@@ -141,8 +145,14 @@ func (a *app) serve(ctx context.Context, f streamFlags, from pglogrepl.LSN) erro
 		}
 		return 0
 	})
+	tm.Gauge("progress_sync_rows_hidden", "1 while pushes are held because the database hides rows of the source tables from the service.", func() float64 {
+		if flusher.RowsHidden() {
+			return 1
+		}
+		return 0
+	})
 	health := &telemetry.Health{Streaming: consumer.Streaming, Confirmed: func() uint64 { return uint64(consumer.Confirmed()) },
-		DailyPaused: flusher.DailyLimitPaused, StallAfter: 3*f.statusInterval + 30*time.Second}
+		DailyPaused: flusher.DailyLimitPaused, RowsHidden: flusher.RowsHidden, StallAfter: 3*f.statusInterval + 30*time.Second}
 	stopServing, err := serveTelemetry(cfg.Listen, telemetry.Handler(tm, health), log)
 	if err != nil {
 		return err
@@ -251,26 +261,16 @@ func recheckUnmatched(ctx context.Context, store *state.Store, buf *buffer.Buffe
 
 func (a *app) setupCmd() *cobra.Command {
 	var printSQL bool
+	var role string
 	cmd := &cobra.Command{
 		Use:   "setup",
 		Short: "Create the publication, replica identities and replication slot (idempotent)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			out := cmd.OutOrStdout()
+			out, ctx := cmd.OutOrStdout(), cmd.Context()
 			if printSQL {
-				cfg, _, err := a.load(config.Needs{})
-				if err != nil {
-					return err
-				}
-				fmt.Fprintln(out, "-- progress-sync setup: run as a role that owns these tables (Supabase: postgres).")
-				fmt.Fprintln(out, strings.Join(replication.SetupSQL(replication.Names{Slot: cfg.Slot, Publication: cfg.Publication}), "\n"))
-				fmt.Fprintln(out, "\n-- Optional: a least-privilege role for the service (use it in DATABASE_URL). It may log in,")
-				fmt.Fprintln(out, "-- replicate, read the six tables and own its state schema; nothing else. With it, leave the")
-				fmt.Fprintln(out, "-- slot to the service: it creates the slot itself, with a snapshot for the first backfill.")
-				fmt.Fprintln(out, strings.Join(replication.RoleSQL("progress_sync", state.Schema), "\n"))
-				return nil
+				return a.printSetupSQL(ctx, out)
 			}
-			ctx := cmd.Context()
 			cfg, _, db, err := a.openDatabase(ctx, config.Needs{Database: true, Replication: true})
 			if err != nil {
 				return err
@@ -279,7 +279,7 @@ func (a *app) setupCmd() *cobra.Command {
 			if _, err := state.Open(ctx, db); err != nil {
 				return err
 			}
-			rep, err := replication.Setup(ctx, db, replication.Names{Slot: cfg.Slot, Publication: cfg.Publication})
+			rep, err := replication.Setup(ctx, db, replication.Names{Slot: cfg.Slot, Publication: cfg.Publication}, role)
 			if err != nil {
 				return err
 			}
@@ -298,7 +298,62 @@ func (a *app) setupCmd() *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&printSQL, "print-sql", false, "print the SQL for a DBA instead of running it")
+	cmd.Flags().StringVar(&role, "role", "", "the role the service connects as, for the read policies on tables with row-level security (default: the connecting role)")
 	return cmd
+}
+
+// leastPrivilegeRole is the role `setup --print-sql` creates for the service.
+const leastPrivilegeRole = "progress_sync"
+
+// printSetupSQL prints what setup does, and a least-privilege role, for a DBA. With a
+// database to ask, the role's read policies go on exactly the tables with row-level security
+// enabled; without one, on all six (a policy on a table without RLS does nothing until RLS is
+// switched on, when it keeps the sync working).
+func (a *app) printSetupSQL(ctx context.Context, out io.Writer) error {
+	cfg, _, err := a.load(config.Needs{})
+	if err != nil {
+		return err
+	}
+	// The SQL is useful without a database too; with one, it fits the database.
+	var databaseURL string
+	if withDB, _, err := a.load(config.Needs{Database: true}); err == nil {
+		databaseURL = withDB.DatabaseURL
+	}
+	rlsTables, why := rlsTablesOrAll(ctx, databaseURL)
+	fmt.Fprintln(out, "-- progress-sync setup: run as a role that owns these tables (Supabase: postgres).")
+	fmt.Fprintln(out, strings.Join(replication.SetupSQL(replication.Names{Slot: cfg.Slot, Publication: cfg.Publication}), "\n"))
+	fmt.Fprintln(out, "\n-- Optional: a least-privilege role for the service (use it in DATABASE_URL). It may log in,")
+	fmt.Fprintln(out, "-- replicate, read the six tables and own its state schema; nothing else. With it, leave the")
+	fmt.Fprintln(out, "-- slot to the service: it creates the slot itself, with a snapshot for the first backfill.")
+	fmt.Fprintln(out, "-- Row-level security hides every row from a role no policy lets read, so each table that")
+	fmt.Fprintf(out, "-- has it gets a read policy for this role alone (%s).\n", why)
+	fmt.Fprintln(out, strings.Join(replication.RoleSQL(leastPrivilegeRole, state.Schema, rlsTables), "\n"))
+	return nil
+}
+
+// rlsTablesOrAll asks the database which source tables have row-level security; when it
+// cannot, it answers all of them, and says which it did.
+func rlsTablesOrAll(ctx context.Context, databaseURL string) ([]string, string) {
+	var all []string
+	for _, t := range replication.Tables() {
+		all = append(all, t.Name)
+	}
+	if databaseURL == "" {
+		return all, "DATABASE_URL is not set or not valid, so on all six tables; harmless where RLS is off"
+	}
+	db, err := pgxpool.New(ctx, databaseURL)
+	if err != nil {
+		return all, "the database could not be read, so on all six tables; harmless where RLS is off"
+	}
+	defer db.Close()
+	tables, err := replication.RLSTables(ctx, db)
+	if err != nil {
+		return all, "the database could not be read, so on all six tables; harmless where RLS is off"
+	}
+	if len(tables) == 0 {
+		return nil, "none of the six tables has it now"
+	}
+	return tables, "RLS is on for " + strings.Join(tables, ", ")
 }
 
 func (a *app) teardownCmd() *cobra.Command {

@@ -50,9 +50,16 @@ type Options struct {
 	// Linger is how long a partial batch may wait for more students to fall due before it
 	// goes: HubSpot counts requests, not contacts, so fuller batches save the rate limit.
 	// Full batches never wait. Default 1 s; negative disables.
-	Linger   time.Duration
-	Log      *logrus.Entry
-	Observer Observer // optional
+	Linger time.Duration
+	// Visibility reports whether the database shows the flusher every row the metrics need
+	// (row-level security can hide them); while it returns an error nothing is pushed and
+	// the students stay in the buffer. Optional.
+	Visibility func(ctx context.Context) error
+	// HiddenRetry is how often held students are tried again while rows are hidden.
+	// Default 5 s.
+	HiddenRetry time.Duration
+	Log         *logrus.Entry
+	Observer    Observer // optional
 }
 
 // Flusher drains a Buffer.
@@ -66,6 +73,8 @@ type Flusher struct {
 	// dailyLimitUntil is when flushing resumes after a spent daily limit, in Unix
 	// nanoseconds (0: not paused); health checks read it from another goroutine.
 	dailyLimitUntil atomic.Int64
+	// rowsHidden is set while Visibility fails, so the log says so once and health shows it.
+	rowsHidden atomic.Bool
 }
 
 // New returns a Flusher.
@@ -75,6 +84,9 @@ func New(buf Buffer, db metrics.Querier, p Pusher, opts Options) *Flusher {
 	}
 	if opts.Linger == 0 {
 		opts.Linger = time.Second
+	}
+	if opts.HiddenRetry <= 0 {
+		opts.HiddenRetry = 5 * time.Second
 	}
 	fails := backoff.NewExponentialBackOff()
 	fails.InitialInterval, fails.MaxInterval, fails.MaxElapsedTime = time.Second, 5*time.Minute, 0
@@ -135,7 +147,12 @@ func (f *Flusher) FlushDue(ctx context.Context) (int, error) {
 		f.buf.Retry(entries, wait)
 		return 0, ErrDailyLimit
 	}
+	if err := f.checkVisibility(ctx); err != nil {
+		f.buf.Retry(entries, f.opts.HiddenRetry)
+		return 0, err
+	}
 	err := f.flush(ctx, entries)
+	var vanished *push.VanishedProgressError
 	switch {
 	case err == nil:
 		f.fails.Reset()
@@ -150,6 +167,15 @@ func (f *Flusher) FlushDue(ctx context.Context) (int, error) {
 	case ctx.Err() != nil:
 		f.buf.Retry(entries, 0)
 		return 0, ctx.Err()
+	case f.rowsHidden.Load():
+		f.buf.Retry(entries, f.opts.HiddenRetry)
+		return 0, err
+	case errors.As(err, &vanished):
+		wait := f.fails.NextBackOff()
+		f.log.WithError(err).WithFields(logrus.Fields{"students": len(entries), "retry_in": wait.String()}).
+			Error("refusing to clear progress in HubSpot; the students stay in the buffer")
+		f.buf.Retry(entries, wait)
+		return 0, err
 	default:
 		wait := f.fails.NextBackOff()
 		f.log.WithError(err).WithFields(logrus.Fields{"students": len(entries), "retry_in": wait.String()}).
@@ -158,6 +184,32 @@ func (f *Flusher) FlushDue(ctx context.Context) (int, error) {
 		return 0, err
 	}
 }
+
+// checkVisibility asks Options.Visibility and logs when the answer changes: hidden rows are
+// an operator's problem (a policy to add), not a transient one, so it is said loudly once.
+func (f *Flusher) checkVisibility(ctx context.Context) error {
+	if f.opts.Visibility == nil {
+		return nil
+	}
+	err := f.opts.Visibility(ctx)
+	if err == nil {
+		if f.rowsHidden.Swap(false) {
+			f.log.Info("every row of the source tables is visible again; pushes resume")
+		}
+		return nil
+	}
+	if ctx.Err() != nil {
+		return err
+	}
+	if !f.rowsHidden.Swap(true) {
+		f.log.WithError(err).Error("not pushing: metrics computed now would rest on rows the database hides from the service; " +
+			"changes keep being recorded and are pushed once the fix is in place")
+	}
+	return err
+}
+
+// RowsHidden reports whether pushes are held because the database hides rows.
+func (f *Flusher) RowsHidden() bool { return f.rowsHidden.Load() }
 
 // DailyLimitPaused reports whether pushes are paused on HubSpot's spent daily limit.
 func (f *Flusher) DailyLimitPaused() bool {
@@ -188,6 +240,13 @@ func (f *Flusher) flush(ctx context.Context, entries []buffer.Entry) error {
 	students, err := metrics.ForStudents(ctx, f.db, ids)
 	if err != nil {
 		return fmt.Errorf("compute metrics: %w", err)
+	}
+	if len(students) < len(ids) {
+		// Absent students are deleted ones, unless rows became hidden since the check:
+		// forgetting them then would lose their changes.
+		if err := f.checkVisibility(ctx); err != nil {
+			return err
+		}
 	}
 	res := push.Result{}
 	if len(students) > 0 {

@@ -166,3 +166,63 @@ func TestDeletedStudentsLeaveTheBuffer(t *testing.T) {
 		t.Fatalf("pending %d, pushes %d: a deleted student needs neither", buf.Len(), len(p.pushed))
 	}
 }
+
+func TestHiddenRowsHoldEveryPush(t *testing.T) {
+	ctx := context.Background()
+	db, buf, ids, c := setup(t, 30)
+	p := &fakePusher{}
+	var mu sync.Mutex
+	hidden := errors.New("row-level security hides public.users")
+	visibility := func(context.Context) error { mu.Lock(); defer mu.Unlock(); return hidden }
+	f := New(buf, db, p, Options{Log: quietLog(), Visibility: visibility, HiddenRetry: time.Second})
+	if err := buf.Add(ctx, ids, 0); err != nil {
+		t.Fatal(err)
+	}
+	c.passDebounce()
+	if n, err := f.FlushDue(ctx); !errors.Is(err, hidden) || n != 0 {
+		t.Fatalf("flush while rows are hidden: %d, %v", n, err)
+	}
+	if len(p.pushed) != 0 || buf.Len() != 30 || !f.RowsHidden() {
+		t.Fatalf("pushes %d, pending %d, hidden %v: nothing may be pushed or forgotten", len(p.pushed), buf.Len(), f.RowsHidden())
+	}
+	mu.Lock()
+	hidden = nil
+	mu.Unlock()
+	c.passDebounce()
+	if n, err := f.FlushDue(ctx); err != nil || n != 30 {
+		t.Fatalf("flush once visible: %d, %v", n, err)
+	}
+	if buf.Len() != 0 || f.RowsHidden() {
+		t.Fatalf("pending %d, hidden %v after the fix", buf.Len(), f.RowsHidden())
+	}
+}
+
+func TestStudentsHiddenAfterTheCheckStayInTheBuffer(t *testing.T) {
+	ctx := context.Background()
+	db, buf, ids, c := setup(t, 5)
+	p := &fakePusher{}
+	// The check before the batch passes; the metrics then miss a student, and the second
+	// check finds rows hidden: the missing student is not taken for a deleted one.
+	var mu sync.Mutex
+	calls := 0
+	visibility := func(context.Context) error {
+		mu.Lock()
+		defer mu.Unlock()
+		calls++
+		if calls == 1 {
+			return nil
+		}
+		return errors.New("rows hidden")
+	}
+	f := New(buf, db, p, Options{Log: quietLog(), Visibility: visibility})
+	if err := buf.Add(ctx, append(ids, uuid.New()), 0); err != nil {
+		t.Fatal(err)
+	}
+	c.passDebounce()
+	if n, err := f.FlushDue(ctx); err == nil || n != 0 {
+		t.Fatalf("flush with an absent student and hidden rows: %d, %v", n, err)
+	}
+	if buf.Len() != 6 || len(p.pushed) != 0 {
+		t.Fatalf("%d pending, %d pushes: want all 6 kept and nothing pushed", buf.Len(), len(p.pushed))
+	}
+}

@@ -167,6 +167,7 @@ type Health struct {
 	Streaming   func() bool
 	Confirmed   func() uint64
 	DailyPaused func() bool
+	RowsHidden  func() bool // optional
 	// StallAfter is how long the confirmed position may stand still before the service is
 	// not ready; it moves at least once per status interval even when idle.
 	StallAfter time.Duration
@@ -191,6 +192,8 @@ func (h *Health) Ready() (bool, string) {
 		return false, fmt.Sprintf("checkpoint has not advanced for %s", now.Sub(h.lastMoved).Round(time.Second))
 	case h.DailyPaused():
 		return false, "HubSpot's daily API limit is spent; pushes are paused"
+	case h.RowsHidden != nil && h.RowsHidden():
+		return false, "the database hides rows of the source tables from the service (row-level security); pushes are held: run progress-sync check"
 	}
 	return true, "ready"
 }
