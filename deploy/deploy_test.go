@@ -63,7 +63,7 @@ func fileExists(p string) bool {
 	return err == nil
 }
 
-// settingEnvs are the environment variables the binary reads (CONTRACT §4), taken from its
+// settingEnvs are the environment variables the binary reads (docs/contract.md §4), taken from its
 // --help, so that the artifacts are checked against the settings the binary has today.
 func settingEnvs(t *testing.T) []string {
 	t.Helper()

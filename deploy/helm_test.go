@@ -255,7 +255,7 @@ func TestHelmDefaults(t *testing.T) {
 		t.Error("no checksum/secret annotation: a changed secret would not roll the pod")
 	}
 
-	// Every setting of the binary is wired, with the defaults of CONTRACT §4.
+	// Every setting of the binary is wired, with the defaults of docs/contract.md §4.
 	env := envMap(c)
 	for _, name := range settingEnvs(t) {
 		if _, ok := env[name]; !ok {

@@ -1,4 +1,4 @@
-// Package metrics computes each student's learning metrics (CONTRACT §3) from the platform's
+// Package metrics computes each student's learning metrics (docs/contract.md §3) from the platform's
 // tables, in the string form HubSpot takes.
 //
 // All arithmetic happens in PostgreSQL on numeric (exact decimal, round() half away from zero),
@@ -193,7 +193,7 @@ func collect(rows pgx.Rows) ([]Student, error) {
 	return out, nil
 }
 
-// NormalizeEmail is how emails are matched (CONTRACT §3): trimmed and lower-cased.
+// NormalizeEmail is how emails are matched (docs/contract.md §3): trimmed and lower-cased.
 func NormalizeEmail(email string) string {
 	return strings.ToLower(strings.TrimSpace(email))
 }

@@ -6,7 +6,7 @@ import (
 	"time"
 )
 
-// HubSpot property names (CONTRACT §3).
+// HubSpot property names (docs/contract.md §3).
 const (
 	LessonsCompleted    = "lessons_completed"
 	CurrentLesson       = "current_lesson"
@@ -50,7 +50,7 @@ type Option struct {
 	Label, Value string
 }
 
-// Definitions returns the ten properties in CONTRACT §3 order, as a fresh slice the caller may
+// Definitions returns the ten properties in docs/contract.md §3 order, as a fresh slice the caller may
 // modify.
 func Definitions() []Definition {
 	return []Definition{
@@ -82,7 +82,7 @@ func Definitions() []Definition {
 	}
 }
 
-// Names returns the ten property names in CONTRACT §3 order, as a fresh slice.
+// Names returns the ten property names in docs/contract.md §3 order, as a fresh slice.
 func Names() []string {
 	return []string{
 		LessonsCompleted, CurrentLesson, AverageScore, TotalStudyTime, ProgressPercentage,

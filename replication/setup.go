@@ -22,7 +22,7 @@ type Table struct {
 	Keys []string
 }
 
-// Tables are the tables whose changes concern students (CONTRACT §2).
+// Tables are the tables whose changes concern students (docs/contract.md §2).
 func Tables() []Table {
 	return []Table{
 		{Name: "public.users"},

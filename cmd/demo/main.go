@@ -304,7 +304,7 @@ func study(ctx context.Context, o options, dbURL string, seeded []pgtest.SeededS
 }
 
 // waitEqual waits, with the watcher still reporting, until every contact equals the database:
-// within the max delay once changes stop (CONTRACT §6, "eventually equal").
+// within the max delay once changes stop (docs/contract.md §6, "eventually equal").
 func waitEqual(ctx context.Context, conn *pgx.Conn, emu *hubspottest.Server, seeded []pgtest.SeededStudent,
 	w *watcher, p *printer, act *activity) error {
 	deadline := act.lastChange().Add(maxDelay + 10*time.Second)

@@ -1,5 +1,5 @@
 // Command progress-sync keeps HubSpot contacts equal to each Focus English student's learning
-// progress. See CONTRACT.md for its commands, settings and guarantees.
+// progress. See docs/contract.md for its commands, settings and guarantees.
 package main
 
 import (
@@ -20,7 +20,7 @@ import (
 	"github.com/focusenglish/progress-sync/replication"
 )
 
-// exitUsage is the status for a wrong setting or flag (CONTRACT §4).
+// exitUsage is the status for a wrong setting or flag (docs/contract.md §4).
 const exitUsage = 2
 
 func main() {

@@ -28,7 +28,7 @@ import (
 	"github.com/focusenglish/progress-sync/replication/state"
 )
 
-// streamFlags are the tuning knobs of run and replay beyond CONTRACT §4.
+// streamFlags are the tuning knobs of run and replay beyond docs/contract.md §4.
 type streamFlags struct {
 	grace           time.Duration
 	recheck         time.Duration

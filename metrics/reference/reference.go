@@ -1,4 +1,4 @@
-// Package reference is a second, independent implementation of the student metrics (CONTRACT
+// Package reference is a second, independent implementation of the student metrics (docs/contract.md
 // §3): it loads the raw rows and computes every value in Go with exact rational arithmetic. It
 // is slow and simple on purpose; tests and the chaos soak check the SQL of package metrics
 // against it.
@@ -122,7 +122,7 @@ func Compute(ctx context.Context, conn *pgx.Conn) (map[uuid.UUID]metrics.Student
 	return out, nil
 }
 
-// values applies CONTRACT §3 to one student; course is nil without an assigned course.
+// values applies docs/contract.md §3 to one student; course is nil without an assigned course.
 func values(st *student, course map[string]bool) metrics.Values {
 	v := metrics.Values{}
 	completed := 0

@@ -1,5 +1,5 @@
 // Package state keeps progress-sync's durable state in the progress_sync schema of the source
-// database (CONTRACT §7): the email → contact id cache, the values last pushed to each contact,
+// database (docs/contract.md §7): the email → contact id cache, the values last pushed to each contact,
 // and the students that could not be written, with why.
 //
 // Keeping it beside the data (not in a file or a volume) lets a Helm pod move and a systemd host

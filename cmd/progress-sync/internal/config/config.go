@@ -1,4 +1,4 @@
-// Package config reads progress-sync's settings (CONTRACT §4) from flags and the environment
+// Package config reads progress-sync's settings (docs/contract.md §4) from flags and the environment
 // and reports every problem at once, one clear line each.
 package config
 
@@ -41,7 +41,7 @@ type Needs struct {
 	HubSpot     bool
 }
 
-// setting is one row of the CONTRACT §4 table.
+// setting is one row of the docs/contract.md §4 table.
 type setting struct {
 	env, flag, def, usage string
 }
