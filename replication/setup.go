@@ -52,16 +52,16 @@ func SetupSQL(n Names) []string {
 	return append(stmts, fmt.Sprintf("SELECT pg_create_logical_replication_slot('%s', 'pgoutput');", n.Slot))
 }
 
-// RoleSQL creates a least-privilege role for the service: it logs in and replicates, reads the
-// six source tables, and owns its state schema; nothing else. The publication and replica
-// identities (SetupSQL) stay with the tables' owner. Each table of rlsTables (row-level
-// security enabled) gets a read policy for the role alone: without it the role sees no rows.
-func RoleSQL(role, stateSchema string, rlsTables []string) []string {
+// RoleSQL creates a least-privilege role for the service: it logs in and replicates and reads
+// the six source tables; with the state schema it owns (state.SchemaSQL), nothing else. The
+// publication and replica identities (SetupSQL) stay with the tables' owner. Each table of
+// rlsTables (row-level security enabled) gets a read policy for the role alone: without it
+// the role sees no rows.
+func RoleSQL(role string, rlsTables []string) []string {
 	stmts := []string{
 		fmt.Sprintf("CREATE ROLE %s LOGIN REPLICATION PASSWORD 'choose-a-strong-password';", role),
 		fmt.Sprintf("GRANT USAGE ON SCHEMA public TO %s;", role),
 		fmt.Sprintf("GRANT SELECT ON %s TO %s;", strings.Join(tableNames(), ", "), role),
-		fmt.Sprintf("CREATE SCHEMA IF NOT EXISTS %s AUTHORIZATION %s;", stateSchema, role),
 	}
 	for _, t := range rlsTables {
 		stmts = append(stmts, ReadPolicySQL(t, role))

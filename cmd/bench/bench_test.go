@@ -174,7 +174,8 @@ func BenchmarkBuffer(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer pool.Close()
-	if err := state.Migrate(ctx, pool); err != nil {
+	store, err := state.Open(ctx, pool)
+	if err != nil {
 		b.Fatal(err)
 	}
 	ids := func(n int) []uuid.UUID {
@@ -186,7 +187,7 @@ func BenchmarkBuffer(b *testing.B) {
 	}
 
 	b.Run("Add100-new", func(b *testing.B) {
-		buf, _, err := buffer.Open(ctx, pool, buffer.Options{Slot: "add-new", Debounce: time.Hour, MaxDelay: time.Hour})
+		buf, _, err := buffer.Open(ctx, store, "add-new", buffer.Options{Debounce: time.Hour, MaxDelay: time.Hour})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -204,7 +205,7 @@ func BenchmarkBuffer(b *testing.B) {
 		p.stop()
 	})
 	b.Run("Add100-already-pending", func(b *testing.B) {
-		buf, _, err := buffer.Open(ctx, pool, buffer.Options{Slot: "add-again", Debounce: time.Hour, MaxDelay: time.Hour})
+		buf, _, err := buffer.Open(ctx, store, "add-again", buffer.Options{Debounce: time.Hour, MaxDelay: time.Hour})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -226,7 +227,7 @@ func BenchmarkBuffer(b *testing.B) {
 			b.Fatal(err)
 		}
 		now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-		buf, _, err := buffer.Open(ctx, pool, buffer.Options{Slot: "due", Debounce: 0, MaxDelay: 0, Now: func() time.Time { return now }})
+		buf, _, err := buffer.Open(ctx, store, "due", buffer.Options{Debounce: 0, MaxDelay: 0, Now: func() time.Time { return now }})
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -27,6 +27,7 @@ import (
 	"github.com/focusenglish/progress-sync/metrics"
 	"github.com/focusenglish/progress-sync/metrics/reference"
 	"github.com/focusenglish/progress-sync/replication/pgtest"
+	"github.com/focusenglish/progress-sync/replication/state"
 )
 
 const token = "pat-bench-0123456789abcdef"
@@ -515,9 +516,8 @@ func waitSlot(ctx context.Context, conn *pgx.Conn, slot string, lsn pglogrepl.LS
 }
 
 func pendingCount(ctx context.Context, conn *pgx.Conn) (int, error) {
-	var n int
-	err := conn.QueryRow(ctx, `SELECT count(*) FROM progress_sync.pending`).Scan(&n)
-	return n, err
+	sum, err := state.Summarize(ctx, conn, "progress_sync")
+	return sum.Pending, err
 }
 
 // waitDrained waits until nothing is pending and every contact equals metrics/reference.

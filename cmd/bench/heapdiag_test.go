@@ -43,10 +43,11 @@ func TestBufferHeapProfile(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pool.Close()
-	if err := state.Migrate(ctx, pool); err != nil {
+	store, err := state.Open(ctx, pool)
+	if err != nil {
 		t.Fatal(err)
 	}
-	buf, _, err := buffer.Open(ctx, pool, buffer.Options{Slot: "heap", Debounce: 3 * time.Second, MaxDelay: 30 * time.Second})
+	buf, _, err := buffer.Open(ctx, store, "heap", buffer.Options{Debounce: 3 * time.Second, MaxDelay: 30 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}

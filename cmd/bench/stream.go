@@ -19,6 +19,7 @@ import (
 	"github.com/focusenglish/progress-sync/hubspot/hubspottest"
 	"github.com/focusenglish/progress-sync/replication"
 	"github.com/focusenglish/progress-sync/replication/buffer"
+	"github.com/focusenglish/progress-sync/replication/state"
 )
 
 const (
@@ -310,7 +311,11 @@ func profileConsumer(ctx context.Context, h *harness, conn *pgx.Conn, o streamOp
 		return profileResult{}, err
 	}
 	defer pool.Close()
-	buf, _, err := buffer.Open(ctx, pool, buffer.Options{Slot: profileSlot, Debounce: 3 * time.Second, MaxDelay: 30 * time.Second})
+	store, err := state.Open(ctx, pool)
+	if err != nil {
+		return profileResult{}, err
+	}
+	buf, _, err := buffer.Open(ctx, store, profileSlot, buffer.Options{Debounce: 3 * time.Second, MaxDelay: 30 * time.Second})
 	if err != nil {
 		return profileResult{}, err
 	}

@@ -34,6 +34,7 @@ import (
 	"github.com/focusenglish/progress-sync/metrics"
 	"github.com/focusenglish/progress-sync/metrics/reference"
 	"github.com/focusenglish/progress-sync/replication/pgtest"
+	"github.com/focusenglish/progress-sync/replication/state"
 )
 
 const (
@@ -379,9 +380,8 @@ func pendingCount(ctx context.Context, dbURL string) (int, error) {
 		return 0, err
 	}
 	defer conn.Close(ctx)
-	var n int
-	err = conn.QueryRow(ctx, `SELECT count(*) FROM progress_sync.pending`).Scan(&n)
-	return n, err
+	sum, err := state.Summarize(ctx, conn, "progress_sync")
+	return sum.Pending, err
 }
 
 // compare lists the contact values that differ from the reference metrics.

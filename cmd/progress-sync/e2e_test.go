@@ -16,10 +16,12 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/focusenglish/progress-sync/hubspot/hubspottest"
 	"github.com/focusenglish/progress-sync/metrics"
 	"github.com/focusenglish/progress-sync/replication/pgtest"
+	"github.com/focusenglish/progress-sync/replication/state"
 )
 
 // These tests run the real progress-sync binary against the test PostgreSQL and the HubSpot
@@ -290,15 +292,23 @@ type problem struct{ kind, reason string }
 
 func (w *world) problems() map[uuid.UUID]problem {
 	w.t.Helper()
-	rows, err := w.db.Query(context.Background(), `SELECT student_id, kind, reason FROM progress_sync.problems`)
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, w.dbURL)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	defer pool.Close()
+	store, err := state.OpenReadOnly(ctx, pool)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	probs, err := store.Problems(ctx)
 	if err != nil {
 		w.t.Fatal(err)
 	}
 	out := map[uuid.UUID]problem{}
-	var id uuid.UUID
-	var p problem
-	if _, err := pgx.ForEachRow(rows, []any{&id, &p.kind, &p.reason}, func() error { out[id] = p; return nil }); err != nil {
-		w.t.Fatal(err)
+	for _, p := range probs {
+		out[p.StudentID] = problem{kind: string(p.Kind), reason: p.Reason}
 	}
 	return out
 }

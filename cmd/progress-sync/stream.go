@@ -7,14 +7,10 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/jackc/pglogrepl"
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
 
@@ -123,11 +119,11 @@ func (a *app) serve(ctx context.Context, f streamFlags, from pglogrepl.LSN) erro
 	if err != nil {
 		return err
 	}
-	buf, checkpoint, err := buffer.Open(ctx, db, buffer.Options{Slot: cfg.Slot, Debounce: cfg.Debounce, MaxDelay: cfg.MaxDelay})
+	buf, checkpoint, err := buffer.Open(ctx, store, cfg.Slot, buffer.Options{Debounce: cfg.Debounce, MaxDelay: cfg.MaxDelay})
 	if err != nil {
 		return err
 	}
-	log.WithFields(logrus.Fields{"checkpoint": checkpoint.String(), "pending": buf.Len()}).Info("loaded sync state")
+	log.WithFields(logrus.Fields{"checkpoint": checkpoint.LSN.String(), "pending": buf.Len()}).Info("loaded sync state")
 
 	consumer := replication.NewConsumer(db, buf, replication.Options{
 		DatabaseURL: cfg.DatabaseURL, Names: names, StatusInterval: f.statusInterval,
@@ -178,7 +174,7 @@ func (a *app) serve(ctx context.Context, f streamFlags, from pglogrepl.LSN) erro
 	}()
 	go recheckUnmatched(ctx, store, buf, f.recheck, log)
 
-	streamErr := consumer.Run(ctx, from, checkpoint == 0)
+	streamErr := consumer.Run(ctx, from, checkpoint.LSN == 0)
 	close(stopFlushing)
 	<-flushed
 	if streamErr != nil {
@@ -257,225 +253,4 @@ func recheckUnmatched(ctx context.Context, store *state.Store, buf *buffer.Buffe
 			log.WithError(err).Warn("could not queue unmatched students for another look")
 		}
 	}
-}
-
-func (a *app) setupCmd() *cobra.Command {
-	var printSQL bool
-	var role string
-	cmd := &cobra.Command{
-		Use:   "setup",
-		Short: "Create the publication, replica identities and replication slot (idempotent)",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			out, ctx := cmd.OutOrStdout(), cmd.Context()
-			if printSQL {
-				return a.printSetupSQL(ctx, out)
-			}
-			cfg, _, db, err := a.openDatabase(ctx, config.Needs{Database: true, Replication: true})
-			if err != nil {
-				return err
-			}
-			defer db.Close()
-			if _, err := state.Open(ctx, db); err != nil {
-				return err
-			}
-			rep, err := replication.Setup(ctx, db, replication.Names{Slot: cfg.Slot, Publication: cfg.Publication}, role)
-			if err != nil {
-				return err
-			}
-			created, err := replication.CreateSlot(ctx, db, cfg.Slot)
-			if err != nil {
-				return err
-			}
-			if created {
-				rep.Done = append(rep.Done, "created replication slot "+cfg.Slot)
-			}
-			for _, line := range rep.Done {
-				fmt.Fprintln(out, line)
-			}
-			fmt.Fprintf(out, "setup: publication %s, replica identities and slot %s are in place\n", cfg.Publication, cfg.Slot)
-			return nil
-		},
-	}
-	cmd.Flags().BoolVar(&printSQL, "print-sql", false, "print the SQL for a DBA instead of running it")
-	cmd.Flags().StringVar(&role, "role", "", "the role the service connects as, for the read policies on tables with row-level security (default: the connecting role)")
-	return cmd
-}
-
-// leastPrivilegeRole is the role `setup --print-sql` creates for the service.
-const leastPrivilegeRole = "progress_sync"
-
-// printSetupSQL prints what setup does, and a least-privilege role, for a DBA. With a
-// database to ask, the role's read policies go on exactly the tables with row-level security
-// enabled; without one, on all six (a policy on a table without RLS does nothing until RLS is
-// switched on, when it keeps the sync working).
-func (a *app) printSetupSQL(ctx context.Context, out io.Writer) error {
-	cfg, _, err := a.load(config.Needs{})
-	if err != nil {
-		return err
-	}
-	// The SQL is useful without a database too; with one, it fits the database.
-	var databaseURL string
-	if withDB, _, err := a.load(config.Needs{Database: true}); err == nil {
-		databaseURL = withDB.DatabaseURL
-	}
-	rlsTables, why := rlsTablesOrAll(ctx, databaseURL)
-	fmt.Fprintln(out, "-- progress-sync setup: run as a role that owns these tables (Supabase: postgres).")
-	fmt.Fprintln(out, strings.Join(replication.SetupSQL(replication.Names{Slot: cfg.Slot, Publication: cfg.Publication}), "\n"))
-	fmt.Fprintln(out, "\n-- Optional: a least-privilege role for the service (use it in DATABASE_URL). It may log in,")
-	fmt.Fprintln(out, "-- replicate, read the six tables and own its state schema; nothing else. With it, leave the")
-	fmt.Fprintln(out, "-- slot to the service: it creates the slot itself, with a snapshot for the first backfill.")
-	fmt.Fprintln(out, "-- Row-level security hides every row from a role no policy lets read, so each table that")
-	fmt.Fprintf(out, "-- has it gets a read policy for this role alone (%s).\n", why)
-	fmt.Fprintln(out, strings.Join(replication.RoleSQL(leastPrivilegeRole, state.Schema, rlsTables), "\n"))
-	return nil
-}
-
-// rlsTablesOrAll asks the database which source tables have row-level security; when it
-// cannot, it answers all of them, and says which it did.
-func rlsTablesOrAll(ctx context.Context, databaseURL string) ([]string, string) {
-	var all []string
-	for _, t := range replication.Tables() {
-		all = append(all, t.Name)
-	}
-	if databaseURL == "" {
-		return all, "DATABASE_URL is not set or not valid, so on all six tables; harmless where RLS is off"
-	}
-	db, err := pgxpool.New(ctx, databaseURL)
-	if err != nil {
-		return all, "the database could not be read, so on all six tables; harmless where RLS is off"
-	}
-	defer db.Close()
-	tables, err := replication.RLSTables(ctx, db)
-	if err != nil {
-		return all, "the database could not be read, so on all six tables; harmless where RLS is off"
-	}
-	if len(tables) == 0 {
-		return nil, "none of the six tables has it now"
-	}
-	return tables, "RLS is on for " + strings.Join(tables, ", ")
-}
-
-func (a *app) teardownCmd() *cobra.Command {
-	var all, force bool
-	cmd := &cobra.Command{
-		Use:   "teardown",
-		Short: "Drop the replication slot (and with --all the publication and sync state) so no WAL is retained",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, out := cmd.Context(), cmd.OutOrStdout()
-			cfg, _, db, err := a.openDatabase(ctx, config.Needs{Database: true})
-			if err != nil {
-				return err
-			}
-			defer db.Close()
-			dropped, err := replication.DropSlot(ctx, db, cfg.Slot, force)
-			if err != nil {
-				return err
-			}
-			if dropped {
-				fmt.Fprintf(out, "dropped replication slot %s\n", cfg.Slot)
-			} else {
-				fmt.Fprintf(out, "no replication slot %s\n", cfg.Slot)
-			}
-			if !all {
-				// The checkpoint belongs to the dropped slot: a new slot starts with a full load.
-				if _, err := db.Exec(ctx, `DELETE FROM `+state.Schema+`.checkpoint WHERE slot = $1`, cfg.Slot); err != nil && !isUndefinedTable(err) {
-					return fmt.Errorf("forget the checkpoint of slot %s: %w", cfg.Slot, err)
-				}
-				return nil
-			}
-			if err := replication.DropPublication(ctx, db, cfg.Publication); err != nil {
-				return err
-			}
-			fmt.Fprintf(out, "dropped publication %s\n", cfg.Publication)
-			if _, err := db.Exec(ctx, `DROP SCHEMA IF EXISTS `+state.Schema+` CASCADE`); err != nil {
-				return fmt.Errorf("drop the sync state: %w", err)
-			}
-			fmt.Fprintf(out, "dropped schema %s (sync state)\n", state.Schema)
-			return nil
-		},
-	}
-	cmd.Flags().BoolVar(&all, "all", false, "also drop the publication and the progress_sync schema")
-	cmd.Flags().BoolVar(&force, "force", false, "drop the slot even while a progress-sync is streaming from it")
-	return cmd
-}
-
-func (a *app) statusCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:   "status",
-		Short: "Show slot lag, checkpoint, pending and unmatched students, last flush",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, out := cmd.Context(), cmd.OutOrStdout()
-			cfg, _, db, err := a.openDatabase(ctx, config.Needs{Database: true})
-			if err != nil {
-				return err
-			}
-			defer db.Close()
-			return printStatus(ctx, db, cfg, out)
-		},
-	}
-}
-
-func printStatus(ctx context.Context, db *pgxpool.Pool, cfg config.Config, out io.Writer) error {
-	slot, err := replication.ReadSlot(ctx, db, cfg.Slot)
-	if err != nil {
-		return err
-	}
-	if !slot.Exists {
-		fmt.Fprintf(out, "slot %s: does not exist (run `progress-sync run` or `setup`)\n", cfg.Slot)
-	} else {
-		active := "not streaming"
-		if slot.Active {
-			active = fmt.Sprintf("streaming (pid %d)", slot.ActivePID)
-		}
-		fmt.Fprintf(out, "slot %s: %s, wal_status %s, confirmed %s, lag %d bytes, retains %d bytes of WAL\n",
-			cfg.Slot, active, slot.WALStatus, slot.ConfirmedFlushLSN, slot.LagBytes, slot.RetainedBytes)
-	}
-	var exists bool
-	if err := db.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, state.Schema+".checkpoint").Scan(&exists); err != nil {
-		return fmt.Errorf("read sync state: %w", err)
-	}
-	if !exists {
-		fmt.Fprintln(out, "sync state: none yet (the service has not run)")
-		return nil
-	}
-	var lsn, updated, lastFlush string
-	var lagSeconds float64
-	err = db.QueryRow(ctx, `SELECT lsn::text, to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS"Z"'),
-			coalesce(to_char(last_flush_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS"Z"'), 'never'),
-			extract(epoch FROM now() - updated_at)
-		FROM `+state.Schema+`.checkpoint WHERE slot = $1`, cfg.Slot).Scan(&lsn, &updated, &lastFlush, &lagSeconds)
-	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-		return fmt.Errorf("read checkpoint: %w", err)
-	}
-	if lsn == "" {
-		fmt.Fprintf(out, "checkpoint: none for slot %s\n", cfg.Slot)
-	} else {
-		fmt.Fprintf(out, "checkpoint: %s, stored %s (%.0f s ago)\nlast flush: %s\n", lsn, updated, lagSeconds, lastFlush)
-	}
-	var pending, unmatched, rejected, conflicts int
-	var oldest *float64
-	err = db.QueryRow(ctx, `SELECT (SELECT count(*) FROM `+state.Schema+`.pending),
-			(SELECT extract(epoch FROM now() - min(first_change_at))::float8 FROM `+state.Schema+`.pending),
-			count(*) FILTER (WHERE kind = 'unmatched'), count(*) FILTER (WHERE kind = 'rejected'),
-			count(*) FILTER (WHERE kind = 'conflict')
-		FROM `+state.Schema+`.problems`).Scan(&pending, &oldest, &unmatched, &rejected, &conflicts)
-	if err != nil {
-		return fmt.Errorf("count students: %w", err)
-	}
-	// The time lag: how long the oldest change still to push has waited.
-	lag := "none waiting"
-	if oldest != nil {
-		lag = fmt.Sprintf("oldest waiting %.0f s", *oldest)
-	}
-	fmt.Fprintf(out, "pending students: %d (%s)\nunmatched: %d, rejected: %d, conflicts: %d (see progress_sync.problems)\n",
-		pending, lag, unmatched, rejected, conflicts)
-	return nil
-}
-
-func isUndefinedTable(err error) bool {
-	var pgErr *pgconn.PgError
-	return errors.As(err, &pgErr) && pgErr.Code == "42P01"
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/jackc/pglogrepl"
 
 	"github.com/focusenglish/progress-sync/hubspot/hubspottest"
+	"github.com/focusenglish/progress-sync/replication/state"
 )
 
 // service is a running `progress-sync run` (or replay).
@@ -294,7 +295,11 @@ func TestReplay(t *testing.T) {
 	if code := svc.stop(); code != 0 {
 		t.Fatalf("exit %d", code)
 	}
-	stored := w.lsn(`SELECT lsn::text FROM progress_sync.checkpoint`)
+	sum, err := state.Summarize(context.Background(), w.db, "progress_sync")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored := sum.Checkpoint.LSN
 
 	r := w.cli.run("replay", "--from-lsn", old.String())
 	if r.code == 0 || !strings.Contains(r.stderr, old.String()) || !strings.Contains(r.stderr, "backfill") {

@@ -10,14 +10,11 @@ package buffer
 import (
 	"container/heap"
 	"context"
-	"fmt"
 	"sync"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pglogrepl"
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/focusenglish/progress-sync/replication/state"
 )
@@ -31,9 +28,18 @@ type Entry struct {
 	Since, Last time.Time
 }
 
+// Journal is where the buffer keeps itself durable: the sync state of one slot
+// (*state.Journal).
+type Journal interface {
+	RecordChanges(ctx context.Context, students []uuid.UUID, at time.Time, version int64, end pglogrepl.LSN) error
+	AdvanceCheckpoint(ctx context.Context, end pglogrepl.LSN) error
+	RemovePushed(ctx context.Context, students []uuid.UUID, versions []int64) error
+}
+
+var _ Journal = (*state.Journal)(nil)
+
 // Options configure a Buffer.
 type Options struct {
-	Slot     string        // the replication slot whose checkpoint this buffer keeps
 	Debounce time.Duration // quiet period before a student is due
 	MaxDelay time.Duration // a student is due at the latest this long after its first change
 	Now      func() time.Time
@@ -54,8 +60,8 @@ type entry struct {
 
 // Buffer is the keyed buffer. Its methods are safe for concurrent use.
 type Buffer struct {
-	db   *pgxpool.Pool
-	opts Options
+	journal Journal
+	opts    Options
 
 	// addMu keeps concurrent Adds in one order in the database and in memory, so the version
 	// a push compares against is the one stored.
@@ -68,42 +74,30 @@ type Buffer struct {
 	wake    chan struct{}
 }
 
-// Open loads the students still pending and the stored checkpoint of opts.Slot (0 when none).
-func Open(ctx context.Context, db *pgxpool.Pool, opts Options) (*Buffer, pglogrepl.LSN, error) {
+// Open loads the journal of slot from the sync state and returns a buffer over it, with the
+// stored checkpoint.
+func Open(ctx context.Context, store *state.Store, slot string, opts Options) (*Buffer, state.Checkpoint, error) {
+	j := store.Journal(slot)
+	cp, pending, err := j.Load(ctx)
+	if err != nil {
+		return nil, cp, err
+	}
+	return New(j, opts, pending), cp, nil
+}
+
+// New returns a buffer over journal holding the students it had pending (Journal.Load).
+func New(journal Journal, opts Options, pending []state.PendingStudent) *Buffer {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	b := &Buffer{db: db, opts: opts, entries: map[uuid.UUID]*entry{}, wake: make(chan struct{}, 1)}
-	var lsn pglogrepl.LSN
-	var text string
-	err := db.QueryRow(ctx, `SELECT lsn::text FROM `+state.Schema+`.checkpoint WHERE slot = $1`, opts.Slot).Scan(&text)
-	switch {
-	case err == pgx.ErrNoRows:
-	case err != nil:
-		return nil, 0, fmt.Errorf("read checkpoint: %w", err)
-	default:
-		if lsn, err = pglogrepl.ParseLSN(text); err != nil {
-			return nil, 0, fmt.Errorf("read checkpoint: %w", err)
-		}
+	b := &Buffer{journal: journal, opts: opts, entries: map[uuid.UUID]*entry{}, wake: make(chan struct{}, 1)}
+	for _, p := range pending {
+		e := &entry{id: p.ID, first: p.First, last: p.Last, version: p.Version, index: -1}
+		b.entries[p.ID] = e
+		b.version = max(b.version, p.Version)
+		b.schedule(e)
 	}
-	rows, err := db.Query(ctx, `SELECT student_id, first_change_at, last_change_at, version FROM `+state.Schema+`.pending`)
-	if err != nil {
-		return nil, 0, fmt.Errorf("load pending students: %w", err)
-	}
-	var id uuid.UUID
-	var e entry
-	_, err = pgx.ForEachRow(rows, []any{&id, &e.first, &e.last, &e.version}, func() error {
-		ent := e
-		ent.id, ent.index = id, -1
-		b.entries[id] = &ent
-		b.version = max(b.version, e.version)
-		b.schedule(&ent)
-		return nil
-	})
-	if err != nil {
-		return nil, 0, fmt.Errorf("load pending students: %w", err)
-	}
-	return b, lsn, nil
+	return b
 }
 
 // Add records that students changed, durably and together with the stream position end that
@@ -117,22 +111,11 @@ func (b *Buffer) Add(ctx context.Context, students []uuid.UUID, end pglogrepl.LS
 	b.version++
 	version := b.version
 	b.mu.Unlock()
-
-	batch := &pgx.Batch{}
-	if len(students) > 0 {
-		batch.Queue(`INSERT INTO `+state.Schema+`.pending (student_id, first_change_at, last_change_at, version)
-			SELECT s, $2, $2, $3 FROM unnest($1::uuid[]) AS s
-			ON CONFLICT (student_id) DO UPDATE SET last_change_at = excluded.last_change_at, version = excluded.version`,
-			students, now, version)
-	}
-	if end != 0 {
-		queueCheckpoint(batch, b.opts.Slot, end)
-	}
-	if batch.Len() == 0 {
+	if len(students) == 0 && end == 0 {
 		return nil
 	}
-	if err := pgx.BeginFunc(ctx, b.db, func(tx pgx.Tx) error { return tx.SendBatch(ctx, batch).Close() }); err != nil {
-		return fmt.Errorf("persist %d changed students: %w", len(students), err)
+	if err := b.journal.RecordChanges(ctx, students, now, version, end); err != nil {
+		return err
 	}
 
 	b.mu.Lock()
@@ -155,18 +138,7 @@ func (b *Buffer) Add(ctx context.Context, students []uuid.UUID, end pglogrepl.LS
 // Advance moves the stored checkpoint to end when no student changed up to it: WAL of other
 // tables, or keepalives. The slot may be confirmed at end without waiting for this.
 func (b *Buffer) Advance(ctx context.Context, end pglogrepl.LSN) error {
-	batch := &pgx.Batch{}
-	queueCheckpoint(batch, b.opts.Slot, end)
-	if err := b.db.SendBatch(ctx, batch).Close(); err != nil {
-		return fmt.Errorf("advance checkpoint: %w", err)
-	}
-	return nil
-}
-
-func queueCheckpoint(batch *pgx.Batch, slot string, end pglogrepl.LSN) {
-	batch.Queue(`INSERT INTO `+state.Schema+`.checkpoint (slot, lsn) VALUES ($1, $2::pg_lsn)
-		ON CONFLICT (slot) DO UPDATE SET lsn = greatest(checkpoint.lsn, excluded.lsn), updated_at = now()`,
-		slot, end.String())
+	return b.journal.AdvanceCheckpoint(ctx, end)
 }
 
 // Due takes up to max students that are due now and marks them in flight: they are not due
@@ -222,13 +194,9 @@ func (b *Buffer) Done(ctx context.Context, entries []Entry) error {
 	for i, e := range entries {
 		ids[i], versions[i] = e.Student, e.Version
 	}
-	batch := &pgx.Batch{}
-	batch.Queue(`DELETE FROM `+state.Schema+`.pending p USING unnest($1::uuid[], $2::bigint[]) AS d(id, v)
-		WHERE p.student_id = d.id AND p.version = d.v`, ids, versions)
-	batch.Queue(`UPDATE `+state.Schema+`.checkpoint SET last_flush_at = now() WHERE slot = $1`, b.opts.Slot)
-	if err := b.db.SendBatch(ctx, batch).Close(); err != nil {
+	if err := b.journal.RemovePushed(ctx, ids, versions); err != nil {
 		b.Retry(entries, 0)
-		return fmt.Errorf("remove pushed students from the buffer: %w", err)
+		return err
 	}
 	b.mu.Lock()
 	for _, en := range entries {

@@ -2,21 +2,20 @@ package buffer
 
 import (
 	"context"
+	"errors"
+	"sort"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pglogrepl"
-	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/focusenglish/progress-sync/replication/pgtest"
 	"github.com/focusenglish/progress-sync/replication/state"
 )
 
-var pg *pgtest.Server
-
-func TestMain(m *testing.M) { pgtest.Main(m, &pg) }
+// These tests need no database: memJournal keeps what state.Journal would (its SQL has tests
+// of its own in package state).
 
 type clock struct {
 	mu  sync.Mutex
@@ -30,19 +29,84 @@ func (c *clock) advance(d time.Duration) {
 	c.mu.Unlock()
 }
 
-func setup(t *testing.T) (*pgxpool.Pool, *clock, Options) {
+// memJournal is a Journal in memory, with state.Journal's rules: a student's row holds its
+// latest version, a push removes it only at the version pushed, the checkpoint never moves
+// back.
+type memJournal struct {
+	mu         sync.Mutex
+	pending    map[uuid.UUID]state.PendingStudent
+	checkpoint pglogrepl.LSN
+	fail       error // the next write fails with it
+}
+
+func newMemJournal() *memJournal { return &memJournal{pending: map[uuid.UUID]state.PendingStudent{}} }
+
+func (j *memJournal) failNext(err error) { j.mu.Lock(); j.fail = err; j.mu.Unlock() }
+
+func (j *memJournal) takeFailure() error {
+	err := j.fail
+	j.fail = nil
+	return err
+}
+
+func (j *memJournal) RecordChanges(_ context.Context, students []uuid.UUID, at time.Time, version int64, end pglogrepl.LSN) error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if err := j.takeFailure(); err != nil {
+		return err
+	}
+	for _, id := range students {
+		p, ok := j.pending[id]
+		if !ok {
+			p = state.PendingStudent{ID: id, First: at}
+		}
+		p.Last, p.Version = at, version
+		j.pending[id] = p
+	}
+	j.checkpoint = max(j.checkpoint, end)
+	return nil
+}
+
+func (j *memJournal) AdvanceCheckpoint(_ context.Context, end pglogrepl.LSN) error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if err := j.takeFailure(); err != nil {
+		return err
+	}
+	j.checkpoint = max(j.checkpoint, end)
+	return nil
+}
+
+func (j *memJournal) RemovePushed(_ context.Context, students []uuid.UUID, versions []int64) error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if err := j.takeFailure(); err != nil {
+		return err
+	}
+	for i, id := range students {
+		if p, ok := j.pending[id]; ok && p.Version == versions[i] {
+			delete(j.pending, id)
+		}
+	}
+	return nil
+}
+
+// load is what a restarted process reads back.
+func (j *memJournal) load() []state.PendingStudent {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	var out []state.PendingStudent
+	for _, p := range j.pending {
+		out = append(out, p)
+	}
+	sort.Slice(out, func(a, b int) bool { return out[a].ID.String() < out[b].ID.String() })
+	return out
+}
+
+func setup(t *testing.T) (*memJournal, *clock, Options) {
 	t.Helper()
-	ctx := context.Background()
-	db, err := pgxpool.New(ctx, pg.NewDatabase(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(db.Close)
-	if err := state.Migrate(ctx, db); err != nil {
-		t.Fatal(err)
-	}
 	c := &clock{now: time.Date(2026, 11, 28, 10, 0, 0, 0, time.UTC)}
-	return db, c, Options{Slot: "s", Debounce: 3 * time.Second, MaxDelay: 30 * time.Second, Now: c.Now}
+	return newMemJournal(), c, Options{Debounce: 3 * time.Second, MaxDelay: 30 * time.Second, Now: c.Now}
 }
 
 func students(n int) []uuid.UUID {
@@ -55,11 +119,8 @@ func students(n int) []uuid.UUID {
 
 func TestDebounceAndMaxDelay(t *testing.T) {
 	ctx := context.Background()
-	db, c, opts := setup(t)
-	b, _, err := Open(ctx, db, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
+	j, c, opts := setup(t)
+	b := New(j, opts, nil)
 	s := students(2)
 	busy, quiet := s[0], s[1]
 	if err := b.Add(ctx, []uuid.UUID{busy, quiet}, 100); err != nil {
@@ -97,8 +158,8 @@ func TestDebounceAndMaxDelay(t *testing.T) {
 
 func TestDoneKeepsStudentsChangedDuringThePush(t *testing.T) {
 	ctx := context.Background()
-	db, c, opts := setup(t)
-	b, _, _ := Open(ctx, db, opts)
+	j, c, opts := setup(t)
+	b := New(j, opts, nil)
 	s := students(3)
 	if err := b.Add(ctx, s, 10); err != nil {
 		t.Fatal(err)
@@ -125,19 +186,15 @@ func TestDoneKeepsStudentsChangedDuringThePush(t *testing.T) {
 	if got := b.Due(100); len(got) != 1 || got[0].Student != s[0] {
 		t.Fatalf("due = %v, want s[0]", got)
 	}
-	var rows int
-	if err := db.QueryRow(ctx, `SELECT count(*) FROM progress_sync.pending`).Scan(&rows); err != nil {
-		t.Fatal(err)
-	}
-	if rows != 1 {
+	if rows := len(j.load()); rows != 1 {
 		t.Fatalf("%d pending rows stored, want 1", rows)
 	}
 }
 
 func TestRetryWaits(t *testing.T) {
 	ctx := context.Background()
-	db, c, opts := setup(t)
-	b, _, _ := Open(ctx, db, opts)
+	j, c, opts := setup(t)
+	b := New(j, opts, nil)
 	if err := b.Add(ctx, students(5), 0); err != nil {
 		t.Fatal(err)
 	}
@@ -161,18 +218,12 @@ func TestRetryWaits(t *testing.T) {
 	}
 }
 
-func TestReopenRestoresPendingAndCheckpoint(t *testing.T) {
+func TestReopenRestoresPending(t *testing.T) {
 	ctx := context.Background()
-	db, c, opts := setup(t)
-	b, lsn, _ := Open(ctx, db, opts)
-	if lsn != 0 {
-		t.Fatalf("fresh checkpoint %s", lsn)
-	}
+	j, c, opts := setup(t)
+	b := New(j, opts, nil)
 	s := students(4)
 	if err := b.Add(ctx, s, pglogrepl.LSN(0x16B3748)); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Advance(ctx, pglogrepl.LSN(0x16B3700)); err != nil { // never moves back
 		t.Fatal(err)
 	}
 	c.advance(3 * time.Second)
@@ -180,14 +231,8 @@ func TestReopenRestoresPendingAndCheckpoint(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// A crash: a new process opens the same state.
-	b2, lsn, err := Open(ctx, db, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if lsn != pglogrepl.LSN(0x16B3748) {
-		t.Fatalf("checkpoint %s, want 0/16B3748", lsn)
-	}
+	// A crash: a new process reads the same journal back.
+	b2 := New(j, opts, j.load())
 	if b2.Len() != 3 {
 		t.Fatalf("reloaded %d pending, want 3", b2.Len())
 	}
@@ -196,22 +241,24 @@ func TestReopenRestoresPendingAndCheckpoint(t *testing.T) {
 	}
 	// Versions continue past the stored ones, so a later change is never mistaken for an
 	// earlier one.
+	var stored int64
+	for _, p := range j.load() {
+		stored = max(stored, p.Version)
+	}
 	if err := b2.Add(ctx, s[1:2], 0); err != nil {
 		t.Fatal(err)
 	}
-	var v int64
-	if err := db.QueryRow(ctx, `SELECT max(version) FROM progress_sync.pending`).Scan(&v); err != nil {
-		t.Fatal(err)
-	}
-	if v <= 1 {
-		t.Fatalf("version after reload = %d", v)
+	for _, p := range j.load() {
+		if p.ID == s[1] && p.Version <= stored {
+			t.Fatalf("version after reload = %d, stored before %d", p.Version, stored)
+		}
 	}
 }
 
 func TestQueueHoldsOneItemPerStudent(t *testing.T) {
 	ctx := context.Background()
-	db, c, opts := setup(t)
-	b, _, _ := Open(ctx, db, opts)
+	j, c, opts := setup(t)
+	b := New(j, opts, nil)
 	s := students(50)
 	for i := 0; i < 40; i++ {
 		if err := b.Add(ctx, s, 0); err != nil {
@@ -234,5 +281,86 @@ func TestQueueHoldsOneItemPerStudent(t *testing.T) {
 	}
 	if got := b.Due(100); len(got) != 50 || b.queue.Len() != 0 {
 		t.Fatalf("took %d, %d left queued", len(got), b.queue.Len())
+	}
+}
+
+func TestDueTimes(t *testing.T) {
+	s := time.Second
+	every2s := func(until time.Duration) []time.Duration {
+		var out []time.Duration
+		for d := time.Duration(0); d <= until; d += 2 * s {
+			out = append(out, d)
+		}
+		return out
+	}
+	cases := []struct {
+		name    string
+		changes []time.Duration // when the student changed, from the start
+		retry   time.Duration   // >0: the push at the first due time fails and waits this long
+		want    time.Duration   // when it is due, from the start
+	}{
+		{name: "one change waits the debounce", changes: []time.Duration{0}, want: 3 * s},
+		{name: "a change inside the debounce moves it on", changes: []time.Duration{0, 2 * s}, want: 5 * s},
+		{name: "a student who never stops is due at the max delay", changes: every2s(40 * s), want: 30 * s},
+		{name: "a failed push waits out its retry", changes: []time.Duration{0}, retry: time.Minute, want: 3*s + time.Minute},
+		{name: "a retry shorter than the debounce of a new change", changes: []time.Duration{0}, retry: s / 2, want: 3*s + s/2},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			j, c, opts := setup(t)
+			start := c.Now()
+			b := New(j, opts, nil)
+			id := students(1)
+			for _, at := range tc.changes {
+				c.advance(at - c.Now().Sub(start))
+				if err := b.Add(ctx, id, 0); err != nil {
+					t.Fatal(err)
+				}
+			}
+			next, ok := b.NextDue()
+			if !ok {
+				t.Fatal("nothing due")
+			}
+			if tc.retry > 0 {
+				c.advance(next.Sub(c.Now()))
+				got := b.Due(1)
+				if len(got) != 1 {
+					t.Fatalf("not due at %s", next.Sub(start))
+				}
+				b.Retry(got, tc.retry)
+				next, _ = b.NextDue()
+			}
+			if d := next.Sub(start); d != tc.want {
+				t.Fatalf("due after %s, want %s", d, tc.want)
+			}
+		})
+	}
+}
+
+func TestAFailedWriteChangesNothing(t *testing.T) {
+	ctx := context.Background()
+	j, c, opts := setup(t)
+	b := New(j, opts, nil)
+	j.failNext(errors.New("database went away"))
+	if err := b.Add(ctx, students(3), 42); err == nil {
+		t.Fatal("Add reported success for a write that failed")
+	}
+	if _, ok := b.NextDue(); ok || b.Len() != 0 || j.checkpoint != 0 {
+		t.Fatalf("a failed write left %d students and checkpoint %s", b.Len(), j.checkpoint)
+	}
+	// A push whose removal fails keeps its students, due again at once.
+	s := students(2)
+	if err := b.Add(ctx, s, 43); err != nil {
+		t.Fatal(err)
+	}
+	c.advance(3 * time.Second)
+	taken := b.Due(100)
+	j.failNext(errors.New("database went away"))
+	if err := b.Done(ctx, taken); err == nil {
+		t.Fatal("Done reported success for a removal that failed")
+	}
+	if got := b.Due(100); len(got) != 2 || len(j.load()) != 2 {
+		t.Fatalf("after a failed removal %d due, %d stored; want both kept", len(got), len(j.load()))
 	}
 }

@@ -68,7 +68,8 @@ func setup(t *testing.T, n int) (*pgxpool.Pool, *buffer.Buffer, []uuid.UUID, *cl
 		t.Fatal(err)
 	}
 	t.Cleanup(db.Close)
-	if err := state.Migrate(ctx, db); err != nil {
+	store, err := state.Open(ctx, db)
+	if err != nil {
 		t.Fatal(err)
 	}
 	conn, err := pgx.Connect(ctx, dbURL)
@@ -85,7 +86,7 @@ func setup(t *testing.T, n int) (*pgxpool.Pool, *buffer.Buffer, []uuid.UUID, *cl
 		ids[i] = s.ID
 	}
 	c := &clock{}
-	buf, _, err := buffer.Open(ctx, db, buffer.Options{Slot: "s", Debounce: time.Second, MaxDelay: time.Second, Now: c.now})
+	buf, _, err := buffer.Open(ctx, store, "s", buffer.Options{Debounce: time.Second, MaxDelay: time.Second, Now: c.now})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -33,6 +33,12 @@ const Schema = "progress_sync"
 // migrationLock serializes migrations across processes starting together.
 const migrationLock = 7_311_001
 
+// SchemaSQL creates the state schema owned by role, for a DBA to run ahead of a service that
+// may not create schemas itself.
+func SchemaSQL(role string) string {
+	return fmt.Sprintf("CREATE SCHEMA IF NOT EXISTS %s AUTHORIZATION %s;", Schema, role)
+}
+
 // Store reads and writes the sync state.
 type Store struct {
 	db *pgxpool.Pool

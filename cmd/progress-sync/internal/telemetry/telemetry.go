@@ -16,6 +16,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/sirupsen/logrus"
+
+	"github.com/focusenglish/progress-sync/replication/state"
 )
 
 // walStatuses are the values of pg_replication_slots.wal_status, plus "missing".
@@ -142,24 +144,14 @@ func (m *Metrics) readDatabase(ctx context.Context, db *pgxpool.Pool, slot strin
 		}
 		m.walStatus.WithLabelValues(s).Set(v)
 	}
-	counts := map[string]float64{"unmatched": 0, "rejected": 0, "conflict": 0}
-	rows, err := db.Query(ctx, `SELECT kind, count(*) FROM progress_sync.problems GROUP BY kind`)
+	sum, err := state.Summarize(ctx, db, slot)
 	if err != nil {
 		return fmt.Errorf("count problems: %w", err)
 	}
-	defer rows.Close()
-	for rows.Next() {
-		var kind string
-		var n int64
-		if err := rows.Scan(&kind, &n); err != nil {
-			return err
-		}
-		counts[kind] = float64(n)
+	for kind, n := range sum.Problems {
+		m.problems.WithLabelValues(string(kind)).Set(float64(n))
 	}
-	for k, v := range counts {
-		m.problems.WithLabelValues(k).Set(v)
-	}
-	return rows.Err()
+	return nil
 }
 
 // Health decides /readyz: streaming, the checkpoint moving, and HubSpot not out of calls.

@@ -1,0 +1,156 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/spf13/cobra"
+
+	"github.com/focusenglish/progress-sync/cmd/progress-sync/internal/config"
+	"github.com/focusenglish/progress-sync/replication"
+	"github.com/focusenglish/progress-sync/replication/state"
+)
+
+// The operator's commands around the service: setup before it, teardown after it.
+
+func (a *app) setupCmd() *cobra.Command {
+	var printSQL bool
+	var role string
+	cmd := &cobra.Command{
+		Use:   "setup",
+		Short: "Create the publication, replica identities and replication slot (idempotent)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			out, ctx := cmd.OutOrStdout(), cmd.Context()
+			if printSQL {
+				return a.printSetupSQL(ctx, out)
+			}
+			cfg, _, db, err := a.openDatabase(ctx, config.Needs{Database: true, Replication: true})
+			if err != nil {
+				return err
+			}
+			defer db.Close()
+			if _, err := state.Open(ctx, db); err != nil {
+				return err
+			}
+			rep, err := replication.Setup(ctx, db, replication.Names{Slot: cfg.Slot, Publication: cfg.Publication}, role)
+			if err != nil {
+				return err
+			}
+			created, err := replication.CreateSlot(ctx, db, cfg.Slot)
+			if err != nil {
+				return err
+			}
+			if created {
+				rep.Done = append(rep.Done, "created replication slot "+cfg.Slot)
+			}
+			for _, line := range rep.Done {
+				fmt.Fprintln(out, line)
+			}
+			fmt.Fprintf(out, "setup: publication %s, replica identities and slot %s are in place\n", cfg.Publication, cfg.Slot)
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&printSQL, "print-sql", false, "print the SQL for a DBA instead of running it")
+	cmd.Flags().StringVar(&role, "role", "", "the role the service connects as, for the read policies on tables with row-level security (default: the connecting role)")
+	return cmd
+}
+
+// leastPrivilegeRole is the role `setup --print-sql` creates for the service.
+const leastPrivilegeRole = "progress_sync"
+
+// printSetupSQL prints what setup does, and a least-privilege role, for a DBA. With a
+// database to ask, the role's read policies go on exactly the tables with row-level security
+// enabled; without one, on all six (a policy on a table without RLS does nothing until RLS is
+// switched on, when it keeps the sync working).
+func (a *app) printSetupSQL(ctx context.Context, out io.Writer) error {
+	cfg, _, err := a.load(config.Needs{})
+	if err != nil {
+		return err
+	}
+	// The SQL is useful without a database too; with one, it fits the database.
+	var databaseURL string
+	if withDB, _, err := a.load(config.Needs{Database: true}); err == nil {
+		databaseURL = withDB.DatabaseURL
+	}
+	rlsTables, why := rlsTablesOrAll(ctx, databaseURL)
+	fmt.Fprintln(out, "-- progress-sync setup: run as a role that owns these tables (Supabase: postgres).")
+	fmt.Fprintln(out, strings.Join(replication.SetupSQL(replication.Names{Slot: cfg.Slot, Publication: cfg.Publication}), "\n"))
+	fmt.Fprintln(out, "\n-- Optional: a least-privilege role for the service (use it in DATABASE_URL). It may log in,")
+	fmt.Fprintln(out, "-- replicate, read the six tables and own its state schema; nothing else. With it, leave the")
+	fmt.Fprintln(out, "-- slot to the service: it creates the slot itself, with a snapshot for the first backfill.")
+	fmt.Fprintln(out, "-- Row-level security hides every row from a role no policy lets read, so each table that")
+	fmt.Fprintf(out, "-- has it gets a read policy for this role alone (%s).\n", why)
+	fmt.Fprintln(out, strings.Join(append(replication.RoleSQL(leastPrivilegeRole, rlsTables), state.SchemaSQL(leastPrivilegeRole)), "\n"))
+	return nil
+}
+
+// rlsTablesOrAll asks the database which source tables have row-level security; when it
+// cannot, it answers all of them, and says which it did.
+func rlsTablesOrAll(ctx context.Context, databaseURL string) ([]string, string) {
+	var all []string
+	for _, t := range replication.Tables() {
+		all = append(all, t.Name)
+	}
+	if databaseURL == "" {
+		return all, "DATABASE_URL is not set or not valid, so on all six tables; harmless where RLS is off"
+	}
+	db, err := pgxpool.New(ctx, databaseURL)
+	if err != nil {
+		return all, "the database could not be read, so on all six tables; harmless where RLS is off"
+	}
+	defer db.Close()
+	tables, err := replication.RLSTables(ctx, db)
+	if err != nil {
+		return all, "the database could not be read, so on all six tables; harmless where RLS is off"
+	}
+	if len(tables) == 0 {
+		return nil, "none of the six tables has it now"
+	}
+	return tables, "RLS is on for " + strings.Join(tables, ", ")
+}
+
+func (a *app) teardownCmd() *cobra.Command {
+	var all, force bool
+	cmd := &cobra.Command{
+		Use:   "teardown",
+		Short: "Drop the replication slot (and with --all the publication and sync state) so no WAL is retained",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, out := cmd.Context(), cmd.OutOrStdout()
+			cfg, _, db, err := a.openDatabase(ctx, config.Needs{Database: true})
+			if err != nil {
+				return err
+			}
+			defer db.Close()
+			dropped, err := replication.DropSlot(ctx, db, cfg.Slot, force)
+			if err != nil {
+				return err
+			}
+			if dropped {
+				fmt.Fprintf(out, "dropped replication slot %s\n", cfg.Slot)
+			} else {
+				fmt.Fprintf(out, "no replication slot %s\n", cfg.Slot)
+			}
+			if !all {
+				// The checkpoint belongs to the dropped slot: a new slot starts with a full load.
+				return state.ForgetCheckpoint(ctx, db, cfg.Slot)
+			}
+			if err := replication.DropPublication(ctx, db, cfg.Publication); err != nil {
+				return err
+			}
+			fmt.Fprintf(out, "dropped publication %s\n", cfg.Publication)
+			if err := state.Drop(ctx, db); err != nil {
+				return err
+			}
+			fmt.Fprintf(out, "dropped schema %s (sync state)\n", state.Schema)
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&all, "all", false, "also drop the publication and the progress_sync schema")
+	cmd.Flags().BoolVar(&force, "force", false, "drop the slot even while a progress-sync is streaming from it")
+	return cmd
+}

@@ -1,0 +1,76 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/spf13/cobra"
+
+	"github.com/focusenglish/progress-sync/cmd/progress-sync/internal/config"
+	"github.com/focusenglish/progress-sync/replication"
+	"github.com/focusenglish/progress-sync/replication/state"
+)
+
+func (a *app) statusCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "status",
+		Short: "Show slot lag, checkpoint, pending and unmatched students, last flush",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, out := cmd.Context(), cmd.OutOrStdout()
+			cfg, _, db, err := a.openDatabase(ctx, config.Needs{Database: true})
+			if err != nil {
+				return err
+			}
+			defer db.Close()
+			return printStatus(ctx, db, cfg, out)
+		},
+	}
+}
+
+func printStatus(ctx context.Context, db *pgxpool.Pool, cfg config.Config, out io.Writer) error {
+	slot, err := replication.ReadSlot(ctx, db, cfg.Slot)
+	if err != nil {
+		return err
+	}
+	if !slot.Exists {
+		fmt.Fprintf(out, "slot %s: does not exist (run `progress-sync run` or `setup`)\n", cfg.Slot)
+	} else {
+		active := "not streaming"
+		if slot.Active {
+			active = fmt.Sprintf("streaming (pid %d)", slot.ActivePID)
+		}
+		fmt.Fprintf(out, "slot %s: %s, wal_status %s, confirmed %s, lag %d bytes, retains %d bytes of WAL\n",
+			cfg.Slot, active, slot.WALStatus, slot.ConfirmedFlushLSN, slot.LagBytes, slot.RetainedBytes)
+	}
+	sum, err := state.Summarize(ctx, db, cfg.Slot)
+	if err != nil {
+		return err
+	}
+	if !sum.Exists {
+		fmt.Fprintln(out, "sync state: none yet (the service has not run)")
+		return nil
+	}
+	if cp := sum.Checkpoint; cp.LSN == 0 {
+		fmt.Fprintf(out, "checkpoint: none for slot %s\n", cfg.Slot)
+	} else {
+		lastFlush := "never"
+		if !cp.LastFlush.IsZero() {
+			lastFlush = utc(cp.LastFlush)
+		}
+		fmt.Fprintf(out, "checkpoint: %s, stored %s (%.0f s ago)\nlast flush: %s\n", cp.LSN, utc(cp.UpdatedAt), time.Since(cp.UpdatedAt).Seconds(), lastFlush)
+	}
+	// The time lag: how long the oldest change still to push has waited.
+	lag := "none waiting"
+	if sum.Pending > 0 {
+		lag = fmt.Sprintf("oldest waiting %.0f s", sum.OldestWait.Seconds())
+	}
+	fmt.Fprintf(out, "pending students: %d (%s)\nunmatched: %d, rejected: %d, conflicts: %d (see %s.problems)\n",
+		sum.Pending, lag, sum.Problems[state.Unmatched], sum.Problems[state.Rejected], sum.Problems[state.Conflict], state.Schema)
+	return nil
+}
+
+func utc(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05Z") }
