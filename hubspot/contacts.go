@@ -31,9 +31,9 @@ type Contact struct {
 	Properties       map[string]string // requested properties; unset is ""
 }
 
-// NormalizeEmail is the form emails are matched in: HubSpot stores them
+// normalizeEmail is the form emails are matched in: HubSpot stores them
 // lower-cased, and stray whitespace from user input must not break a match.
-func NormalizeEmail(s string) string { return strings.ToLower(strings.TrimSpace(s)) }
+func normalizeEmail(s string) string { return strings.ToLower(strings.TrimSpace(s)) }
 
 // ReadByEmail looks up contacts by email without ever creating one. The result
 // is keyed by the normalized input email; emails that match no contact are
@@ -43,7 +43,7 @@ func (c *Client) ReadByEmail(ctx context.Context, emails []string, properties []
 	var want []string
 	seen := make(map[string]bool, len(emails))
 	for _, e := range emails {
-		n := NormalizeEmail(e)
+		n := normalizeEmail(e)
 		// An input without "@" cannot name a contact; sending it would only
 		// risk HubSpot refusing the whole batch.
 		if n == "" || !strings.Contains(n, "@") || seen[n] {
@@ -156,9 +156,9 @@ func toContact(r objectResult, props []string) Contact {
 	for _, p := range props {
 		ct.Properties[p] = rawString(r.Properties[p])
 	}
-	ct.Email = NormalizeEmail(ct.Properties[propEmail])
+	ct.Email = normalizeEmail(ct.Properties[propEmail])
 	for _, e := range strings.Split(ct.Properties[propAdditionalEmails], ";") {
-		if n := NormalizeEmail(e); n != "" {
+		if n := normalizeEmail(e); n != "" {
 			ct.AdditionalEmails = append(ct.AdditionalEmails, n)
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/mail"
 	"strings"
 
 	"github.com/google/uuid"
@@ -193,9 +194,28 @@ func collect(rows pgx.Rows) ([]Student, error) {
 	return out, nil
 }
 
-// NormalizeEmail is how emails are matched (docs/contract.md §3): trimmed and lower-cased.
+// NormalizeEmail is how emails are matched (docs/contract.md §3): trimmed and lower-cased, as
+// HubSpot stores them.
 func NormalizeEmail(email string) string {
 	return strings.ToLower(strings.TrimSpace(email))
+}
+
+// MatchableEmail normalizes a student's email for matching a contact, or says why it cannot
+// be an address worth looking up.
+func MatchableEmail(raw string) (email, problem string) {
+	e := NormalizeEmail(raw)
+	if e == "" {
+		return "", "student has no email"
+	}
+	a, err := mail.ParseAddress(e)
+	if err != nil || a.Address != e || a.Name != "" {
+		return "", "email is not an address"
+	}
+	local, domain, _ := strings.Cut(e, "@")
+	if local == "" || !strings.Contains(domain, ".") || strings.HasSuffix(domain, ".") || len(e) > 254 {
+		return "", "email is not an address"
+	}
+	return e, ""
 }
 
 // idsByEmailSQL selects the candidates in SQL and the Go side decides with NormalizeEmail, so

@@ -155,7 +155,7 @@ func backfill(ctx context.Context, db *pgxpool.Pool, p *push.Pusher, emails []st
 		var ids []uuid.UUID
 		var missing []string
 		for _, e := range emails {
-			n := hubspot.NormalizeEmail(e)
+			n := metrics.NormalizeEmail(e)
 			if len(found[n]) == 0 {
 				missing = append(missing, e)
 			}

@@ -7,7 +7,6 @@ import (
 	"context"
 	"fmt"
 	"maps"
-	"net/mail"
 	"sort"
 	"strings"
 
@@ -105,12 +104,15 @@ func (r *Result) Count(k state.Kind) int {
 	return n
 }
 
-// batch is what one Push builds up: the result for the caller, the outcome to record, and
-// the problems already on record for its students.
+// batch is one Push on its way through the phases: what the caller gets, what the state
+// records, and what the phases learn on the way.
 type batch struct {
-	res   *Result
-	out   *state.Outcome
+	res Result
+	out state.Outcome
+	// known holds the problems already on record for the batch's students.
 	known map[uuid.UUID]state.Problem
+	// baseline is what each contact holds: freshly read values, else what was last pushed.
+	baseline map[string]map[string]string
 }
 
 // target is one student on its way to a contact.
@@ -121,54 +123,75 @@ type target struct {
 	linked  bool
 }
 
-// Push writes up to MaxBatch students. An error means nothing after the failing call was
-// recorded; pushes are idempotent, so the caller retries the whole batch later.
+// change is what one contact is to be sent.
+type change struct {
+	target *target
+	values map[string]string    // the properties to write
+	diff   map[string][2]string // each one's old and new value
+}
+
+// Push writes up to MaxBatch students, in phases: resolve contacts → settle conflicts → diff
+// → write → record. Contacts HubSpot no longer has (deleted or merged away since they were
+// cached) get one more pass with their students resolved afresh. An error means nothing after
+// the failing call was recorded; pushes are idempotent, so the caller retries the whole batch.
 func (p *Pusher) Push(ctx context.Context, students []metrics.Student) (Result, error) {
 	if len(students) > MaxBatch {
 		return Result{}, fmt.Errorf("push: %d students in one batch, at most %d", len(students), MaxBatch)
 	}
-	res := Result{Students: len(students)}
-	var out state.Outcome
-	err := p.push(ctx, students, &batch{res: &res, out: &out}, nil)
+	known, err := p.store.ProblemsOf(ctx, studentIDs(students))
 	if err != nil {
 		return Result{}, err
 	}
-	if !p.dryRun {
-		if err := p.store.Record(ctx, out); err != nil {
-			return Result{}, err
+	b := &batch{res: Result{Students: len(students)}, known: known, baseline: map[string]map[string]string{}}
+	lost, err := p.pass(ctx, students, b, nil)
+	if err == nil && len(lost) > 0 {
+		lost, err = p.pass(ctx, studentsOf(lost), b, contactsOf(lost))
+		for _, t := range lost {
+			p.problem(b, state.Problem{StudentID: t.student.ID, Email: t.email, Kind: state.Unmatched,
+				Reason: "HubSpot contact disappeared (deleted or merged) while writing"})
 		}
 	}
-	p.log.WithFields(logrus.Fields{
-		"students": res.Students, "updated": res.Updated, "unchanged": res.Unchanged,
-		"unmatched": res.Count(state.Unmatched), "rejected": res.Count(state.Rejected),
-		"conflicts": res.Count(state.Conflict), "dry_run": p.dryRun,
-	}).Info("pushed batch")
-	return res, nil
+	if err != nil {
+		return Result{}, err
+	}
+	if err := p.record(ctx, b); err != nil {
+		return Result{}, err
+	}
+	return b.res, nil
 }
 
-// push does one batch. lost holds the contacts HubSpot no longer has when push calls itself to
-// resolve their students afresh; nil on the first pass.
-func (p *Pusher) push(ctx context.Context, students []metrics.Student, b *batch, lost map[string]bool) error {
-	res, out := b.res, b.out
-	ids := make([]uuid.UUID, len(students))
-	for i, s := range students {
-		ids[i] = s.ID
-	}
-	links, err := p.store.Links(ctx, ids)
+// pass runs the phases up to the write for students, skipping the cached links of the lost
+// contacts, and returns the targets whose contact HubSpot no longer has.
+func (p *Pusher) pass(ctx context.Context, students []metrics.Student, b *batch, lost map[string]bool) ([]*target, error) {
+	targets, err := p.resolveContacts(ctx, students, b, lost)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	known, err := p.store.ProblemsOf(ctx, ids)
+	if targets, err = p.settleConflicts(ctx, targets, b); err != nil {
+		return nil, err
+	}
+	changes, err := p.diff(ctx, targets, b)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	b.known = known
+	if err := p.guardVanishedProgress(students, targets, b.baseline); err != nil {
+		return nil, err
+	}
+	return p.write(ctx, changes, b)
+}
 
-	// Resolve: cached links hold while the email is unchanged; the rest take one batch/read.
+// resolveContacts finds each student's contact: a cached link holds while the email is
+// unchanged; the rest take one batch/read by email. Students without a usable email or a
+// contact become problems.
+func (p *Pusher) resolveContacts(ctx context.Context, students []metrics.Student, b *batch, lost map[string]bool) ([]*target, error) {
+	links, err := p.store.Links(ctx, studentIDs(students))
+	if err != nil {
+		return nil, err
+	}
 	var targets []*target
 	var unresolved []string
 	for _, s := range students {
-		email, problem := NormalizeEmail(s.Email)
+		email, problem := metrics.MatchableEmail(s.Email)
 		if problem != "" {
 			p.problem(b, state.Problem{StudentID: s.ID, Email: s.Email, Kind: state.Unmatched, Reason: problem})
 			continue
@@ -181,191 +204,179 @@ func (p *Pusher) push(ctx context.Context, students []metrics.Student, b *batch,
 		}
 		targets = append(targets, t)
 	}
-	baseline := map[string]map[string]string{}
-	if len(unresolved) > 0 {
-		contacts, err := p.hs.ReadByEmail(ctx, unresolved, p.props)
-		if err != nil {
-			return fmt.Errorf("look up contacts by email: %w", err)
-		}
-		kept := targets[:0]
-		for _, t := range targets {
-			if t.linked {
-				kept = append(kept, t)
-				continue
-			}
-			c, ok := contacts[t.email]
-			if !ok {
-				p.problem(b, state.Problem{StudentID: t.student.ID, Email: t.email, Kind: state.Unmatched,
-					Reason: "no HubSpot contact has this email"})
-				continue
-			}
-			t.link = state.Link{StudentID: t.student.ID, Email: t.email, ContactID: c.ID, Primary: c.Email == t.email}
-			t.linked = true
-			out.Links = append(out.Links, t.link)
-			baseline[c.ID] = p.canonical(c.Properties)
-			if !p.dryRun {
-				// Remember what the contact holds, so the next push needs no batch/read.
-				out.Pushed = append(out.Pushed, state.Pushed{ContactID: c.ID, StudentID: t.student.ID, Properties: baseline[c.ID]})
-			}
-			kept = append(kept, t)
-		}
-		targets = kept
+	if len(unresolved) == 0 {
+		return targets, nil
 	}
+	return p.lookUpByEmail(ctx, targets, unresolved, b)
+}
 
-	targets, err = p.settleConflicts(ctx, targets, b)
+// lookUpByEmail links the unlinked targets with one batch/read, keeping what each contact
+// holds as its baseline (recorded, so the next push needs no batch/read).
+func (p *Pusher) lookUpByEmail(ctx context.Context, targets []*target, emails []string, b *batch) ([]*target, error) {
+	contacts, err := p.hs.ReadByEmail(ctx, emails, p.props)
 	if err != nil {
-		return err
+		return nil, fmt.Errorf("look up contacts by email: %w", err)
 	}
-
-	// Diff against what each contact holds: freshly read values, else what we last pushed.
-	var cachedIDs []string
+	kept := targets[:0]
 	for _, t := range targets {
-		if _, ok := baseline[t.link.ContactID]; !ok {
-			cachedIDs = append(cachedIDs, t.link.ContactID)
+		if t.linked {
+			kept = append(kept, t)
+			continue
 		}
+		c, ok := contacts[t.email]
+		if !ok {
+			p.problem(b, state.Problem{StudentID: t.student.ID, Email: t.email, Kind: state.Unmatched,
+				Reason: "no HubSpot contact has this email"})
+			continue
+		}
+		t.link = state.Link{StudentID: t.student.ID, Email: t.email, ContactID: c.ID, Primary: c.Email == t.email}
+		t.linked = true
+		b.out.Links = append(b.out.Links, t.link)
+		b.baseline[c.ID] = p.canonical(c.Properties)
+		b.out.Pushed = append(b.out.Pushed, state.Pushed{ContactID: c.ID, StudentID: t.student.ID, Properties: b.baseline[c.ID]})
+		kept = append(kept, t)
 	}
-	if len(cachedIDs) > 0 {
-		pushed, err := p.store.Pushed(ctx, cachedIDs)
-		if err != nil {
-			return err
-		}
-		for id, v := range pushed {
-			baseline[id] = v
-		}
+	return kept, nil
+}
+
+// diff compares each target's values with its contact's baseline and returns what to send.
+// Without a baseline (a cached link whose values were never recorded) every value is sent: a
+// stale value on the contact must not survive. Values HubSpot refused before wait until they
+// change.
+func (p *Pusher) diff(ctx context.Context, targets []*target, b *batch) ([]change, error) {
+	if err := p.loadCachedBaseline(ctx, targets, b); err != nil {
+		return nil, err
 	}
-	var updates []hubspot.Update
-	byContact := map[string]*target{}
-	changes := map[string]Change{}
+	var changes []change
 	for _, t := range targets {
 		id := t.link.ContactID
-		// Without a baseline (a cached link whose values were never recorded) every value is
-		// sent: a stale value on the contact must not survive.
-		old := baseline[id]
-		changed := map[string]string{}
-		diff := map[string][2]string{}
+		old := b.baseline[id]
+		c := change{target: t, values: map[string]string{}, diff: map[string][2]string{}}
 		for _, name := range p.props {
 			newV := t.student.Values[name]
 			if oldV, had := old[name]; had && metrics.Canonical(name, oldV) == newV {
 				continue
 			}
-			changed[name] = newV
-			diff[name] = [2]string{old[name], newV}
+			c.values[name] = newV
+			c.diff[name] = [2]string{old[name], newV}
 		}
-		if len(changed) == 0 {
-			res.Unchanged++
-			out.Synced = append(out.Synced, t.student.ID)
+		if len(c.values) == 0 {
+			b.res.Unchanged++
+			b.out.Synced = append(b.out.Synced, t.student.ID)
 			continue
 		}
-		if r, ok := known[t.student.ID]; ok && r.Kind == state.Rejected && r.ContactID == id && maps.Equal(r.Properties, changed) {
-			// HubSpot refused exactly these values before; they go again when they change.
-			res.Problems = append(res.Problems, r)
+		if r, ok := b.known[t.student.ID]; ok && r.Kind == state.Rejected && r.ContactID == id && maps.Equal(r.Properties, c.values) {
+			b.res.Problems = append(b.res.Problems, r)
 			continue
 		}
-		updates = append(updates, hubspot.Update{ContactID: id, Properties: changed})
-		byContact[id] = t
-		changes[id] = Change{StudentID: t.student.ID, Email: t.email, ContactID: id, Properties: diff}
+		changes = append(changes, c)
 	}
-	if err := p.guardVanishedProgress(students, targets, baseline); err != nil {
-		return err
-	}
-	if p.dryRun {
-		for _, u := range updates {
-			res.Changes = append(res.Changes, changes[u.ContactID])
-		}
-		return nil
-	}
-	if len(updates) == 0 {
-		return nil
-	}
+	return changes, nil
+}
 
-	if err := p.unsettle(ctx, updates); err != nil {
+// loadCachedBaseline reads what was last pushed to the contacts that were not read just now.
+func (p *Pusher) loadCachedBaseline(ctx context.Context, targets []*target, b *batch) error {
+	var cached []string
+	for _, t := range targets {
+		if _, ok := b.baseline[t.link.ContactID]; !ok {
+			cached = append(cached, t.link.ContactID)
+		}
+	}
+	if len(cached) == 0 {
+		return nil
+	}
+	pushed, err := p.store.Pushed(ctx, cached)
+	if err != nil {
 		return err
 	}
-	ur, err := p.hs.UpdateContacts(ctx, updates)
-	if err != nil {
-		return fmt.Errorf("update contacts: %w", err)
-	}
-	sent := map[string]hubspot.Update{}
-	for _, u := range updates {
-		sent[u.ContactID] = u
-	}
-	for _, id := range ur.Updated {
-		t := byContact[id]
-		res.Updated++
-		out.Pushed = append(out.Pushed, state.Pushed{ContactID: id, StudentID: t.student.ID, Properties: sent[id].Properties})
-		out.Synced = append(out.Synced, t.student.ID)
-	}
-	for _, r := range ur.Rejected {
-		t := byContact[r.ContactID]
-		p.problem(b, state.Problem{StudentID: t.student.ID, Email: t.email, Kind: state.Rejected,
-			Reason: "HubSpot refused the values: " + r.Message, ContactID: r.ContactID, Properties: sent[r.ContactID].Properties})
-	}
-	if len(ur.NotFound) > 0 {
-		// The contact was deleted or merged away since we cached it: forget it and resolve
-		// the email afresh, once.
-		out.DropLinks = append(out.DropLinks, ur.NotFound...)
-		var again []metrics.Student
-		gone := map[string]bool{}
-		for _, id := range ur.NotFound {
-			again = append(again, byContact[id].student)
-			gone[id] = true
-		}
-		if lost != nil {
-			for _, s := range again {
-				p.problem(b, state.Problem{StudentID: s.ID, Email: s.Email, Kind: state.Unmatched,
-					Reason: "HubSpot contact disappeared (deleted or merged) while writing"})
-			}
-			return nil
-		}
-		return p.push(ctx, again, b, gone)
+	for id, v := range pushed {
+		b.baseline[id] = v
 	}
 	return nil
 }
 
-// VanishedProgressMin is how many students of one batch must have lost every progress row
-// at once, while HubSpot holds progress for them, before a push refuses the batch. One
-// student whose rows were deleted is ordinary; a whole batch of them is far more likely a
-// view of the database that hides rows (row-level security, a revoked grant, the wrong
-// database) than a mass deletion.
-const VanishedProgressMin = 5
-
-// VanishedProgressError refuses a batch whose every student has no course_progress rows while
-// at least VanishedProgressMin of them have progress on their contact.
-type VanishedProgressError struct {
-	Students int // whose contact shows progress
-	Batch    int
-}
-
-func (e *VanishedProgressError) Error() string {
-	return fmt.Sprintf("%d of the %d students of a batch have progress in HubSpot but no course_progress rows in the database; "+
-		"nothing was written: the database most likely hides rows from the service (row-level security, a revoked grant, a wrong DATABASE_URL). "+
-		"Run `progress-sync check`; if that progress was really deleted, `progress-sync backfill --allow-clearing` writes it",
-		e.Students, e.Batch)
-}
-
-// guardVanishedProgress is the last line against pushing from a partial view: a batch whose
-// students all come back without progress rows may not clear the progress HubSpot holds for
-// many of them.
-func (p *Pusher) guardVanishedProgress(students []metrics.Student, targets []*target, baseline map[string]map[string]string) error {
-	if p.allowClearing {
-		return nil
+// write sends the changes in one batch/update (a dry run only reports them) and returns the
+// targets whose contact HubSpot no longer has.
+func (p *Pusher) write(ctx context.Context, changes []change, b *batch) ([]*target, error) {
+	if p.dryRun {
+		for _, c := range changes {
+			b.res.Changes = append(b.res.Changes, Change{StudentID: c.target.student.ID, Email: c.target.email,
+				ContactID: c.target.link.ContactID, Properties: c.diff})
+		}
+		return nil, nil
 	}
-	for _, s := range students {
-		if s.Values[metrics.CourseStatus] != metrics.StatusNotStarted {
-			return nil // someone has progress rows: the view is not empty
+	if len(changes) == 0 {
+		return nil, nil
+	}
+	updates := make([]hubspot.Update, len(changes))
+	byContact := make(map[string]change, len(changes))
+	for i, c := range changes {
+		updates[i] = hubspot.Update{ContactID: c.target.link.ContactID, Properties: c.values}
+		byContact[updates[i].ContactID] = c
+	}
+	if err := p.unsettle(ctx, updates); err != nil {
+		return nil, err
+	}
+	ur, err := p.hs.UpdateContacts(ctx, updates)
+	if err != nil {
+		return nil, fmt.Errorf("update contacts: %w", err)
+	}
+	for _, id := range ur.Updated {
+		c := byContact[id]
+		b.res.Updated++
+		b.out.Pushed = append(b.out.Pushed, state.Pushed{ContactID: id, StudentID: c.target.student.ID, Properties: c.values})
+		b.out.Synced = append(b.out.Synced, c.target.student.ID)
+	}
+	for _, r := range ur.Rejected {
+		c := byContact[r.ContactID]
+		p.problem(b, state.Problem{StudentID: c.target.student.ID, Email: c.target.email, Kind: state.Rejected,
+			Reason: "HubSpot refused the values: " + r.Message, ContactID: r.ContactID, Properties: c.values})
+	}
+	lost := make([]*target, 0, len(ur.NotFound))
+	for _, id := range ur.NotFound {
+		lost = append(lost, byContact[id].target)
+	}
+	b.out.DropLinks = append(b.out.DropLinks, ur.NotFound...)
+	return lost, nil
+}
+
+// record stores the batch's outcome in one transaction (not in a dry run) and logs it.
+func (p *Pusher) record(ctx context.Context, b *batch) error {
+	if !p.dryRun {
+		if err := p.store.Record(ctx, b.out); err != nil {
+			return err
 		}
 	}
-	had := 0
+	p.log.WithFields(logrus.Fields{
+		"students": b.res.Students, "updated": b.res.Updated, "unchanged": b.res.Unchanged,
+		"unmatched": b.res.Count(state.Unmatched), "rejected": b.res.Count(state.Rejected),
+		"conflicts": b.res.Count(state.Conflict), "dry_run": p.dryRun,
+	}).Info("pushed batch")
+	return nil
+}
+
+func studentIDs(students []metrics.Student) []uuid.UUID {
+	ids := make([]uuid.UUID, len(students))
+	for i, s := range students {
+		ids[i] = s.ID
+	}
+	return ids
+}
+
+func studentsOf(targets []*target) []metrics.Student {
+	out := make([]metrics.Student, len(targets))
+	for i, t := range targets {
+		out[i] = t.student
+	}
+	return out
+}
+
+func contactsOf(targets []*target) map[string]bool {
+	out := make(map[string]bool, len(targets))
 	for _, t := range targets {
-		switch baseline[t.link.ContactID][metrics.CourseStatus] {
-		case metrics.StatusInProgress, metrics.StatusCompleted:
-			had++
-		}
+		out[t.link.ContactID] = true
 	}
-	if had < VanishedProgressMin {
-		return nil
-	}
-	return &VanishedProgressError{Students: had, Batch: len(students)}
+	return out
 }
 
 // unsettle marks the values about to be written as unknown in the sync state before the
@@ -430,8 +441,13 @@ func (p *Pusher) settleConflicts(ctx context.Context, targets []*target, b *batc
 			kept = append(kept, t)
 		}
 	}
-	// Every losing claimant is reported, also those of earlier batches: one of them may have
-	// written the contact before its owner turned up.
+	p.reportRivals(b, claims, owner)
+	return kept, nil
+}
+
+// reportRivals records every losing claimant of a contact as a conflict, also those of earlier
+// batches: one of them may have written the contact before its owner turned up.
+func (p *Pusher) reportRivals(b *batch, claims map[string][]state.Link, owner map[string]uuid.UUID) {
 	for id, ls := range claims {
 		o, owned := owner[id]
 		for _, l := range ls {
@@ -454,7 +470,6 @@ func (p *Pusher) settleConflicts(ctx context.Context, targets []*target, b *batc
 			p.problem(b, state.Problem{StudentID: l.StudentID, Email: l.Email, Kind: state.Conflict, Reason: reason, ContactID: id})
 		}
 	}
-	return kept, nil
 }
 
 func (p *Pusher) problem(b *batch, pr state.Problem) {
@@ -487,24 +502,6 @@ func (p *Pusher) canonical(props map[string]string) map[string]string {
 		out[name] = metrics.Canonical(name, props[name])
 	}
 	return out
-}
-
-// NormalizeEmail trims and lower-cases an email as HubSpot stores it, or says why it cannot be
-// an address worth looking up.
-func NormalizeEmail(raw string) (string, string) {
-	e := metrics.NormalizeEmail(raw)
-	if e == "" {
-		return "", "student has no email"
-	}
-	a, err := mail.ParseAddress(e)
-	if err != nil || a.Address != e || a.Name != "" {
-		return "", "email is not an address"
-	}
-	local, domain, _ := strings.Cut(e, "@")
-	if local == "" || !strings.Contains(domain, ".") || strings.HasSuffix(domain, ".") || len(e) > 254 {
-		return "", "email is not an address"
-	}
-	return e, ""
 }
 
 // MaskEmail hides most of an email address for logs: a***@example.com.
