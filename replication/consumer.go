@@ -22,7 +22,6 @@ import (
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/sirupsen/logrus"
 )
@@ -48,8 +47,11 @@ type Options struct {
 	// StandbyRetry is how long a second instance waits between attempts to take over a slot
 	// that another instance is using. Default 5 s.
 	StandbyRetry time.Duration
-	Log          *logrus.Entry
-	Observer     Observer // optional
+	// StopGrace is how long, once ctx ends, the processor may go on persisting transactions
+	// already received, so that they need not be streamed again. Default 30 s.
+	StopGrace time.Duration
+	Log       *logrus.Entry
+	Observer  Observer // optional
 }
 
 // Consumer streams the slot into a Sink.
@@ -72,6 +74,9 @@ func NewConsumer(db *pgxpool.Pool, sink Sink, opts Options) *Consumer {
 	if opts.StandbyRetry <= 0 {
 		opts.StandbyRetry = 5 * time.Second
 	}
+	if opts.StopGrace <= 0 {
+		opts.StopGrace = 30 * time.Second
+	}
 	return &Consumer{db: db, sink: sink, opts: opts, log: opts.Log}
 }
 
@@ -85,36 +90,34 @@ func (c *Consumer) Streaming() bool { return c.streaming.Load() }
 // slot cannot be rewound.
 var ErrReplayTooOld = errors.New("the slot has already confirmed past the requested LSN")
 
+// position is where the next session starts streaming, and what it must do first.
+type position struct {
+	lsn pglogrepl.LSN // 0: from the slot's confirmed position
+	// explicit marks an LSN the operator asked for (replay): it must not be behind the slot.
+	// Later sessions resume from wherever the stream got to.
+	explicit bool
+	// needsLoad says every student must be queued before streaming: the sync state has no
+	// checkpoint yet, or the slot was lost.
+	needsLoad bool
+}
+
 // Run streams from start (0: from the slot's confirmed position) until ctx ends, reconnecting
 // with backoff after a lost connection. needsLoad says the sync state has no checkpoint yet:
 // every student is added to the sink before streaming. A missing or lost slot is (re)created,
 // followed by the same full load, read from the new slot's snapshot.
 func (c *Consumer) Run(ctx context.Context, start pglogrepl.LSN, needsLoad bool) error {
-	// An LSN the operator asked for must not be behind the slot; later sessions resume from
-	// wherever the stream got to.
-	explicit := start != 0
+	pos := position{lsn: start, explicit: start != 0, needsLoad: needsLoad}
 	bo := backoff.NewExponentialBackOff()
 	bo.InitialInterval, bo.MaxInterval, bo.MaxElapsedTime = 500*time.Millisecond, 30*time.Second, 0
 	for {
 		began := time.Now()
-		err := c.session(ctx, &start, &explicit, &needsLoad)
+		var err error
+		pos, err = c.session(ctx, pos)
 		if ctx.Err() != nil {
 			return nil
 		}
-		var wait time.Duration
-		switch {
-		case errors.Is(err, ErrReplayTooOld):
+		if errors.Is(err, ErrReplayTooOld) {
 			return err
-		case errors.As(err, new(*HiddenRowsError)):
-			wait = bo.NextBackOff()
-			c.log.WithError(err).WithField("retry_in", wait.String()).
-				Error("cannot find the students a change concerns: the database hides rows from the service; the change waits in the slot until it is fixed")
-		case isSlotActive(err):
-			c.log.WithError(err).Warn("replication slot is in use by another instance; waiting as a warm standby")
-			wait = c.opts.StandbyRetry
-		default:
-			wait = bo.NextBackOff()
-			c.log.WithError(err).WithField("retry_in", wait.String()).Warn("replication stream interrupted; reconnecting")
 		}
 		if time.Since(began) > time.Minute {
 			bo.Reset() // a session that streamed a while failed afresh, not again
@@ -122,94 +125,135 @@ func (c *Consumer) Run(ctx context.Context, start pglogrepl.LSN, needsLoad bool)
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-time.After(wait):
+		case <-time.After(c.retryAfter(err, bo)):
 		}
 	}
 }
 
-// session is one replication connection, from connect to error.
-func (c *Consumer) session(ctx context.Context, start *pglogrepl.LSN, explicit, needsLoad *bool) error {
+// retryAfter logs why a session ended and says how long to wait before the next.
+func (c *Consumer) retryAfter(err error, bo backoff.BackOff) time.Duration {
+	switch {
+	case errors.As(err, new(*HiddenRowsError)):
+		wait := bo.NextBackOff()
+		c.log.WithError(err).WithField("retry_in", wait.String()).
+			Error("cannot find the students a change concerns: the database hides rows from the service; the change waits in the slot until it is fixed")
+		return wait
+	case isSlotActive(err):
+		c.log.WithError(err).Warn("replication slot is in use by another instance; waiting as a warm standby")
+		return c.opts.StandbyRetry
+	default:
+		wait := bo.NextBackOff()
+		c.log.WithError(err).WithField("retry_in", wait.String()).Warn("replication stream interrupted; reconnecting")
+		return wait
+	}
+}
+
+// session is one replication connection, from connect to error. It returns where the next
+// session starts.
+func (c *Consumer) session(ctx context.Context, pos position) (position, error) {
 	conn, err := c.connect(ctx)
 	if err != nil {
-		return err
+		return pos, err
 	}
 	defer conn.Close(context.Background())
-
 	// Policies may have changed while disconnected. The stream itself is not filtered by
 	// row-level security, so it goes on recording students; the flusher holds the pushes.
 	if err := CheckVisibility(ctx, c.db); err != nil {
 		c.log.WithError(err).Error("the database hides rows from the service: changes are recorded but not pushed until it is fixed")
 	}
+	if pos, err = c.prepareSlot(ctx, conn, pos); err != nil {
+		return pos, err
+	}
+	err = pglogrepl.StartReplication(ctx, conn, c.opts.Names.Slot, pos.lsn, pglogrepl.StartReplicationOptions{
+		PluginArgs: []string{"proto_version '1'", "publication_names '" + c.opts.Names.Publication + "'"},
+	})
+	if err != nil {
+		return pos, fmt.Errorf("start replication on slot %s: %w", c.opts.Names.Slot, err)
+	}
+	pos.explicit = false
+	err = c.stream(ctx, conn, pos.lsn)
+	pos.lsn = max(pos.lsn, c.Confirmed())
+	return pos, err
+}
+
+// prepareSlot makes the slot ready and returns where to stream from: a lost slot is dropped
+// and, like a missing one, created with a snapshot from which every student is loaded; a
+// replay behind the slot is refused; a pending first load runs against the slot's position.
+func (c *Consumer) prepareSlot(ctx context.Context, conn *pgconn.PgConn, pos position) (position, error) {
 	slot, err := ReadSlot(ctx, c.db, c.opts.Names.Slot)
 	if err != nil {
-		return err
+		return pos, err
 	}
 	if slot.Exists && slot.WALStatus == "lost" {
 		c.log.WithField("slot", c.opts.Names.Slot).Error("replication slot is LOST: the server removed WAL it still needed " +
 			"(max_slot_wal_keep_size exceeded). Changes since the last checkpoint cannot be streamed; recreating the slot and backfilling every student")
 		if _, err := DropSlot(ctx, c.db, c.opts.Names.Slot, true); err != nil {
-			return err
+			return pos, err
 		}
 		slot = Slot{}
-		*needsLoad, *start = true, 0
-	}
-	if !slot.Exists && *explicit {
-		return fmt.Errorf("%w: requested %s, but slot %s does not exist; run `progress-sync run` to create it, which backfills every student",
-			ErrReplayTooOld, *start, c.opts.Names.Slot)
+		pos.needsLoad, pos.lsn = true, 0
 	}
 	if !slot.Exists {
-		res, err := pglogrepl.CreateReplicationSlot(ctx, conn, c.opts.Names.Slot, "pgoutput",
-			pglogrepl.CreateReplicationSlotOptions{Mode: pglogrepl.LogicalReplication, SnapshotAction: "EXPORT_SNAPSHOT"})
-		if err != nil {
-			return fmt.Errorf("create replication slot %s: %w", c.opts.Names.Slot, err)
+		if pos.explicit {
+			return pos, fmt.Errorf("%w: requested %s, but slot %s does not exist; run `progress-sync run` to create it, which backfills every student",
+				ErrReplayTooOld, pos.lsn, c.opts.Names.Slot)
 		}
-		point, err := pglogrepl.ParseLSN(res.ConsistentPoint)
-		if err != nil {
-			return fmt.Errorf("create replication slot %s: %w", c.opts.Names.Slot, err)
-		}
-		c.log.WithFields(logrus.Fields{"slot": c.opts.Names.Slot, "consistent_point": point.String()}).Info("created replication slot")
-		if err := c.initialLoad(ctx, res.SnapshotName, point); err != nil {
-			return err
-		}
-		*needsLoad, *start = false, point
-	} else {
-		confirmed, err := pglogrepl.ParseLSN(slot.ConfirmedFlushLSN)
-		if err != nil {
-			return fmt.Errorf("read slot %s: %w", c.opts.Names.Slot, err)
-		}
-		if *explicit && *start < confirmed {
-			return fmt.Errorf("%w: requested %s, slot %s confirmed %s; a logical slot cannot be rewound: run `progress-sync backfill` to recompute every student from current data",
-				ErrReplayTooOld, *start, c.opts.Names.Slot, confirmed)
-		}
-		if *needsLoad {
-			if err := c.initialLoad(ctx, "", confirmed); err != nil {
-				return err
-			}
-			*needsLoad = false
-		}
-		*start = max(*start, confirmed)
+		return c.createSlot(ctx, conn, pos)
 	}
-
-	err = pglogrepl.StartReplication(ctx, conn, c.opts.Names.Slot, *start, pglogrepl.StartReplicationOptions{
-		PluginArgs: []string{"proto_version '1'", "publication_names '" + c.opts.Names.Publication + "'"},
-	})
+	confirmed, err := pglogrepl.ParseLSN(slot.ConfirmedFlushLSN)
 	if err != nil {
-		return fmt.Errorf("start replication on slot %s: %w", c.opts.Names.Slot, err)
+		return pos, fmt.Errorf("read slot %s: %w", c.opts.Names.Slot, err)
 	}
-	*explicit = false
-	c.confirmed.Store(uint64(*start))
-	c.received.Store(uint64(*start))
+	if pos.explicit && pos.lsn < confirmed {
+		return pos, fmt.Errorf("%w: requested %s, slot %s confirmed %s; a logical slot cannot be rewound: run `progress-sync backfill` to recompute every student from current data",
+			ErrReplayTooOld, pos.lsn, c.opts.Names.Slot, confirmed)
+	}
+	if pos.needsLoad {
+		if err := c.initialLoad(ctx, "", confirmed); err != nil {
+			return pos, err
+		}
+		pos.needsLoad = false
+	}
+	pos.lsn = max(pos.lsn, confirmed)
+	return pos, nil
+}
+
+// createSlot creates the slot with an exported snapshot and loads every student from it: the
+// stream then starts exactly after the data the load saw.
+func (c *Consumer) createSlot(ctx context.Context, conn *pgconn.PgConn, pos position) (position, error) {
+	res, err := pglogrepl.CreateReplicationSlot(ctx, conn, c.opts.Names.Slot, "pgoutput",
+		pglogrepl.CreateReplicationSlotOptions{Mode: pglogrepl.LogicalReplication, SnapshotAction: "EXPORT_SNAPSHOT"})
+	if err != nil {
+		return pos, fmt.Errorf("create replication slot %s: %w", c.opts.Names.Slot, err)
+	}
+	point, err := pglogrepl.ParseLSN(res.ConsistentPoint)
+	if err != nil {
+		return pos, fmt.Errorf("create replication slot %s: %w", c.opts.Names.Slot, err)
+	}
+	c.log.WithFields(logrus.Fields{"slot": c.opts.Names.Slot, "consistent_point": point.String()}).Info("created replication slot")
+	if err := c.initialLoad(ctx, res.SnapshotName, point); err != nil {
+		return pos, err
+	}
+	pos.needsLoad, pos.lsn = false, point
+	return pos, nil
+}
+
+// stream runs the wire loop and the processor on a started replication connection until
+// either fails or ctx ends; on a stop the processor may go on persisting what was received
+// for Options.StopGrace.
+func (c *Consumer) stream(ctx context.Context, conn *pgconn.PgConn, from pglogrepl.LSN) error {
+	c.confirmed.Store(uint64(from))
+	c.received.Store(uint64(from))
 	c.streaming.Store(true)
 	defer c.streaming.Store(false)
-	c.log.WithFields(logrus.Fields{"slot": c.opts.Names.Slot, "from": start.String()}).Info("streaming")
+	c.log.WithFields(logrus.Fields{"slot": c.opts.Names.Slot, "from": from.String()}).Info("streaming")
 
 	events := make(chan event, 1024)
 	procDone := make(chan struct{})
 	var perr error
-	// On a stop the processor still persists the transactions already received, for a while.
 	procCtx, stopProc := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopProc()
-	defer context.AfterFunc(ctx, func() { time.AfterFunc(30*time.Second, stopProc) })()
+	defer context.AfterFunc(ctx, func() { time.AfterFunc(c.opts.StopGrace, stopProc) })()
 	go func() {
 		defer close(procDone)
 		perr = c.process(procCtx, events)
@@ -218,9 +262,6 @@ func (c *Consumer) session(ctx context.Context, start *pglogrepl.LSN, explicit, 
 	wireErr := c.receive(ctx, conn, events, procDone)
 	close(events)
 	<-procDone
-	if confirmed := c.Confirmed(); confirmed > *start {
-		*start = confirmed
-	}
 	if ctx.Err() != nil {
 		c.sendStatus(conn, false) // the final, durable position
 		return nil
@@ -283,236 +324,6 @@ func Connect(ctx context.Context, databaseURL string) (*pgconn.PgConn, error) {
 		return nil, fmt.Errorf("open replication connection: %w", err)
 	}
 	return conn, nil
-}
-
-// event is one message from the server, in stream order.
-type event struct {
-	data      []byte        // pgoutput message; nil for a keepalive
-	walEnd    pglogrepl.LSN // keepalive: the server's position, safe to confirm when nothing is in flight
-	keepalive bool
-}
-
-// receive is the wire loop. It hands messages to the processor and answers the server; it
-// waits on nothing else.
-func (c *Consumer) receive(ctx context.Context, conn *pgconn.PgConn, events chan<- event, procDone <-chan struct{}) error {
-	ticker := time.NewTicker(c.opts.StatusInterval)
-	defer ticker.Stop()
-	deliver := func(ev event) error {
-		for {
-			select {
-			case events <- ev:
-				return nil
-			case <-ticker.C:
-				if err := c.sendStatus(conn, true); err != nil {
-					return err
-				}
-			case <-procDone:
-				return errProcessorStopped
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-		}
-	}
-	for {
-		select {
-		case <-ticker.C:
-			if err := c.sendStatus(conn, true); err != nil {
-				return err
-			}
-		case <-procDone:
-			return errProcessorStopped
-		default:
-		}
-		rctx, cancel := context.WithTimeout(ctx, c.opts.StatusInterval)
-		raw, err := conn.ReceiveMessage(rctx)
-		cancel()
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			if pgconn.Timeout(err) {
-				continue
-			}
-			return fmt.Errorf("receive from replication connection: %w", err)
-		}
-		switch m := raw.(type) {
-		case *pgproto3.ErrorResponse:
-			return fmt.Errorf("replication stream: %w", pgconn.ErrorResponseToPgError(m))
-		case *pgproto3.CopyData:
-			if len(m.Data) == 0 {
-				continue
-			}
-			switch m.Data[0] {
-			case pglogrepl.PrimaryKeepaliveMessageByteID:
-				k, err := pglogrepl.ParsePrimaryKeepaliveMessage(m.Data[1:])
-				if err != nil {
-					return err
-				}
-				if k.ReplyRequested {
-					if err := c.sendStatus(conn, false); err != nil {
-						return err
-					}
-				}
-				if err := deliver(event{keepalive: true, walEnd: k.ServerWALEnd}); err != nil {
-					return ignoreCancel(err)
-				}
-			case pglogrepl.XLogDataByteID:
-				x, err := pglogrepl.ParseXLogData(m.Data[1:])
-				if err != nil {
-					return err
-				}
-				c.received.Store(max(c.received.Load(), uint64(x.WALStart)+uint64(len(x.WALData))))
-				// The connection reuses its read buffer: keep a copy.
-				if err := deliver(event{data: append([]byte(nil), x.WALData...)}); err != nil {
-					return ignoreCancel(err)
-				}
-			}
-		}
-	}
-}
-
-// errProcessorStopped ends the wire loop when the processor failed; its error says why.
-var errProcessorStopped = errors.New("change processor stopped")
-
-func ignoreCancel(err error) error {
-	if errors.Is(err, context.Canceled) {
-		return nil
-	}
-	return err
-}
-
-// sendStatus reports the durable position as flushed and applied; replyRequested asks the
-// server for a keepalive, whose WAL end lets an idle slot advance.
-func (c *Consumer) sendStatus(conn *pgconn.PgConn, replyRequested bool) error {
-	confirmed := c.Confirmed()
-	if confirmed == 0 {
-		return nil // pglogrepl would report the write position as flushed
-	}
-	written := max(pglogrepl.LSN(c.received.Load()), confirmed)
-	err := pglogrepl.SendStandbyStatusUpdate(context.Background(), conn, pglogrepl.StandbyStatusUpdate{
-		WALWritePosition: written, WALFlushPosition: confirmed, WALApplyPosition: confirmed, ReplyRequested: replyRequested,
-	})
-	if err != nil {
-		return fmt.Errorf("send standby status: %w", err)
-	}
-	return nil
-}
-
-// groupLimit bounds how many transactions one durable write covers.
-const groupLimit = 1000
-
-// process decodes events and persists them. Transactions are grouped while more are queued,
-// so a burst costs few database round trips; a lone one is persisted at once.
-func (c *Consumer) process(ctx context.Context, events <-chan event) error {
-	dec := NewDecoder()
-	pending := newChanges()
-	var pendingEnd pglogrepl.LSN
-	txns := 0
-	flush := func() error {
-		if txns == 0 {
-			return nil
-		}
-		ids, err := c.resolve(ctx, pending)
-		if err != nil {
-			return err
-		}
-		if err := c.sink.Add(ctx, ids, pendingEnd); err != nil {
-			return err
-		}
-		c.confirm(pendingEnd)
-		pending, txns = newChanges(), 0
-		return nil
-	}
-	for ev := range events {
-		if ev.keepalive {
-			if dec.InTransaction() {
-				continue
-			}
-			if err := flush(); err != nil {
-				return err
-			}
-			if ev.walEnd > c.Confirmed() {
-				// The stored checkpoint never trails the slot, so replaying from it is always
-				// possible; one small write per keepalive is the price.
-				if err := c.sink.Advance(ctx, ev.walEnd); err != nil {
-					return err
-				}
-				c.confirm(ev.walEnd)
-			}
-			continue
-		}
-		commit, err := dec.Decode(ev.data)
-		if err != nil {
-			return err
-		}
-		if commit == nil {
-			continue
-		}
-		pending.Merge(commit.Changes)
-		pendingEnd, txns = commit.End, txns+1
-		if c.opts.Observer != nil {
-			for table, n := range commit.Changes.Rows {
-				c.opts.Observer.Changes(table, n)
-			}
-		}
-		if len(events) == 0 || txns >= groupLimit {
-			if err := flush(); err != nil {
-				return err
-			}
-		}
-	}
-	return flush()
-}
-
-func (c *Consumer) confirm(lsn pglogrepl.LSN) {
-	for {
-		cur := c.confirmed.Load()
-		if uint64(lsn) <= cur || c.confirmed.CompareAndSwap(cur, uint64(lsn)) {
-			return
-		}
-	}
-}
-
-// resolve turns changes into student ids, querying for course-wide changes.
-func (c *Consumer) resolve(ctx context.Context, ch Changes) ([]uuid.UUID, error) {
-	ids := make([]uuid.UUID, 0, len(ch.Students))
-	for id := range ch.Students {
-		ids = append(ids, id)
-	}
-	var query string
-	var args []any
-	switch {
-	case ch.AllStudents:
-		query = `SELECT id FROM public.users`
-	case len(ch.Modules) > 0 || len(ch.Courses) > 0:
-		var modules, levels, goals []string
-		for m := range ch.Modules {
-			modules = append(modules, m)
-		}
-		for k := range ch.Courses {
-			levels, goals = append(levels, k[0]), append(goals, k[1])
-		}
-		query = `SELECT u.id FROM public.users u
-			WHERE (u.language_level, u.course_goal) IN (
-				SELECT m.course_level, m.course_goal FROM public.course_modules m WHERE m.id = ANY($1)
-				UNION SELECT * FROM unnest($2::text[], $3::text[]))`
-		args = []any{modules, levels, goals}
-	default:
-		return ids, nil
-	}
-	// Students hidden from this query would lose the change; the session fails and retries.
-	if err := CheckVisibility(ctx, c.db); err != nil {
-		return nil, err
-	}
-	rows, err := c.db.Query(ctx, query, args...)
-	if err != nil {
-		return nil, fmt.Errorf("find the students of changed courses: %w", err)
-	}
-	more, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
-	if err != nil {
-		return nil, fmt.Errorf("find the students of changed courses: %w", err)
-	}
-	return append(ids, more...), nil
 }
 
 // isSlotActive recognises "replication slot ... is active for PID ...".

@@ -33,7 +33,7 @@ type streamFlags struct {
 }
 
 func (f *streamFlags) register(cmd *cobra.Command) {
-	cmd.Flags().DurationVar(&f.grace, "grace", 20*time.Second, "on SIGTERM, how long to keep pushing students that are due")
+	cmd.Flags().DurationVar(&f.grace, "grace", 20*time.Second, "on SIGTERM, how long to keep recording what was received and pushing students that are due")
 	cmd.Flags().DurationVar(&f.recheck, "recheck-unmatched", time.Hour, "how often students without a HubSpot contact are looked up again")
 	cmd.Flags().DurationVar(&f.statusInterval, "status-interval", 10*time.Second, "how often the position is reported to PostgreSQL (keep well under wal_sender_timeout)")
 	cmd.Flags().DurationVar(&f.dailyLimitPause, "daily-limit-pause", 15*time.Minute, "how long pushes pause when HubSpot's daily limit is spent (changes keep being recorded)")
@@ -126,7 +126,7 @@ func (a *app) serve(ctx context.Context, f streamFlags, from pglogrepl.LSN) erro
 	log.WithFields(logrus.Fields{"checkpoint": checkpoint.LSN.String(), "pending": buf.Len()}).Info("loaded sync state")
 
 	consumer := replication.NewConsumer(db, buf, replication.Options{
-		DatabaseURL: cfg.DatabaseURL, Names: names, StatusInterval: f.statusInterval,
+		DatabaseURL: cfg.DatabaseURL, Names: names, StatusInterval: f.statusInterval, StopGrace: f.grace,
 		Log: log.WithField("component", "replication"), Observer: tm,
 	})
 	flusher := flush.New(buf, db, push.New(hs, store, log.WithField("component", "push"), push.Options{ShowEmails: a.showEmails}),

@@ -1,0 +1,196 @@
+package replication
+
+import (
+	"context"
+	"errors"
+	"io"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/sirupsen/logrus"
+)
+
+// fakeSink remembers what the consumer recorded, in order.
+type fakeSink struct {
+	mu       sync.Mutex
+	students map[uuid.UUID]pglogrepl.LSN // student -> end of the first write naming it
+	named    map[uuid.UUID]int           // student -> writes naming it
+	ends     []pglogrepl.LSN             // every position recorded, by Add or Advance
+}
+
+func (s *fakeSink) Add(_ context.Context, students []uuid.UUID, end pglogrepl.LSN) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, id := range students {
+		s.named[id]++
+		if _, ok := s.students[id]; !ok {
+			s.students[id] = end
+		}
+	}
+	s.ends = append(s.ends, end)
+	return nil
+}
+
+func (s *fakeSink) Advance(_ context.Context, end pglogrepl.LSN) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.ends = append(s.ends, end)
+	return nil
+}
+
+func (s *fakeSink) has(id uuid.UUID) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.students[id]
+	return ok
+}
+
+func (s *fakeSink) times(id uuid.UUID) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.named[id]
+}
+
+func (s *fakeSink) last() pglogrepl.LSN {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.ends) == 0 {
+		return 0
+	}
+	return s.ends[len(s.ends)-1]
+}
+
+// newConsumerDB is a database with the publication and two students, and no slot yet.
+func newConsumerDB(t *testing.T) (*pgxpool.Pool, string) {
+	t.Helper()
+	ctx := context.Background()
+	dbURL := pg.NewDatabase(t)
+	db, err := pgxpool.New(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(db.Close)
+	if _, err := Setup(ctx, db, Names{Slot: "progress_sync", Publication: "progress_sync"}, ""); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{
+		`INSERT INTO auth.users (id) VALUES ('` + ada + `'), ('` + bob + `')`,
+		`INSERT INTO users (id, email, name, language_level, course_goal) VALUES ('` + ada + `', 'ada@example.com', 'Ada', 'B1', 'viajes'), ('` + bob + `', 'bob@example.com', 'Bob', 'A1', 'trabajo')`,
+		`INSERT INTO course_modules (id, course_level, course_goal, order_index, title) VALUES ('b1-viajes-m1', 'B1', 'viajes', 1, 'M')`,
+		`CREATE TABLE unpublished (x int)`,
+	} {
+		if _, err := db.Exec(ctx, s); err != nil {
+			t.Fatalf("%s: %v", s, err)
+		}
+	}
+	return db, dbURL
+}
+
+func quietLog() *logrus.Entry {
+	l := logrus.New()
+	l.SetOutput(io.Discard)
+	return logrus.NewEntry(l)
+}
+
+func waitFor(t *testing.T, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s within 30 s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func currentLSN(t *testing.T, db *pgxpool.Pool) pglogrepl.LSN {
+	t.Helper()
+	var text string
+	if err := db.QueryRow(context.Background(), `SELECT pg_current_wal_lsn()::text`).Scan(&text); err != nil {
+		t.Fatal(err)
+	}
+	lsn, err := pglogrepl.ParseLSN(text)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return lsn
+}
+
+func TestConsumerLoadsThenStreamsIntoTheSink(t *testing.T) {
+	db, dbURL := newConsumerDB(t)
+	sink := &fakeSink{students: map[uuid.UUID]pglogrepl.LSN{}, named: map[uuid.UUID]int{}}
+	c := NewConsumer(db, sink, Options{DatabaseURL: dbURL, Names: Names{Slot: "progress_sync", Publication: "progress_sync"},
+		StatusInterval: 200 * time.Millisecond, Log: quietLog()})
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx, 0, true) }()
+
+	// A first start loads every student from the new slot's snapshot.
+	a, b := uuid.MustParse(ada), uuid.MustParse(bob)
+	waitFor(t, "first load", func() bool { return sink.has(a) && sink.has(b) })
+	waitFor(t, "streaming", c.Streaming)
+	loadedAt := sink.last()
+
+	// A change names its student; a lesson added to a course names the course's students.
+	later := uuid.New()
+	for _, s := range []string{
+		`INSERT INTO auth.users (id) VALUES ('` + later.String() + `')`,
+		`INSERT INTO users (id, email, name, language_level, course_goal) VALUES ('` + later.String() + `', 'l@example.com', 'L', 'B1', 'viajes')`,
+	} {
+		if _, err := db.Exec(context.Background(), s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "the new student", func() bool { return sink.has(later) })
+	if at := sink.students[later]; at <= loadedAt {
+		t.Fatalf("the new student was recorded at %s, not after the load at %s", at, loadedAt)
+	}
+	adaBefore, bobBefore := sink.times(a), sink.times(b)
+	if _, err := db.Exec(context.Background(), `INSERT INTO course_lessons (id, module_id, order_index, title) VALUES ('b1-viajes-m1-l9', 'b1-viajes-m1', 9, 'L')`); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the course's students", func() bool { return sink.times(a) > adaBefore && sink.times(later) > 1 })
+	if sink.times(b) != bobBefore {
+		t.Fatal("a lesson of B1 viajes named bob, who studies A1 trabajo")
+	}
+	// Writes to an unpublished table still move the recorded position past them.
+	if _, err := db.Exec(context.Background(), `INSERT INTO unpublished SELECT generate_series(1, 1000)`); err != nil {
+		t.Fatal(err)
+	}
+	target := currentLSN(t, db)
+	waitFor(t, "the position to pass unpublished writes", func() bool { return sink.last() >= target && c.Confirmed() >= target })
+
+	stop()
+	if err := <-done; err != nil {
+		t.Fatalf("Run after a stop: %v", err)
+	}
+	if c.Streaming() {
+		t.Fatal("still streaming after Run returned")
+	}
+	if confirmed := c.Confirmed(); confirmed > sink.last() {
+		t.Fatalf("confirmed %s past the last recorded position %s", confirmed, sink.last())
+	}
+}
+
+func TestConsumerRefusesAReplayBehindTheSlot(t *testing.T) {
+	db, dbURL := newConsumerDB(t)
+	if _, err := CreateSlot(context.Background(), db, "progress_sync"); err != nil {
+		t.Fatal(err)
+	}
+	sink := &fakeSink{students: map[uuid.UUID]pglogrepl.LSN{}, named: map[uuid.UUID]int{}}
+	c := NewConsumer(db, sink, Options{DatabaseURL: dbURL, Names: Names{Slot: "progress_sync", Publication: "progress_sync"}, Log: quietLog()})
+	ctx, stop := context.WithTimeout(context.Background(), time.Minute)
+	defer stop()
+	err := c.Run(ctx, pglogrepl.LSN(1), false)
+	if !errors.Is(err, ErrReplayTooOld) {
+		t.Fatalf("replay from 0/1: %v, want ErrReplayTooOld", err)
+	}
+	if len(sink.ends) != 0 || slices.ContainsFunc(sink.ends, func(l pglogrepl.LSN) bool { return l != 0 }) {
+		t.Fatalf("a refused replay recorded %v", sink.ends)
+	}
+}

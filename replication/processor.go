@@ -1,0 +1,130 @@
+package replication
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+)
+
+// The processor: it decodes the stream, resolves course-wide changes to students, persists
+// them with the position they cover, and only then confirms that position.
+
+// groupLimit bounds how many transactions one durable write covers.
+const groupLimit = 1000
+
+// process decodes events and persists them. Transactions are grouped while more are queued,
+// so a burst costs few database round trips; a lone one is persisted at once.
+func (c *Consumer) process(ctx context.Context, events <-chan event) error {
+	dec := NewDecoder()
+	pending := newChanges()
+	var pendingEnd pglogrepl.LSN
+	txns := 0
+	flush := func() error {
+		if txns == 0 {
+			return nil
+		}
+		ids, err := c.resolve(ctx, pending)
+		if err != nil {
+			return err
+		}
+		if err := c.sink.Add(ctx, ids, pendingEnd); err != nil {
+			return err
+		}
+		c.confirm(pendingEnd)
+		pending, txns = newChanges(), 0
+		return nil
+	}
+	for ev := range events {
+		if ev.keepalive {
+			if dec.InTransaction() {
+				continue
+			}
+			if err := flush(); err != nil {
+				return err
+			}
+			if ev.walEnd > c.Confirmed() {
+				// The stored checkpoint never trails the slot, so replaying from it is always
+				// possible; one small write per keepalive is the price.
+				if err := c.sink.Advance(ctx, ev.walEnd); err != nil {
+					return err
+				}
+				c.confirm(ev.walEnd)
+			}
+			continue
+		}
+		commit, err := dec.Decode(ev.data)
+		if err != nil {
+			return err
+		}
+		if commit == nil {
+			continue
+		}
+		pending.Merge(commit.Changes)
+		pendingEnd, txns = commit.End, txns+1
+		if c.opts.Observer != nil {
+			for table, n := range commit.Changes.Rows {
+				c.opts.Observer.Changes(table, n)
+			}
+		}
+		if len(events) == 0 || txns >= groupLimit {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+	}
+	return flush()
+}
+
+func (c *Consumer) confirm(lsn pglogrepl.LSN) {
+	for {
+		cur := c.confirmed.Load()
+		if uint64(lsn) <= cur || c.confirmed.CompareAndSwap(cur, uint64(lsn)) {
+			return
+		}
+	}
+}
+
+// resolve turns changes into student ids, querying for course-wide changes.
+func (c *Consumer) resolve(ctx context.Context, ch Changes) ([]uuid.UUID, error) {
+	ids := make([]uuid.UUID, 0, len(ch.Students))
+	for id := range ch.Students {
+		ids = append(ids, id)
+	}
+	var query string
+	var args []any
+	switch {
+	case ch.AllStudents:
+		query = `SELECT id FROM public.users`
+	case len(ch.Modules) > 0 || len(ch.Courses) > 0:
+		var modules, levels, goals []string
+		for m := range ch.Modules {
+			modules = append(modules, m)
+		}
+		for k := range ch.Courses {
+			levels, goals = append(levels, k[0]), append(goals, k[1])
+		}
+		query = `SELECT u.id FROM public.users u
+			WHERE (u.language_level, u.course_goal) IN (
+				SELECT m.course_level, m.course_goal FROM public.course_modules m WHERE m.id = ANY($1)
+				UNION SELECT * FROM unnest($2::text[], $3::text[]))`
+		args = []any{modules, levels, goals}
+	default:
+		return ids, nil
+	}
+	// Students hidden from this query would lose the change; the session fails and retries.
+	if err := CheckVisibility(ctx, c.db); err != nil {
+		return nil, err
+	}
+	rows, err := c.db.Query(ctx, query, args...)
+	if err != nil {
+		return nil, fmt.Errorf("find the students of changed courses: %w", err)
+	}
+	more, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+	if err != nil {
+		return nil, fmt.Errorf("find the students of changed courses: %w", err)
+	}
+	return append(ids, more...), nil
+}
