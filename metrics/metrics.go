@@ -114,6 +114,42 @@ LEFT JOIN public.user_streaks st ON st.user_id = u.id
 LEFT JOIN public.user_xp x ON x.user_id = u.id
 ORDER BY u.id`
 
+// studentsOfCoursesSQL selects the students assigned to a course (the same rule as lessons
+// above: language_level and course_goal equal the module's course_level and course_goal) of
+// the modules $1 or the (level, goal) pairs $2, $3.
+const studentsOfCoursesSQL = `SELECT u.id FROM public.users u
+	WHERE (u.language_level, u.course_goal) IN (
+		SELECT m.course_level, m.course_goal FROM public.course_modules m WHERE m.id = ANY($1)
+		UNION SELECT * FROM unnest($2::text[], $3::text[]))`
+
+// StudentsOfCourses lists the students assigned to the course of any of the modules, or to
+// any of the courses ((course_level, course_goal) pairs): a change to a course's lessons can
+// move their progress.
+func StudentsOfCourses(ctx context.Context, q Querier, modules []string, courses [][2]string) ([]uuid.UUID, error) {
+	levels, goals := make([]string, len(courses)), make([]string, len(courses))
+	for i, c := range courses {
+		levels[i], goals[i] = c[0], c[1]
+	}
+	return queryStudentIDs(ctx, q, "find the students of changed courses", studentsOfCoursesSQL, modules, levels, goals)
+}
+
+// AllStudents lists every student.
+func AllStudents(ctx context.Context, q Querier) ([]uuid.UUID, error) {
+	return queryStudentIDs(ctx, q, "list every student", `SELECT id FROM public.users`)
+}
+
+func queryStudentIDs(ctx context.Context, q Querier, what, sql string, args ...any) ([]uuid.UUID, error) {
+	rows, err := q.Query(ctx, sql, args...)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	return ids, nil
+}
+
 // resultNames are the properties in the order metricsSQL returns them, after id and email.
 var resultNames = [...]string{
 	LessonsCompleted, CurrentLesson, AverageScore, TotalStudyTime, ProgressPercentage,

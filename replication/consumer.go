@@ -24,6 +24,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/sirupsen/logrus"
+
+	"github.com/focusenglish/progress-sync/metrics"
 )
 
 // Sink durably records changed students together with the stream position that covers them.
@@ -287,11 +289,8 @@ func (c *Consumer) initialLoad(ctx context.Context, snapshot string, point pglog
 		if err := CheckVisibility(ctx, tx); err != nil {
 			return err
 		}
-		rows, err := tx.Query(ctx, `SELECT id FROM public.users`)
-		if err != nil {
-			return err
-		}
-		ids, err = pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+		var err error
+		ids, err = metrics.AllStudents(ctx, tx)
 		return err
 	})
 	if err != nil {

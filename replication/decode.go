@@ -192,24 +192,19 @@ func newRelation(m *pglogrepl.RelationMessage) relation {
 	r := relation{table: m.Namespace + "." + m.RelationName, student: -1, module: -1, level: -1, goal: -1}
 	pos := func(name string) int {
 		for i, c := range m.Columns {
-			if c.Name == name {
+			if name != "" && c.Name == name {
 				return i
 			}
 		}
 		return -1
 	}
-	switch r.table {
-	case "public.users":
-		r.student = pos("id")
-	case "public.course_progress", "public.user_streaks", "public.user_xp":
-		r.student = pos("user_id")
-		r.truncate = true
-	case "public.course_lessons":
-		r.module = pos("module_id")
-		r.truncate = true
-	case "public.course_modules":
-		r.level, r.goal = pos("course_level"), pos("course_goal")
-		r.truncate = true
+	t, ok := sourceTable(r.table)
+	if !ok {
+		return r // a table added to the publication by hand: its rows concern no student
+	}
+	r.student, r.module, r.truncate = pos(t.StudentColumn), pos(t.ModuleColumn), t.TruncateConcernsAll
+	if len(t.CourseColumns) == 2 {
+		r.level, r.goal = pos(t.CourseColumns[0]), pos(t.CourseColumns[1])
 	}
 	return r
 }

@@ -2,11 +2,13 @@ package replication
 
 import (
 	"context"
-	"fmt"
+	"maps"
+	"slices"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pglogrepl"
-	"github.com/jackc/pgx/v5"
+
+	"github.com/focusenglish/progress-sync/metrics"
 )
 
 // The processor: it decodes the stream, resolves course-wide changes to students, persists
@@ -93,38 +95,22 @@ func (c *Consumer) resolve(ctx context.Context, ch Changes) ([]uuid.UUID, error)
 	for id := range ch.Students {
 		ids = append(ids, id)
 	}
-	var query string
-	var args []any
-	switch {
-	case ch.AllStudents:
-		query = `SELECT id FROM public.users`
-	case len(ch.Modules) > 0 || len(ch.Courses) > 0:
-		var modules, levels, goals []string
-		for m := range ch.Modules {
-			modules = append(modules, m)
-		}
-		for k := range ch.Courses {
-			levels, goals = append(levels, k[0]), append(goals, k[1])
-		}
-		query = `SELECT u.id FROM public.users u
-			WHERE (u.language_level, u.course_goal) IN (
-				SELECT m.course_level, m.course_goal FROM public.course_modules m WHERE m.id = ANY($1)
-				UNION SELECT * FROM unnest($2::text[], $3::text[]))`
-		args = []any{modules, levels, goals}
-	default:
+	if !ch.AllStudents && len(ch.Modules) == 0 && len(ch.Courses) == 0 {
 		return ids, nil
 	}
 	// Students hidden from this query would lose the change; the session fails and retries.
 	if err := CheckVisibility(ctx, c.db); err != nil {
 		return nil, err
 	}
-	rows, err := c.db.Query(ctx, query, args...)
-	if err != nil {
-		return nil, fmt.Errorf("find the students of changed courses: %w", err)
+	var more []uuid.UUID
+	var err error
+	if ch.AllStudents {
+		more, err = metrics.AllStudents(ctx, c.db)
+	} else {
+		more, err = metrics.StudentsOfCourses(ctx, c.db, slices.Collect(maps.Keys(ch.Modules)), slices.Collect(maps.Keys(ch.Courses)))
 	}
-	more, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
 	if err != nil {
-		return nil, fmt.Errorf("find the students of changed courses: %w", err)
+		return nil, err
 	}
 	return append(ids, more...), nil
 }

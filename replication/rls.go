@@ -205,14 +205,6 @@ func grantReadPolicies(ctx context.Context, db DB, role string) ([]string, error
 	return done, nil
 }
 
-func tableNames() []string {
-	var names []string
-	for _, t := range Tables() {
-		names = append(names, t.Name)
-	}
-	return names
-}
-
 var plainIdent = regexp.MustCompile(`^[a-z_][a-z0-9_]*$`)
 
 // QuoteIdent quotes a role name for SQL unless it is a plain lower-case identifier.

@@ -12,28 +12,6 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
-// Table is a published source table and the replica identity it needs.
-type Table struct {
-	Name string // schema-qualified
-	// Full says deletes and key-changing updates must carry the columns in Keys, which name
-	// the student (or the course) and are not in the primary key: REPLICA IDENTITY FULL, or
-	// an identity index covering Keys.
-	Full bool
-	Keys []string
-}
-
-// Tables are the tables whose changes concern students (docs/contract.md §2).
-func Tables() []Table {
-	return []Table{
-		{Name: "public.users"},
-		{Name: "public.course_progress", Full: true, Keys: []string{"user_id"}},
-		{Name: "public.user_streaks", Full: true, Keys: []string{"user_id"}},
-		{Name: "public.user_xp", Full: true, Keys: []string{"user_id"}},
-		{Name: "public.course_lessons", Full: true, Keys: []string{"module_id"}},
-		{Name: "public.course_modules", Full: true, Keys: []string{"course_level", "course_goal"}},
-	}
-}
-
 // Names identify the publication and slot of one deployment.
 type Names struct {
 	Slot        string
@@ -168,7 +146,7 @@ func identityCovers(ctx context.Context, db *pgxpool.Pool, t Table) (bool, error
 	case "f":
 		return true, nil
 	case "i":
-		for _, k := range t.Keys {
+		for _, k := range t.Keys() {
 			if !slices.Contains(indexed, k) {
 				return false, nil
 			}
