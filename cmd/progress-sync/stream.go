@@ -130,7 +130,7 @@ func (a *app) serve(ctx context.Context, f streamFlags, from pglogrepl.LSN) erro
 		Log: log.WithField("component", "replication"), Observer: tm,
 	})
 	flusher := flush.New(buf, db, push.New(hs, store, log.WithField("component", "push"), push.Options{ShowEmails: a.showEmails}),
-		flush.Options{Log: log.WithField("component", "flush"), DailyLimitPause: f.dailyLimitPause, Observer: tm,
+		flush.Options{Log: log.WithField("component", "flush"), DailyLimitPause: f.dailyLimitPause, StopGrace: f.grace, Observer: tm,
 			Visibility: func(ctx context.Context) error { return replication.CheckVisibility(ctx, db) }})
 
 	tm.Gauge("progress_sync_pending_students", "Students waiting in the durable buffer.", func() float64 { return float64(buf.Len()) })
@@ -156,10 +156,10 @@ func (a *app) serve(ctx context.Context, f streamFlags, from pglogrepl.LSN) erro
 	defer stopServing()
 	go tm.WatchDatabase(ctx, db, cfg.Slot, f.statusInterval, log)
 
-	// The flusher outlives the stream by the grace period; workCtx bounds even that.
-	workCtx, abort := context.WithCancel(context.WithoutCancel(ctx))
-	defer abort()
-	stopFlushing := make(chan struct{})
+	// The flusher takes batches while the stream runs; then Drain pushes what is due, for
+	// the grace period.
+	flushCtx, stopFlushing := context.WithCancel(ctx)
+	defer stopFlushing()
 	flushed := make(chan struct{})
 	provisioned := make(chan struct{})
 	go func() {
@@ -170,19 +170,19 @@ func (a *app) serve(ctx context.Context, f streamFlags, from pglogrepl.LSN) erro
 			return
 		}
 		close(provisioned)
-		_ = flusher.Run(workCtx, stopFlushing)
+		_ = flusher.Run(flushCtx)
 	}()
 	go recheckUnmatched(ctx, store, buf, f.recheck, log)
 
 	streamErr := consumer.Run(ctx, from, checkpoint.LSN == 0)
-	close(stopFlushing)
+	stopFlushing()
 	<-flushed
 	if streamErr != nil {
 		return streamErr
 	}
 	select {
 	case <-provisioned:
-		graceCtx, cancel := context.WithTimeout(workCtx, f.grace)
+		graceCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), f.grace)
 		defer cancel()
 		if err := flusher.Drain(graceCtx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
 			log.WithError(err).Warn("could not push everything due before stopping; it stays in the buffer")

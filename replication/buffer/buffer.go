@@ -156,6 +156,47 @@ func (b *Buffer) Due(max int) []Entry {
 	return out
 }
 
+// Next waits for work and takes it, marked in flight: up to max students, as soon as max are
+// due, or once the earliest due student has waited linger past its due time for company
+// (HubSpot counts requests, not contacts, so fuller batches save the rate limit; a negative
+// linger never waits). It returns ctx's error when ctx ends first.
+func (b *Buffer) Next(ctx context.Context, max int, linger time.Duration) ([]Entry, error) {
+	for {
+		wait := b.untilReady(max, linger)
+		if wait <= 0 {
+			if got := b.Due(max); len(got) > 0 {
+				return got, nil
+			}
+			continue
+		}
+		timer := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return nil, ctx.Err()
+		case <-b.wake:
+		case <-timer.C:
+		}
+		timer.Stop()
+	}
+}
+
+// untilReady says how long until Next may take a batch: 0 when it may now.
+func (b *Buffer) untilReady(max int, linger time.Duration) time.Duration {
+	at, ok := b.NextDue()
+	if !ok {
+		return time.Hour // an Add wakes Next sooner
+	}
+	now := b.opts.Now()
+	if at.After(now) {
+		return at.Sub(now)
+	}
+	if ready := at.Add(linger); ready.After(now) && b.DueCount(max) < max {
+		return ready.Sub(now)
+	}
+	return 0
+}
+
 // NextDue reports when the next student falls due; ok is false when none is waiting.
 func (b *Buffer) NextDue() (at time.Time, ok bool) {
 	b.mu.Lock()
@@ -238,10 +279,6 @@ func (b *Buffer) Len() int {
 	defer b.mu.Unlock()
 	return len(b.entries)
 }
-
-// Changed is signalled when the buffer's due times may have moved: a flusher sleeping until
-// NextDue should look again.
-func (b *Buffer) Changed() <-chan struct{} { return b.wake }
 
 func (b *Buffer) signal() {
 	select {

@@ -364,3 +364,61 @@ func TestAFailedWriteChangesNothing(t *testing.T) {
 		t.Fatalf("after a failed removal %d due, %d stored; want both kept", len(got), len(j.load()))
 	}
 }
+
+func TestNextHandsOutWork(t *testing.T) {
+	ctx := context.Background()
+	t.Run("a full batch goes at once, whatever the linger", func(t *testing.T) {
+		j, c, opts := setup(t)
+		b := New(j, opts, nil)
+		if err := b.Add(ctx, students(5), 0); err != nil {
+			t.Fatal(err)
+		}
+		c.advance(3 * time.Second)
+		got, err := b.Next(ctx, 5, time.Hour)
+		if err != nil || len(got) != 5 {
+			t.Fatalf("Next = %d, %v; want the 5 due", len(got), err)
+		}
+	})
+	t.Run("a partial batch goes once it has lingered", func(t *testing.T) {
+		j, c, opts := setup(t)
+		b := New(j, opts, nil)
+		if err := b.Add(ctx, students(3), 0); err != nil {
+			t.Fatal(err)
+		}
+		c.advance(3*time.Second + time.Minute)
+		got, err := b.Next(ctx, 100, time.Minute)
+		if err != nil || len(got) != 3 {
+			t.Fatalf("Next = %d, %v; want the 3 that lingered", len(got), err)
+		}
+	})
+	t.Run("an Add wakes a waiting Next", func(t *testing.T) {
+		j, _, opts := setup(t)
+		opts.Debounce, opts.MaxDelay = 0, 0
+		b := New(j, opts, nil)
+		got := make(chan []Entry, 1)
+		go func() {
+			e, _ := b.Next(ctx, 100, -1)
+			got <- e
+		}()
+		if err := b.Add(ctx, students(2), 0); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case e := <-got:
+			if len(e) != 2 {
+				t.Fatalf("Next = %d, want 2", len(e))
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("Next still waiting 30 s after an Add made students due")
+		}
+	})
+	t.Run("a stop ends the wait", func(t *testing.T) {
+		j, _, opts := setup(t)
+		b := New(j, opts, nil)
+		stopped, stop := context.WithCancel(ctx)
+		stop()
+		if got, err := b.Next(stopped, 100, time.Second); !errors.Is(err, context.Canceled) || len(got) != 0 {
+			t.Fatalf("Next after a stop = %v, %v", got, err)
+		}
+	})
+}

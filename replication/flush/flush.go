@@ -20,15 +20,16 @@ import (
 	"github.com/focusenglish/progress-sync/replication/push"
 )
 
-// Buffer is the part of the keyed buffer a flusher drains.
+// Buffer is the part of the keyed buffer a flusher drains: it asks for work (waiting for it,
+// or taking what is due now) and says how each batch went.
 type Buffer interface {
+	Next(ctx context.Context, max int, linger time.Duration) ([]buffer.Entry, error)
 	Due(max int) []buffer.Entry
-	NextDue() (time.Time, bool)
-	DueCount(limit int) int
 	Done(ctx context.Context, entries []buffer.Entry) error
 	Retry(entries []buffer.Entry, wait time.Duration)
-	Changed() <-chan struct{}
 }
+
+var _ Buffer = (*buffer.Buffer)(nil)
 
 // Pusher writes a batch of students to HubSpot.
 type Pusher interface {
@@ -51,6 +52,8 @@ type Options struct {
 	// goes: HubSpot counts requests, not contacts, so fuller batches save the rate limit.
 	// Full batches never wait. Default 1 s; negative disables.
 	Linger time.Duration
+	// StopGrace bounds the batch in hand once Run's context ends. Default 30 s.
+	StopGrace time.Duration
 	// Visibility reports whether the database shows the flusher every row the metrics need
 	// (row-level security can hide them); while it returns an error nothing is pushed and
 	// the students stay in the buffer. Optional.
@@ -85,6 +88,9 @@ func New(buf Buffer, db metrics.Querier, p Pusher, opts Options) *Flusher {
 	if opts.Linger == 0 {
 		opts.Linger = time.Second
 	}
+	if opts.StopGrace <= 0 {
+		opts.StopGrace = 30 * time.Second
+	}
 	if opts.HiddenRetry <= 0 {
 		opts.HiddenRetry = 5 * time.Second
 	}
@@ -93,59 +99,36 @@ func New(buf Buffer, db metrics.Querier, p Pusher, opts Options) *Flusher {
 	return &Flusher{buf: buf, db: db, pusher: p, opts: opts, log: opts.Log, fails: fails}
 }
 
-// ErrDailyLimit is returned by Flush while HubSpot's daily limit is spent.
-var ErrDailyLimit = errors.New("HubSpot's daily API limit is spent; pushes resume when it resets")
-
-// Run flushes due students until stop is closed, finishing the batch in hand; ctx aborts
-// even that.
-func (f *Flusher) Run(ctx context.Context, stop <-chan struct{}) error {
+// Run pushes batches as the buffer hands them out until ctx ends. The batch in hand when it
+// ends goes on for at most Options.StopGrace, so a stop does not cut a write in half.
+func (f *Flusher) Run(ctx context.Context) error {
+	work, stop := context.WithCancel(context.WithoutCancel(ctx))
+	defer stop()
+	defer context.AfterFunc(ctx, func() { time.AfterFunc(f.opts.StopGrace, stop) })()
 	for {
-		select {
-		case <-stop:
-			return nil
-		default:
+		entries, err := f.buf.Next(ctx, push.MaxBatch, f.opts.Linger)
+		if err != nil {
+			return nil // ctx ended
 		}
-		wait := time.Hour
-		if at, ok := f.buf.NextDue(); ok {
-			wait = time.Until(at)
-			if wait <= 0 {
-				// Something is due: go now with a full batch, or once the oldest due
-				// student has lingered long enough for company.
-				if linger := f.opts.Linger + wait; linger > 0 && f.buf.DueCount(push.MaxBatch) < push.MaxBatch {
-					wait = linger
-				} else {
-					_, _ = f.FlushDue(ctx) // errors are logged and the students rescheduled
-					if ctx.Err() != nil {
-						return nil
-					}
-					continue
-				}
-			}
-		}
-		timer := time.NewTimer(max(wait, time.Millisecond))
-		select {
-		case <-ctx.Done():
-			timer.Stop()
-			return nil
-		case <-stop:
-			timer.Stop()
-			return nil
-		case <-f.buf.Changed():
-		case <-timer.C:
-		}
-		timer.Stop()
+		_, _ = f.flushEntries(work, entries) // errors are logged and the students rescheduled
 	}
 }
 
-// FlushDue pushes one batch of due students and returns how many it took.
+// FlushDue pushes one batch of the students due now and returns how many it took.
 func (f *Flusher) FlushDue(ctx context.Context) (int, error) {
 	entries := f.buf.Due(push.MaxBatch)
 	if len(entries) == 0 {
 		return 0, nil
 	}
+	return f.flushEntries(ctx, entries)
+}
+
+// flushEntries pushes one batch taken from the buffer and settles it there: done, or back
+// with a wait that fits the failure.
+func (f *Flusher) flushEntries(ctx context.Context, entries []buffer.Entry) (int, error) {
 	if wait := time.Until(time.Unix(0, f.dailyLimitUntil.Load())); wait > 0 {
 		f.buf.Retry(entries, wait)
-		return 0, ErrDailyLimit
+		return 0, hubspot.ErrDailyLimit
 	}
 	if err := f.checkVisibility(ctx); err != nil {
 		f.buf.Retry(entries, f.opts.HiddenRetry)
@@ -163,7 +146,7 @@ func (f *Flusher) FlushDue(ctx context.Context) (int, error) {
 		f.log.WithField("retry_at", until.Format(time.RFC3339)).
 			Error("HubSpot's daily API limit is spent; changes keep being recorded and will be pushed when it resets")
 		f.buf.Retry(entries, f.opts.DailyLimitPause)
-		return 0, ErrDailyLimit
+		return 0, err
 	case ctx.Err() != nil:
 		f.buf.Retry(entries, 0)
 		return 0, ctx.Err()

@@ -137,7 +137,7 @@ func TestDailyLimitPausesPushes(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.passDebounce()
-	if _, err := f.FlushDue(ctx); !errors.Is(err, ErrDailyLimit) {
+	if _, err := f.FlushDue(ctx); !errors.Is(err, hubspot.ErrDailyLimit) {
 		t.Fatalf("err = %v, want the daily limit", err)
 	}
 	if at, ok := buf.NextDue(); !ok || at.Sub(c.now()) < 59*time.Minute {
