@@ -5,7 +5,7 @@ demo:
 	go run ./cmd/demo
 
 test:
-	go test -race ./...
+	go test -race ./... && (cd deploy && go test -race ./...)
 
 # The soak under fire (about 5 minutes); its summary goes in the README.
 chaos:

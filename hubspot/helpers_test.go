@@ -41,16 +41,6 @@ func (r *recorder) all() []recorded {
 	return append([]recorded(nil), r.reqs...)
 }
 
-func (r *recorder) count(method, path string) int {
-	n := 0
-	for _, rec := range r.all() {
-		if rec.Method == method && rec.Path == path {
-			n++
-		}
-	}
-	return n
-}
-
 // allowedRequests is every endpoint this package may call. Anything else,
 // and above all the three endpoints that create contacts, fails the test.
 var allowedRequests = []*regexp.Regexp{

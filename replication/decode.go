@@ -26,11 +26,6 @@ func newChanges() Changes {
 		Rows: map[string]int{}}
 }
 
-// Empty reports whether the changes concern no student.
-func (c Changes) Empty() bool {
-	return len(c.Students) == 0 && len(c.Modules) == 0 && len(c.Courses) == 0 && !c.AllStudents
-}
-
 // Merge adds o to c.
 func (c *Changes) Merge(o Changes) {
 	for k := range o.Students {

@@ -192,12 +192,10 @@ func explainPrivilege(err error, stmt string) error {
 // Slot is the state of a replication slot as pg_replication_slots reports it.
 type Slot struct {
 	Exists            bool
-	Plugin            string
 	Active            bool
 	ActivePID         int
 	WALStatus         string // reserved, extended, unreserved, lost
 	ConfirmedFlushLSN string
-	RestartLSN        string
 	RetainedBytes     int64 // WAL the slot keeps the server from recycling
 	LagBytes          int64 // between the server's WAL end and the confirmed position
 }
@@ -205,12 +203,12 @@ type Slot struct {
 // ReadSlot reports the slot named name.
 func ReadSlot(ctx context.Context, db *pgxpool.Pool, name string) (Slot, error) {
 	s := Slot{}
-	err := db.QueryRow(ctx, `SELECT plugin, active, coalesce(active_pid, 0), coalesce(wal_status, ''),
-			coalesce(confirmed_flush_lsn::text, ''), coalesce(restart_lsn::text, ''),
+	err := db.QueryRow(ctx, `SELECT active, coalesce(active_pid, 0), coalesce(wal_status, ''),
+			coalesce(confirmed_flush_lsn::text, ''),
 			coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::bigint,
 			coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), 0)::bigint
 		FROM pg_replication_slots WHERE slot_name = $1`, name).
-		Scan(&s.Plugin, &s.Active, &s.ActivePID, &s.WALStatus, &s.ConfirmedFlushLSN, &s.RestartLSN, &s.RetainedBytes, &s.LagBytes)
+		Scan(&s.Active, &s.ActivePID, &s.WALStatus, &s.ConfirmedFlushLSN, &s.RetainedBytes, &s.LagBytes)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Slot{}, nil
 	}

@@ -1,6 +1,7 @@
-// Package buffer is the durable keyed buffer between the replication stream and HubSpot: one
-// entry per changed student, due after a quiet period and never later than a maximum delay,
-// persisted in the sync state together with the stream position it covers.
+// Package buffer schedules the students waiting between the replication stream and HubSpot:
+// one entry per changed student, due after a quiet period and never later than a maximum
+// delay, handed out in batches, retried after a failure. It keeps itself durable through a
+// Journal (the sync state), written together with the stream position each change covers.
 //
 // Persisting the buffer, rather than holding changes in the replication slot, is what lets the
 // slot advance while HubSpot is slow, down or out of daily calls: the database never keeps WAL

@@ -1,6 +1,8 @@
-// Package state keeps progress-sync's durable state in the progress_sync schema of the source
-// database (docs/contract.md §7): the email → contact id cache, the values last pushed to each contact,
-// and the students that could not be written, with why.
+// Package state owns progress-sync's durable state, the progress_sync schema of the source
+// database (docs/contract.md §7), and is the only package with SQL against it: the checkpoint
+// and the pending students of each slot (Journal), the email → contact id cache, the values
+// last pushed to each contact, the students that could not be written, with why, and the
+// summary that status and the metrics read.
 //
 // Keeping it beside the data (not in a file or a volume) lets a Helm pod move and a systemd host
 // be replaced without losing what was synced, and lets the streaming service record a student
