@@ -65,16 +65,13 @@ func (s *fakeSink) last() pglogrepl.LSN {
 	return s.ends[len(s.ends)-1]
 }
 
-// newConsumerDB is a database with the publication and two students, and no slot yet.
-func newConsumerDB(t *testing.T) (*pgxpool.Pool, string) {
+// newSourceDB is a database with the publication, two students (ada studies B1 viajes,
+// bob A1 trabajo), one module of ada's course, an unpublished table, and no slot yet.
+func newSourceDB(t *testing.T) (*pgxpool.Pool, string) {
 	t.Helper()
 	ctx := context.Background()
-	dbURL := pg.NewDatabase(t)
-	db, err := pgxpool.New(ctx, dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(db.Close)
+	db := pg.NewPool(t)
+	dbURL := db.Config().ConnString()
 	if _, err := Setup(ctx, db, Names{Slot: "progress_sync", Publication: "progress_sync"}, ""); err != nil {
 		t.Fatal(err)
 	}
@@ -122,7 +119,7 @@ func currentLSN(t *testing.T, db *pgxpool.Pool) pglogrepl.LSN {
 }
 
 func TestConsumerLoadsThenStreamsIntoTheSink(t *testing.T) {
-	db, dbURL := newConsumerDB(t)
+	db, dbURL := newSourceDB(t)
 	sink := &fakeSink{students: map[uuid.UUID]pglogrepl.LSN{}, named: map[uuid.UUID]int{}}
 	c := NewConsumer(db, sink, Options{DatabaseURL: dbURL, Names: Names{Slot: "progress_sync", Publication: "progress_sync"},
 		StatusInterval: 200 * time.Millisecond, Log: quietLog()})
@@ -178,7 +175,7 @@ func TestConsumerLoadsThenStreamsIntoTheSink(t *testing.T) {
 }
 
 func TestConsumerRefusesAReplayBehindTheSlot(t *testing.T) {
-	db, dbURL := newConsumerDB(t)
+	db, dbURL := newSourceDB(t)
 	if _, err := CreateSlot(context.Background(), db, "progress_sync"); err != nil {
 		t.Fatal(err)
 	}

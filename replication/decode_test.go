@@ -40,18 +40,8 @@ func decodeAll(t *testing.T, db *pgxpool.Pool, sql ...string) []*Commit {
 func setupSlot(t *testing.T) *pgxpool.Pool {
 	t.Helper()
 	ctx := context.Background()
-	db, err := pgxpool.New(ctx, pg.NewDatabase(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(db.Close)
-	if _, err := Setup(ctx, db, Names{Slot: "progress_sync", Publication: "progress_sync"}, ""); err != nil {
-		t.Fatal(err)
-	}
+	db, _ := newSourceDB(t)
 	for _, s := range []string{
-		`INSERT INTO auth.users (id) VALUES ('` + ada + `'), ('` + bob + `')`,
-		`INSERT INTO users (id, email, name, language_level, course_goal) VALUES ('` + ada + `', 'ada@example.com', 'Ada', 'B1', 'viajes'), ('` + bob + `', 'bob@example.com', 'Bob', 'A1', 'trabajo')`,
-		`INSERT INTO course_modules (id, course_level, course_goal, order_index, title) VALUES ('b1-viajes-m1', 'B1', 'viajes', 1, 'M')`,
 		`INSERT INTO course_lessons (id, module_id, order_index, title) VALUES ('b1-viajes-m1-l1', 'b1-viajes-m1', 1, 'L')`,
 		`INSERT INTO course_progress (user_id, course_level, course_goal, module_id, lesson_id) VALUES ('` + ada + `', 'B1', 'viajes', 'b1-viajes-m1', 'b1-viajes-m1-l1')`,
 	} {

@@ -24,13 +24,8 @@ type rlsWorld struct {
 func newRLSWorld(t *testing.T) *rlsWorld {
 	t.Helper()
 	ctx := context.Background()
-	dbURL := pg.NewDatabase(t)
-	db, err := pgxpool.New(ctx, dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(db.Close)
-	conn, err := pgx.Connect(ctx, dbURL)
+	db := pg.NewPool(t)
+	conn, err := pgx.Connect(ctx, db.Config().ConnString())
 	if err != nil {
 		t.Fatal(err)
 	}

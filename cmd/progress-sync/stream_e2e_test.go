@@ -623,17 +623,7 @@ func TestMetricsAndHealth(t *testing.T) {
 		t.Fatalf("/healthz %d %s", code, body)
 	}
 	w.waitEqual(time.Minute)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		code, body := svc.scrape("/readyz")
-		if code == 200 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("/readyz %d %s", code, body)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	waitReadyz(t, svc, 200, "ready")
 	_, before := svc.scrape("/metrics")
 	for i := 0; i < 5; i++ {
 		w.exec(`INSERT INTO user_xp (user_id, total_xp) VALUES ($1, 1) ON CONFLICT (user_id) DO UPDATE SET total_xp = user_xp.total_xp + 1`, w.students[80+i].ID)
@@ -641,7 +631,7 @@ func TestMetricsAndHealth(t *testing.T) {
 	w.waitEqual(30 * time.Second)
 	// The gauges and counters move as the stream is processed.
 	var after string
-	deadline = time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for {
 		_, after = svc.scrape("/metrics")
 		if metricValue(t, after, `progress_sync_flush_batches_total`) > metricValue(t, before, `progress_sync_flush_batches_total`) {

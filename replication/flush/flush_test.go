@@ -62,12 +62,8 @@ func (c *clock) passDebounce() { c.mu.Lock(); c.offset += time.Minute; c.mu.Unlo
 func setup(t *testing.T, n int) (*pgxpool.Pool, *buffer.Buffer, []uuid.UUID, *clock) {
 	t.Helper()
 	ctx := context.Background()
-	dbURL := pg.NewDatabase(t)
-	db, err := pgxpool.New(ctx, dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(db.Close)
+	db := pg.NewPool(t)
+	dbURL := db.Config().ConnString()
 	store, err := state.Open(ctx, db)
 	if err != nil {
 		t.Fatal(err)

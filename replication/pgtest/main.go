@@ -6,6 +6,8 @@ import (
 	"os"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // Main starts a server for a test package, stores it in *srv, runs the tests and stops the
@@ -58,4 +60,16 @@ func (s *Server) NewDatabase(t testing.TB) string {
 		}
 	})
 	return dbURL
+}
+
+// NewPool gives the test its own database holding Schema and a pool on it, both gone when
+// the test ends. The database's URL is pool.Config().ConnString().
+func (s *Server) NewPool(t testing.TB) *pgxpool.Pool {
+	t.Helper()
+	db, err := pgxpool.New(context.Background(), s.NewDatabase(t))
+	if err != nil {
+		t.Fatalf("pgtest: %v", err)
+	}
+	t.Cleanup(db.Close)
+	return db
 }

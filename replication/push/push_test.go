@@ -38,11 +38,7 @@ type env struct {
 func newEnv(t *testing.T) *env {
 	t.Helper()
 	ctx := context.Background()
-	db, err := pgxpool.New(ctx, pg.NewDatabase(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(db.Close)
+	db := pg.NewPool(t)
 	store, err := state.Open(ctx, db)
 	if err != nil {
 		t.Fatal(err)

@@ -15,15 +15,7 @@ var pg *pgtest.Server
 
 func TestMain(m *testing.M) { pgtest.Main(m, &pg) }
 
-func newPool(t *testing.T) *pgxpool.Pool {
-	t.Helper()
-	db, err := pgxpool.New(context.Background(), pg.NewDatabase(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(db.Close)
-	return db
-}
+func newPool(t *testing.T) *pgxpool.Pool { return pg.NewPool(t) }
 
 func TestMigrateIsIdempotentAndConcurrent(t *testing.T) {
 	ctx := context.Background()
