@@ -66,16 +66,34 @@ func printFindings(out io.Writer, findings []finding) error {
 
 // checkDatabase stops at the first item that makes the others meaningless (no connection).
 func checkDatabase(ctx context.Context, db *pgxpool.Pool, cfg config.Config) []finding {
-	var fs []finding
-	add := func(item string, ok bool, detail, fix string) { fs = append(fs, finding{item, detail, fix, ok}) }
+	fs, user, ok := checkServer(ctx, db, cfg)
+	if !ok {
+		return fs
+	}
+	slot, err := replication.ReadSlot(ctx, db, cfg.Slot)
+	if err != nil {
+		return append(fs, finding{item: "slot", detail: err.Error()})
+	}
+	more, ok := checkCapacity(ctx, db, slot)
+	fs = append(fs, more...)
+	if !ok {
+		return fs
+	}
+	fs = append(fs, checkSource(ctx, db, cfg)...)
+	fs = append(fs, checkVisibility(ctx, db, user)...)
+	return append(fs, checkSlot(cfg.Slot, slot))
+}
 
-	var version, walLevel, user string
+// checkServer: the connection, a replication connection, wal_level and the replication right.
+func checkServer(ctx context.Context, db *pgxpool.Pool, cfg config.Config) (fs []finding, user string, ok bool) {
+	add := func(item string, ok bool, detail, fix string) { fs = append(fs, finding{item, detail, fix, ok}) }
+	var version, walLevel string
 	var replicationRole bool
 	err := db.QueryRow(ctx, `SELECT current_setting('server_version'), current_setting('wal_level'), current_user,
 		(SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user)`).Scan(&version, &walLevel, &user, &replicationRole)
 	if err != nil {
 		add("database", false, err.Error(), "check DATABASE_URL: host, port, user, password, sslmode")
-		return fs
+		return fs, "", false
 	}
 	add("database", true, fmt.Sprintf("PostgreSQL %s, connected as %s", version, user), "")
 
@@ -87,25 +105,24 @@ func checkDatabase(ctx context.Context, db *pgxpool.Pool, cfg config.Config) []f
 	}
 	add("replication connection", err == nil, detailOr(err, "direct connection accepts replication=database"),
 		"use the direct connection string (Supabase: db.<project>.supabase.co:5432), not the pooler; the role needs REPLICATION")
-
 	add("wal_level", walLevel == "logical", "wal_level = "+walLevel,
 		"set wal_level = logical and restart PostgreSQL (Supabase projects have it already)")
 	add("replication privilege", replicationRole, fmt.Sprintf("role %s may replicate: %v", user, replicationRole),
 		fmt.Sprintf("ALTER ROLE %s REPLICATION; (or use the role from `progress-sync setup --print-sql`)", user))
+	return fs, user, true
+}
 
+// checkCapacity: free slots and WAL senders, and how much WAL a stalled slot may hold.
+func checkCapacity(ctx context.Context, db *pgxpool.Pool, slot replication.Slot) (fs []finding, ok bool) {
+	add := func(item string, ok bool, detail, fix string) { fs = append(fs, finding{item, detail, fix, ok}) }
 	var maxSlots, usedSlots, maxSenders, usedSenders int
 	var keep string
-	err = db.QueryRow(ctx, `SELECT current_setting('max_replication_slots')::int, (SELECT count(*) FROM pg_replication_slots),
+	err := db.QueryRow(ctx, `SELECT current_setting('max_replication_slots')::int, (SELECT count(*) FROM pg_replication_slots),
 		current_setting('max_wal_senders')::int, (SELECT count(*) FROM pg_stat_replication),
 		current_setting('max_slot_wal_keep_size')`).Scan(&maxSlots, &usedSlots, &maxSenders, &usedSenders, &keep)
 	if err != nil {
 		add("replication settings", false, err.Error(), "grant the role read access to pg_settings")
-		return fs
-	}
-	slot, err := replication.ReadSlot(ctx, db, cfg.Slot)
-	if err != nil {
-		add("slot", false, err.Error(), "")
-		return fs
+		return fs, false
 	}
 	needSlot := 0
 	if !slot.Exists {
@@ -117,12 +134,17 @@ func checkDatabase(ctx context.Context, db *pgxpool.Pool, cfg config.Config) []f
 		"raise max_wal_senders")
 	add("max_slot_wal_keep_size", keepOK(keep), "max_slot_wal_keep_size = "+keep+" (WAL a stalled slot may hold before the server invalidates it)",
 		"keep it at least 1GB so an outage of the service does not lose the slot (Supabase: its config command; plain PostgreSQL: ALTER SYSTEM)")
+	return fs, true
+}
 
+// checkSource: the publication's tables and their replica identities.
+func checkSource(ctx context.Context, db *pgxpool.Pool, cfg config.Config) (fs []finding) {
+	add := func(item string, ok bool, detail, fix string) { fs = append(fs, finding{item, detail, fix, ok}) }
 	missing, err := replication.MissingTables(ctx, db, cfg.Publication)
 	switch {
 	case err != nil:
 		add("publication", false, err.Error(), "")
-	case len(missing) == 6:
+	case len(missing) == len(replication.Tables()):
 		add("publication", false, fmt.Sprintf("publication %s does not exist", cfg.Publication), "run `progress-sync setup` (or its --print-sql as the tables' owner)")
 	default:
 		add("publication", len(missing) == 0, fmt.Sprintf("publication %s publishes the six tables", cfg.Publication)+missingNote(missing),
@@ -131,27 +153,30 @@ func checkDatabase(ctx context.Context, db *pgxpool.Pool, cfg config.Config) []f
 	wrong, err := replication.WeakIdentities(ctx, db)
 	if err != nil {
 		add("replica identities", false, err.Error(), "")
-	} else {
-		var fixes []string
-		for _, t := range wrong {
-			fixes = append(fixes, "ALTER TABLE "+t+" REPLICA IDENTITY FULL;")
-		}
-		add("replica identities", len(wrong) == 0, identityDetail(wrong), strings.Join(fixes, " "))
+		return fs
 	}
-	fs = append(fs, checkVisibility(ctx, db, user)...)
+	var fixes []string
+	for _, t := range wrong {
+		fixes = append(fixes, "ALTER TABLE "+t+" REPLICA IDENTITY FULL;")
+	}
+	add("replica identities", len(wrong) == 0, identityDetail(wrong), strings.Join(fixes, " "))
+	return fs
+}
+
+// checkSlot: whether the slot can be streamed from.
+func checkSlot(name string, slot replication.Slot) finding {
 	switch {
 	case !slot.Exists:
-		add("slot", true, fmt.Sprintf("slot %s does not exist yet; run creates it and backfills every student", cfg.Slot), "")
+		return finding{item: "slot", ok: true, detail: fmt.Sprintf("slot %s does not exist yet; run creates it and backfills every student", name)}
 	case slot.WALStatus == "lost":
-		add("slot", false, fmt.Sprintf("slot %s is lost: the server removed WAL it needed", cfg.Slot),
-			"start `progress-sync run`: it recreates the slot and backfills every student")
+		return finding{item: "slot", detail: fmt.Sprintf("slot %s is lost: the server removed WAL it needed", name),
+			fix: "start `progress-sync run`: it recreates the slot and backfills every student"}
 	case slot.Active:
-		add("slot", false, fmt.Sprintf("slot %s is in use by process %d", cfg.Slot, slot.ActivePID),
-			"another consumer (a running progress-sync?) holds the slot; a second run waits as a standby")
+		return finding{item: "slot", detail: fmt.Sprintf("slot %s is in use by process %d", name, slot.ActivePID),
+			fix: "another consumer (a running progress-sync?) holds the slot; a second run waits as a standby"}
 	default:
-		add("slot", true, fmt.Sprintf("slot %s: wal_status %s, lag %d bytes", cfg.Slot, slot.WALStatus, slot.LagBytes), "")
+		return finding{item: "slot", ok: true, detail: fmt.Sprintf("slot %s: wal_status %s, lag %d bytes", name, slot.WALStatus, slot.LagBytes)}
 	}
-	return fs
 }
 
 func checkHubSpot(ctx context.Context, hs *hubspot.Client) []finding {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
 
@@ -99,19 +100,8 @@ func (a *app) serve(ctx context.Context, f streamFlags, from pglogrepl.LSN) erro
 		return err
 	}
 	defer db.Close()
-	names := replication.Names{Slot: cfg.Slot, Publication: cfg.Publication}
-	store, err := state.Open(ctx, db)
+	store, err := prepareDatabase(ctx, db, cfg, log)
 	if err != nil {
-		return err
-	}
-	rep, err := replication.Setup(ctx, db, names, "")
-	if err != nil {
-		return err
-	}
-	for _, line := range rep.Done {
-		log.Info(line)
-	}
-	if err := replication.CheckVisibility(ctx, db); err != nil {
 		return err
 	}
 	tm := telemetry.New()
@@ -124,40 +114,73 @@ func (a *app) serve(ctx context.Context, f streamFlags, from pglogrepl.LSN) erro
 		return err
 	}
 	log.WithFields(logrus.Fields{"checkpoint": checkpoint.LSN.String(), "pending": buf.Len()}).Info("loaded sync state")
-
-	consumer := replication.NewConsumer(db, buf, replication.Options{
-		DatabaseURL: cfg.DatabaseURL, Names: names, StatusInterval: f.statusInterval, StopGrace: f.grace,
-		Log: log.WithField("component", "replication"), Observer: tm,
-	})
-	flusher := flush.New(buf, db, push.New(hs, store, log.WithField("component", "push"), push.Options{ShowEmails: a.showEmails}),
-		flush.Options{Log: log.WithField("component", "flush"), DailyLimitPause: f.dailyLimitPause, StopGrace: f.grace, Observer: tm,
-			Visibility: func(ctx context.Context) error { return replication.CheckVisibility(ctx, db) }})
-
-	tm.Gauge("progress_sync_pending_students", "Students waiting in the durable buffer.", func() float64 { return float64(buf.Len()) })
-	tm.Gauge("progress_sync_confirmed_lsn", "The position confirmed to the slot, as a number.", func() float64 { return float64(consumer.Confirmed()) })
-	tm.Gauge("progress_sync_streaming", "1 while connected to the slot and streaming.", func() float64 {
-		if consumer.Streaming() {
-			return 1
-		}
-		return 0
-	})
-	tm.Gauge("progress_sync_rows_hidden", "1 while pushes are held because the database hides rows of the source tables from the service.", func() float64 {
-		if flusher.RowsHidden() {
-			return 1
-		}
-		return 0
-	})
-	health := &telemetry.Health{Streaming: consumer.Streaming, Confirmed: func() uint64 { return uint64(consumer.Confirmed()) },
-		DailyPaused: flusher.DailyLimitPaused, RowsHidden: flusher.RowsHidden, StallAfter: 3*f.statusInterval + 30*time.Second}
-	stopServing, err := serveTelemetry(cfg.Listen, telemetry.Handler(tm, health), log)
+	p := &pipeline{flags: f, log: log, hs: hs, store: store, buf: buf,
+		consumer: replication.NewConsumer(db, buf, replication.Options{
+			DatabaseURL: cfg.DatabaseURL, Names: replication.Names{Slot: cfg.Slot, Publication: cfg.Publication},
+			StatusInterval: f.statusInterval, StopGrace: f.grace, Log: log.WithField("component", "replication"), Observer: tm,
+		}),
+		flusher: flush.New(buf, db, push.New(hs, store, log.WithField("component", "push"), push.Options{ShowEmails: a.showEmails}),
+			flush.Options{Log: log.WithField("component", "flush"), DailyLimitPause: f.dailyLimitPause, StopGrace: f.grace, Observer: tm,
+				Visibility: func(ctx context.Context) error { return replication.CheckVisibility(ctx, db) }}),
+	}
+	stopServing, err := serveTelemetry(cfg.Listen, telemetry.Handler(tm, p.observe(tm)), log)
 	if err != nil {
 		return err
 	}
 	defer stopServing()
 	go tm.WatchDatabase(ctx, db, cfg.Slot, f.statusInterval, log)
+	return p.run(ctx, from, checkpoint.LSN == 0)
+}
 
-	// The flusher takes batches while the stream runs; then Drain pushes what is due, for
-	// the grace period.
+// prepareDatabase migrates the sync state, sets up the publication and replica identities
+// where needed, and refuses a view of the source tables that hides rows.
+func prepareDatabase(ctx context.Context, db *pgxpool.Pool, cfg config.Config, log *logrus.Entry) (*state.Store, error) {
+	store, err := state.Open(ctx, db)
+	if err != nil {
+		return nil, err
+	}
+	rep, err := replication.Setup(ctx, db, replication.Names{Slot: cfg.Slot, Publication: cfg.Publication}, "")
+	if err != nil {
+		return nil, err
+	}
+	for _, line := range rep.Done {
+		log.Info(line)
+	}
+	return store, replication.CheckVisibility(ctx, db)
+}
+
+// pipeline is the running service: the consumer streams into the buffer, the flusher drains
+// it to HubSpot.
+type pipeline struct {
+	flags    streamFlags
+	log      *logrus.Entry
+	hs       *hubspot.Client
+	store    *state.Store
+	buf      *buffer.Buffer
+	consumer *replication.Consumer
+	flusher  *flush.Flusher
+}
+
+// observe registers the pipeline's gauges and returns what /readyz asks.
+func (p *pipeline) observe(tm *telemetry.Metrics) *telemetry.Health {
+	flag := func(on func() bool) func() float64 {
+		return func() float64 {
+			if on() {
+				return 1
+			}
+			return 0
+		}
+	}
+	tm.Gauge("progress_sync_pending_students", "Students waiting in the durable buffer.", func() float64 { return float64(p.buf.Len()) })
+	tm.Gauge("progress_sync_confirmed_lsn", "The position confirmed to the slot, as a number.", func() float64 { return float64(p.consumer.Confirmed()) })
+	tm.Gauge("progress_sync_streaming", "1 while connected to the slot and streaming.", flag(p.consumer.Streaming))
+	tm.Gauge("progress_sync_rows_hidden", "1 while pushes are held because the database hides rows of the source tables from the service.", flag(p.flusher.RowsHidden))
+	return &telemetry.Health{Streaming: p.consumer.Streaming, Confirmed: func() uint64 { return uint64(p.consumer.Confirmed()) },
+		DailyPaused: p.flusher.DailyLimitPaused, RowsHidden: p.flusher.RowsHidden, StallAfter: 3*p.flags.statusInterval + 30*time.Second}
+}
+
+// run streams until ctx ends, then pushes what is due for the grace period.
+func (p *pipeline) run(ctx context.Context, from pglogrepl.LSN, needsLoad bool) error {
 	flushCtx, stopFlushing := context.WithCancel(ctx)
 	defer stopFlushing()
 	flushed := make(chan struct{})
@@ -166,15 +189,15 @@ func (a *app) serve(ctx context.Context, f streamFlags, from pglogrepl.LSN) erro
 		defer close(flushed)
 		// HubSpot being down, out of daily calls or misconfigured must not stop the stream:
 		// the slot would keep WAL. Changes are buffered until the properties are in place.
-		if !provisionUntilDone(ctx, hs, log) {
+		if !provisionUntilDone(ctx, p.hs, p.log) {
 			return
 		}
 		close(provisioned)
-		_ = flusher.Run(flushCtx)
+		_ = p.flusher.Run(flushCtx)
 	}()
-	go recheckUnmatched(ctx, store, buf, f.recheck, log)
+	go recheckUnmatched(ctx, p.store, p.buf, p.flags.recheck, p.log)
 
-	streamErr := consumer.Run(ctx, from, checkpoint.LSN == 0)
+	streamErr := p.consumer.Run(ctx, from, needsLoad)
 	stopFlushing()
 	<-flushed
 	if streamErr != nil {
@@ -182,14 +205,14 @@ func (a *app) serve(ctx context.Context, f streamFlags, from pglogrepl.LSN) erro
 	}
 	select {
 	case <-provisioned:
-		graceCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), f.grace)
+		graceCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.flags.grace)
 		defer cancel()
-		if err := flusher.Drain(graceCtx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
-			log.WithError(err).Warn("could not push everything due before stopping; it stays in the buffer")
+		if err := p.flusher.Drain(graceCtx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+			p.log.WithError(err).Warn("could not push everything due before stopping; it stays in the buffer")
 		}
 	default:
 	}
-	log.WithFields(logrus.Fields{"checkpoint": consumer.Confirmed().String(), "pending": buf.Len()}).Info("stopped")
+	p.log.WithFields(logrus.Fields{"checkpoint": p.consumer.Confirmed().String(), "pending": p.buf.Len()}).Info("stopped")
 	return nil
 }
 
