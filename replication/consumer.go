@@ -138,7 +138,7 @@ func (c *Consumer) retryAfter(err error, bo backoff.BackOff) time.Duration {
 	case errors.As(err, new(*HiddenRowsError)):
 		wait := bo.NextBackOff()
 		c.log.WithError(err).WithField("retry_in", wait.String()).
-			Error("cannot find the students a change concerns: the database hides rows from the service; the change waits in the slot until it is fixed")
+			Error("the database hides rows from the service: the students a change concerns cannot all be found, so streaming waits until it is fixed")
 		return wait
 	case isSlotActive(err):
 		c.log.WithError(err).Warn("replication slot is in use by another instance; waiting as a warm standby")
@@ -200,6 +200,8 @@ func (c *Consumer) prepareSlot(ctx context.Context, conn *pgconn.PgConn, pos pos
 			return pos, fmt.Errorf("%w: requested %s, but slot %s does not exist; run `progress-sync run` to create it, which backfills every student",
 				ErrReplayTooOld, pos.lsn, c.opts.Names.Slot)
 		}
+		// A new slot always needs the load; should it fail, the next session does it.
+		pos.needsLoad = true
 		return c.createSlot(ctx, conn, pos)
 	}
 	confirmed, err := pglogrepl.ParseLSN(slot.ConfirmedFlushLSN)
@@ -285,8 +287,13 @@ func (c *Consumer) initialLoad(ctx context.Context, snapshot string, point pglog
 				return fmt.Errorf("use the slot's snapshot: %w", err)
 			}
 		}
-		// A load that misses hidden students would never push them.
-		if err := CheckVisibility(ctx, tx); err != nil {
+		// A load that misses hidden students would never push them. The snapshot's catalog
+		// may predate a policy change, so ask afresh, holding a lock no policy change can
+		// get past until the load is done.
+		if _, err := tx.Exec(ctx, "LOCK TABLE public.users IN ACCESS SHARE MODE"); err != nil {
+			return fmt.Errorf("lock public.users for the load: %w", err)
+		}
+		if err := CheckVisibility(ctx, c.db); err != nil {
 			return err
 		}
 		var err error

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net/url"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -189,5 +191,108 @@ func TestConsumerRefusesAReplayBehindTheSlot(t *testing.T) {
 	}
 	if len(sink.ends) != 0 || slices.ContainsFunc(sink.ends, func(l pglogrepl.LSN) bool { return l != 0 }) {
 		t.Fatalf("a refused replay recorded %v", sink.ends)
+	}
+}
+
+func TestAStudentNamedTwiceInOneTransactionIsRecordedOnce(t *testing.T) {
+	db, dbURL := newSourceDB(t)
+	store := &fakeSink{students: map[uuid.UUID]pglogrepl.LSN{}, named: map[uuid.UUID]int{}}
+	sink := &distinctSink{fakeSink: store, t: t}
+	c := NewConsumer(db, sink, Options{DatabaseURL: dbURL, Names: Names{Slot: "progress_sync", Publication: "progress_sync"},
+		StatusInterval: 200 * time.Millisecond, Log: quietLog()})
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx, 0, true) }()
+	a := uuid.MustParse(ada)
+	waitFor(t, "first load", func() bool { return store.has(a) })
+	before := store.times(a)
+	// One transaction names ada by her progress row and by a lesson of her course.
+	if _, err := db.Exec(context.Background(), `BEGIN;
+		INSERT INTO course_lessons (id, module_id, order_index, title) VALUES ('b1-viajes-m1-l7', 'b1-viajes-m1', 7, 'L');
+		INSERT INTO course_progress (user_id, course_level, course_goal, module_id, lesson_id) VALUES ('`+ada+`', 'B1', 'viajes', 'b1-viajes-m1', 'b1-viajes-m1-l7');
+		COMMIT`); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "ada's change", func() bool { return store.times(a) > before })
+	stop()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// distinctSink fails the test when one write names a student twice: the durable buffer's
+// upsert refuses that, and the stream would stall on it.
+type distinctSink struct {
+	*fakeSink
+	t *testing.T
+}
+
+func (s *distinctSink) Add(ctx context.Context, students []uuid.UUID, end pglogrepl.LSN) error {
+	seen := map[uuid.UUID]bool{}
+	for _, id := range students {
+		if seen[id] {
+			s.t.Errorf("student %s named twice in one write", id)
+		}
+		seen[id] = true
+	}
+	return s.fakeSink.Add(ctx, students, end)
+}
+
+func TestALoadRefusedForHiddenRowsIsDoneOnceTheyAreVisible(t *testing.T) {
+	ctx := context.Background()
+	db, dbURL := newSourceDB(t)
+	var dbName string
+	if err := db.QueryRow(ctx, `SELECT current_database()`).Scan(&dbName); err != nil {
+		t.Fatal(err)
+	}
+	role := "svc_" + strings.ToLower(dbName)
+	for _, s := range []string{
+		`CREATE ROLE ` + role + ` LOGIN REPLICATION PASSWORD 'pw'`,
+		`GRANT USAGE ON SCHEMA public TO ` + role,
+		`GRANT SELECT ON ` + strings.Join(tableNames(), ", ") + ` TO ` + role,
+		`ALTER TABLE users ENABLE ROW LEVEL SECURITY`,
+	} {
+		if _, err := db.Exec(ctx, s); err != nil {
+			t.Fatalf("%s: %v", s, err)
+		}
+	}
+	t.Cleanup(func() {
+		_, _ = db.Exec(context.Background(), `DROP OWNED BY `+role)
+		_, _ = db.Exec(context.Background(), `DROP ROLE IF EXISTS `+role)
+	})
+	u, err := url.Parse(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.User = url.UserPassword(role, "pw")
+	asRole, err := pgxpool.New(ctx, u.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer asRole.Close()
+	sink := &fakeSink{students: map[uuid.UUID]pglogrepl.LSN{}, named: map[uuid.UUID]int{}}
+	c := NewConsumer(asRole, sink, Options{DatabaseURL: u.String(), Names: Names{Slot: "progress_sync", Publication: "progress_sync"},
+		StatusInterval: 200 * time.Millisecond, Log: quietLog()})
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	done := make(chan error, 1)
+	go func() { done <- c.Run(runCtx, 0, true) }()
+	// The first session creates the slot and finds users hidden: nothing may be loaded.
+	waitFor(t, "the slot", func() bool {
+		s, err := ReadSlot(ctx, db, "progress_sync")
+		return err == nil && s.Exists
+	})
+	if c.Streaming() || sink.last() != 0 {
+		t.Fatalf("streamed (%v) or recorded up to %s from a view that hides every student", c.Streaming(), sink.last())
+	}
+	if _, err := db.Exec(ctx, ReadPolicySQL("public.users", role)); err != nil {
+		t.Fatal(err)
+	}
+	a, b := uuid.MustParse(ada), uuid.MustParse(bob)
+	waitFor(t, "the load after the policy", func() bool { return sink.has(a) && sink.has(b) })
+	stop()
+	if err := <-done; err != nil {
+		t.Fatal(err)
 	}
 }

@@ -7,6 +7,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
 
 	"github.com/focusenglish/progress-sync/metrics"
 )
@@ -89,28 +90,27 @@ func (c *Consumer) confirm(lsn pglogrepl.LSN) {
 	}
 }
 
-// resolve turns changes into student ids, querying for course-wide changes.
+// resolve turns changes into student ids, each once, querying for course-wide changes. The
+// query reads a complete view (ReadComplete): a student hidden from it would lose the change,
+// so a partial view fails the session, which retries.
 func (c *Consumer) resolve(ctx context.Context, ch Changes) ([]uuid.UUID, error) {
-	ids := make([]uuid.UUID, 0, len(ch.Students))
-	for id := range ch.Students {
-		ids = append(ids, id)
+	seen := maps.Clone(ch.Students)
+	if ch.AllStudents || len(ch.Modules) > 0 || len(ch.Courses) > 0 {
+		var more []uuid.UUID
+		err := ReadComplete(ctx, c.db, func(tx pgx.Tx) (err error) {
+			if ch.AllStudents {
+				more, err = metrics.AllStudents(ctx, tx)
+			} else {
+				more, err = metrics.StudentsOfCourses(ctx, tx, slices.Collect(maps.Keys(ch.Modules)), slices.Collect(maps.Keys(ch.Courses)))
+			}
+			return err
+		})
+		if err != nil {
+			return nil, err
+		}
+		for _, id := range more {
+			seen[id] = struct{}{}
+		}
 	}
-	if !ch.AllStudents && len(ch.Modules) == 0 && len(ch.Courses) == 0 {
-		return ids, nil
-	}
-	// Students hidden from this query would lose the change; the session fails and retries.
-	if err := CheckVisibility(ctx, c.db); err != nil {
-		return nil, err
-	}
-	var more []uuid.UUID
-	var err error
-	if ch.AllStudents {
-		more, err = metrics.AllStudents(ctx, c.db)
-	} else {
-		more, err = metrics.StudentsOfCourses(ctx, c.db, slices.Collect(maps.Keys(ch.Modules)), slices.Collect(maps.Keys(ch.Courses)))
-	}
-	if err != nil {
-		return nil, err
-	}
-	return append(ids, more...), nil
+	return slices.Collect(maps.Keys(seen)), nil
 }

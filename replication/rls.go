@@ -4,9 +4,14 @@ import (
 	"context"
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/focusenglish/progress-sync/metrics"
 )
 
 // Row-level security filters every query of a role that is not the table's owner (or is, when
@@ -30,7 +35,7 @@ type HiddenTable struct {
 }
 
 func (h HiddenTable) String() string {
-	return fmt.Sprintf("%s: %s; fix (as the table's owner): %s", h.Table, h.Why, h.Fix)
+	return fmt.Sprintf("%s: %s; fix: %s", h.Table, h.Why, h.Fix)
 }
 
 // HiddenRowsError says which source tables the service's role cannot read in full.
@@ -54,7 +59,21 @@ func (e *HiddenRowsError) Lines() []string {
 
 // ReadPolicySQL is the policy that lets role read every row of table and nobody else more.
 func ReadPolicySQL(table, role string) string {
-	return fmt.Sprintf("CREATE POLICY %s ON %s FOR SELECT TO %s USING (true);", ReadPolicyName, table, QuoteIdent(role))
+	return readPolicySQL(ReadPolicyName, table, role)
+}
+
+func readPolicySQL(name, table, role string) string {
+	return fmt.Sprintf("CREATE POLICY %s ON %s FOR SELECT TO %s USING (true);", QuoteIdent(name), table, QuoteIdent(role))
+}
+
+// readPolicyFor names the read policy for role on a table that has the given policies: the
+// usual name, unless a policy of that name already exists there (for another role).
+func readPolicyFor(table, role string, policies []string) string {
+	name := ReadPolicyName
+	if slices.Contains(policies, name) {
+		name += "_" + role
+	}
+	return readPolicySQL(name, table, role)
 }
 
 // tableAccess is what the catalog says about one role's view of one source table.
@@ -135,21 +154,22 @@ func (a tableAccess) hidden() (HiddenTable, bool) {
 	case !a.canSelect:
 		h.Why = fmt.Sprintf("role %s may not read it", a.role)
 		h.Fix = fmt.Sprintf("GRANT SELECT ON %s TO %s;", a.table, role)
-	case !a.rls || a.bypass:
-		return h, false
+	case !a.rls || a.bypass || (a.owns && !a.forced):
+		return h, false // no policy applies to this role at all
 	case len(a.restrictive) > 0:
 		// A restrictive policy narrows every permissive one: only bypassing helps.
 		h.Why = fmt.Sprintf("row-level security is on and the restrictive policy %s narrows what role %s sees",
 			strings.Join(a.restrictive, ", "), a.role)
-		h.Fix = fmt.Sprintf("ALTER ROLE %s BYPASSRLS; (or exempt %s from policy %s)", role, a.role, strings.Join(a.restrictive, ", "))
-	case a.owns && !a.forced, a.openPolicy:
+		h.Fix = fmt.Sprintf("ALTER ROLE %s BYPASSRLS; (as a superuser; or the table's owner changes policy %s so that it does not apply to %s)",
+			role, strings.Join(a.restrictive, ", "), a.role)
+	case a.openPolicy:
 		return h, false
 	case a.owns:
 		h.Why = fmt.Sprintf("row-level security is forced on it (FORCE ROW LEVEL SECURITY), so even its owner %s sees only what a policy allows", a.role)
-		h.Fix = ReadPolicySQL(a.table, a.role)
+		h.Fix = readPolicyFor(a.table, a.role, a.policies)
 	default:
 		h.Why = fmt.Sprintf("row-level security is on and no policy lets role %s read every row (%s)", a.role, policyNote(a.policies))
-		h.Fix = ReadPolicySQL(a.table, a.role)
+		h.Fix = readPolicyFor(a.table, a.role, a.policies)
 	}
 	return h, true
 }
@@ -176,33 +196,47 @@ func RLSTables(ctx context.Context, db DB) ([]string, error) {
 }
 
 // grantReadPolicies creates the read policy for role on each table that hides rows from it
-// and that the connecting role owns; the rest are left for the visibility check to report.
-func grantReadPolicies(ctx context.Context, db DB, role string) ([]string, error) {
+// and that the connecting role owns, and returns what it did and what is still hidden.
+func grantReadPolicies(ctx context.Context, db DB, role string) (done []string, left []HiddenTable, err error) {
 	hidden, err := HiddenTables(ctx, db, role)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	var done []string
 	for _, h := range hidden {
-		if !strings.HasPrefix(h.Fix, "CREATE POLICY") {
+		var mayCreate bool
+		if strings.HasPrefix(h.Fix, "CREATE POLICY") {
+			err := db.QueryRow(ctx, `SELECT pg_has_role(current_user, relowner, 'USAGE') FROM pg_class WHERE oid = $1::regclass`, h.Table).Scan(&mayCreate)
+			if err != nil {
+				return done, left, fmt.Errorf("look up the owner of %s: %w", h.Table, err)
+			}
+		}
+		if !mayCreate {
+			left = append(left, h)
 			continue
 		}
-		var mayCreate, exists bool
-		err := db.QueryRow(ctx, `SELECT pg_has_role(current_user, c.relowner, 'USAGE'),
-				EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid AND p.polname = $2)
-			FROM pg_class c WHERE c.oid = $1::regclass`, h.Table, ReadPolicyName).Scan(&mayCreate, &exists)
-		if err != nil {
-			return done, fmt.Errorf("look up the owner of %s: %w", h.Table, err)
-		}
-		if !mayCreate || exists {
-			continue // an existing policy of that name is a DBA's: the check names the problem
-		}
 		if _, err := db.Exec(ctx, strings.TrimSuffix(h.Fix, ";")); err != nil {
-			return done, fmt.Errorf("create the read policy on %s: %w", h.Table, err)
+			return done, left, fmt.Errorf("create the read policy on %s: %w", h.Table, err)
 		}
-		done = append(done, fmt.Sprintf("created policy %s on %s: role %s reads every row despite row-level security", ReadPolicyName, h.Table, role))
+		done = append(done, fmt.Sprintf("created a read policy on %s: role %s reads every row despite row-level security (%s)", h.Table, h.Role, h.Fix))
 	}
-	return done, nil
+	return done, left, nil
+}
+
+// ReadComplete runs read in one transaction that first takes ACCESS SHARE locks on the source
+// tables and then finds every row visible to the connecting role. Enabling row-level security
+// and creating or dropping a policy need a lock that conflicts with those, so the view read
+// sees is the view that was checked, however the policies change meanwhile. A partial view
+// is a *HiddenRowsError and read does not run.
+func ReadComplete(ctx context.Context, db *pgxpool.Pool, read func(tx pgx.Tx) error) error {
+	return pgx.BeginTxFunc(ctx, db, pgx.TxOptions{AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "LOCK TABLE "+strings.Join(tableNames(), ", ")+" IN ACCESS SHARE MODE"); err != nil {
+			return fmt.Errorf("lock the source tables for reading: %w", err)
+		}
+		if err := CheckVisibility(ctx, tx); err != nil {
+			return err
+		}
+		return read(tx)
+	})
 }
 
 var plainIdent = regexp.MustCompile(`^[a-z_][a-z0-9_]*$`)
@@ -213,4 +247,26 @@ func QuoteIdent(name string) string {
 		return name
 	}
 	return pgx.Identifier{name}.Sanitize()
+}
+
+// CompleteView computes students' metrics only from a complete view of the source tables
+// (ReadComplete): where rows are hidden it returns a *HiddenRowsError instead of values.
+type CompleteView struct{ DB *pgxpool.Pool }
+
+// ForStudents is metrics.ForStudents over a complete view.
+func (v CompleteView) ForStudents(ctx context.Context, ids []uuid.UUID) (out []metrics.Student, err error) {
+	err = ReadComplete(ctx, v.DB, func(tx pgx.Tx) error {
+		out, err = metrics.ForStudents(ctx, tx, ids)
+		return err
+	})
+	return out, err
+}
+
+// Page is metrics.Page over a complete view.
+func (v CompleteView) Page(ctx context.Context, after uuid.UUID, limit int) (out []metrics.Student, err error) {
+	err = ReadComplete(ctx, v.DB, func(tx pgx.Tx) error {
+		out, err = metrics.Page(ctx, tx, after, limit)
+		return err
+	})
+	return out, err
 }

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -125,6 +126,13 @@ func TestHiddenTablesAgreesWithWhatTheRoleSees(t *testing.T) {
 			`CREATE POLICY open ON course_progress FOR SELECT USING (true)`,
 			`CREATE POLICY recent ON course_progress AS RESTRICTIVE FOR SELECT USING (completed)`},
 			hidden: map[string]string{"public.course_progress": "BYPASSRLS"}},
+		{name: "owner of a table with a restrictive policy", setup: []string{"PLATFORM", `ALTER TABLE user_streaks OWNER TO ROLE_`,
+			`ALTER TABLE user_streaks ENABLE ROW LEVEL SECURITY`, `CREATE POLICY mine ON user_streaks AS RESTRICTIVE USING (user_id IS NULL)`,
+			`CREATE POLICY open ON users FOR SELECT USING (true)`, `CREATE POLICY open ON course_progress FOR SELECT USING (true)`}},
+		{name: "the read policy's name taken by another role's", setup: []string{"PLATFORM",
+			`CREATE POLICY progress_sync_read ON users FOR SELECT TO ROLE__group USING (true)`,
+			`CREATE POLICY open ON course_progress FOR SELECT USING (true)`},
+			hidden: map[string]string{"public.users": "CREATE POLICY progress_sync_read_ROLE_ ON public.users FOR SELECT TO ROLE_ USING (true);"}},
 		{name: "no grant", setup: []string{`REVOKE SELECT ON user_streaks FROM ROLE_`},
 			hidden: map[string]string{"public.user_streaks": "GRANT SELECT ON public.user_streaks TO ROLE_;"}},
 	}
@@ -184,7 +192,7 @@ func TestSetupCreatesReadPoliciesWhereItMay(t *testing.T) {
 	}
 	var created []string
 	for _, line := range rep.Done {
-		if strings.HasPrefix(line, "created policy") {
+		if strings.HasPrefix(line, "created a read policy") {
 			created = append(created, line)
 		}
 	}
@@ -211,7 +219,7 @@ func TestSetupCreatesReadPoliciesWhereItMay(t *testing.T) {
 		if _, err := tx.Exec(ctx, `SET LOCAL ROLE `+w2.role); err != nil {
 			return err
 		}
-		done, err := grantReadPolicies(ctx, tx, "")
+		done, _, err := grantReadPolicies(ctx, tx, "")
 		if len(done) > 0 {
 			return fmt.Errorf("a role that owns nothing created policies: %v", done)
 		}
@@ -222,5 +230,52 @@ func TestSetupCreatesReadPoliciesWhereItMay(t *testing.T) {
 	}
 	if err := CheckVisibility(ctx, w2.db); err != nil {
 		t.Fatalf("the superuser sees everything, yet: %v", err)
+	}
+}
+
+func TestReadCompleteHoldsPolicyChangesOff(t *testing.T) {
+	ctx := context.Background()
+	w := newRLSWorld(t)
+	reading, release := make(chan struct{}), make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		done <- ReadComplete(ctx, w.db, func(pgx.Tx) error {
+			close(reading)
+			<-release
+			return nil
+		})
+	}()
+	<-reading
+	altered := make(chan error, 1)
+	go func() {
+		_, err := w.db.Exec(ctx, `ALTER TABLE public.course_progress ENABLE ROW LEVEL SECURITY`)
+		altered <- err
+	}()
+	// The ALTER must wait for the read: poll until PostgreSQL shows it waiting on the lock.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var waiting bool
+		if err := w.db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_locks WHERE NOT granted AND relation = 'public.course_progress'::regclass)`).Scan(&waiting); err != nil {
+			t.Fatal(err)
+		}
+		if waiting {
+			break
+		}
+		select {
+		case err := <-altered:
+			t.Fatalf("RLS was switched on while a complete read held its locks (err %v)", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the ALTER neither waited nor finished within 30 s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-altered; err != nil {
+		t.Fatal(err)
 	}
 }

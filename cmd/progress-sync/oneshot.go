@@ -147,6 +147,9 @@ in HubSpot workflows that watch those properties: run it with --dry-run first.`,
 // backfill pushes every student, or those with the given emails, in batches of push.MaxBatch.
 func backfill(ctx context.Context, db *pgxpool.Pool, p *push.Pusher, emails []string, log *logrus.Entry) (push.Result, error) {
 	var total push.Result
+	// Every batch is computed from a complete view: a policy switched on halfway through
+	// stops the backfill instead of clearing the rest.
+	view := replication.CompleteView{DB: db}
 	if len(emails) > 0 {
 		found, err := metrics.IDsByEmail(ctx, db, emails)
 		if err != nil {
@@ -165,7 +168,7 @@ func backfill(ctx context.Context, db *pgxpool.Pool, p *push.Pusher, emails []st
 			return total, usageError{fmt.Errorf("no student has the email(s) %s", strings.Join(missing, ", "))}
 		}
 		for start := 0; start < len(ids); start += push.MaxBatch {
-			students, err := metrics.ForStudents(ctx, db, ids[start:min(start+push.MaxBatch, len(ids))])
+			students, err := view.ForStudents(ctx, ids[start:min(start+push.MaxBatch, len(ids))])
 			if err != nil {
 				return total, err
 			}
@@ -179,7 +182,7 @@ func backfill(ctx context.Context, db *pgxpool.Pool, p *push.Pusher, emails []st
 	}
 	after := uuid.Nil
 	for {
-		students, err := metrics.Page(ctx, db, after, push.MaxBatch)
+		students, err := view.Page(ctx, after, push.MaxBatch)
 		if err != nil {
 			return total, err
 		}

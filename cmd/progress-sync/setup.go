@@ -26,7 +26,7 @@ func (a *app) setupCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			out, ctx := cmd.OutOrStdout(), cmd.Context()
 			if printSQL {
-				return a.printSetupSQL(ctx, out)
+				return a.printSetupSQL(ctx, out, role)
 			}
 			cfg, _, db, err := a.openDatabase(ctx, config.Needs{Database: true, Replication: true})
 			if err != nil {
@@ -50,23 +50,33 @@ func (a *app) setupCmd() *cobra.Command {
 			for _, line := range rep.Done {
 				fmt.Fprintln(out, line)
 			}
+			if len(rep.Hidden) > 0 {
+				for _, h := range rep.Hidden {
+					fmt.Fprintln(out, "still needed: "+h.String())
+				}
+				return fmt.Errorf("setup: the service's role would see only part of %d source table(s), and this role may not fix it: run the SQL above as the tables' owner, or `setup --role` as the owner", len(rep.Hidden))
+			}
 			fmt.Fprintf(out, "setup: publication %s, replica identities and slot %s are in place\n", cfg.Publication, cfg.Slot)
 			return nil
 		},
 	}
 	cmd.Flags().BoolVar(&printSQL, "print-sql", false, "print the SQL for a DBA instead of running it")
-	cmd.Flags().StringVar(&role, "role", "", "the role the service connects as, for the read policies on tables with row-level security (default: the connecting role)")
+	cmd.Flags().StringVar(&role, "role", "", "the role the service connects as, for the read policies on tables with row-level security (default: the connecting role; with --print-sql: progress_sync)")
 	return cmd
 }
 
-// leastPrivilegeRole is the role `setup --print-sql` creates for the service.
+// leastPrivilegeRole is the role `setup --print-sql` creates for the service, unless --role
+// names another.
 const leastPrivilegeRole = "progress_sync"
 
 // printSetupSQL prints what setup does, and a least-privilege role, for a DBA. With a
 // database to ask, the role's read policies go on exactly the tables with row-level security
 // enabled; without one, on all six (a policy on a table without RLS does nothing until RLS is
 // switched on, when it keeps the sync working).
-func (a *app) printSetupSQL(ctx context.Context, out io.Writer) error {
+func (a *app) printSetupSQL(ctx context.Context, out io.Writer, role string) error {
+	if role == "" {
+		role = leastPrivilegeRole
+	}
 	cfg, _, err := a.load(config.Needs{})
 	if err != nil {
 		return err
@@ -84,7 +94,7 @@ func (a *app) printSetupSQL(ctx context.Context, out io.Writer) error {
 	fmt.Fprintln(out, "-- slot to the service: it creates the slot itself, with a snapshot for the first backfill.")
 	fmt.Fprintln(out, "-- Row-level security hides every row from a role no policy lets read, so each table that")
 	fmt.Fprintf(out, "-- has it gets a read policy for this role alone (%s).\n", why)
-	fmt.Fprintln(out, strings.Join(append(replication.RoleSQL(leastPrivilegeRole, rlsTables), state.SchemaSQL(leastPrivilegeRole)), "\n"))
+	fmt.Fprintln(out, strings.Join(append(replication.RoleSQL(role, rlsTables), state.SchemaSQL(replication.QuoteIdent(role))), "\n"))
 	return nil
 }
 

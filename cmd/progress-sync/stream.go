@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -119,9 +120,8 @@ func (a *app) serve(ctx context.Context, f streamFlags, from pglogrepl.LSN) erro
 			DatabaseURL: cfg.DatabaseURL, Names: replication.Names{Slot: cfg.Slot, Publication: cfg.Publication},
 			StatusInterval: f.statusInterval, StopGrace: f.grace, Log: log.WithField("component", "replication"), Observer: tm,
 		}),
-		flusher: flush.New(buf, db, push.New(hs, store, log.WithField("component", "push"), push.Options{ShowEmails: a.showEmails}),
-			flush.Options{Log: log.WithField("component", "flush"), DailyLimitPause: f.dailyLimitPause, StopGrace: f.grace, Observer: tm,
-				Visibility: func(ctx context.Context) error { return replication.CheckVisibility(ctx, db) }}),
+		flusher: flush.New(buf, replication.CompleteView{DB: db}, push.New(hs, store, log.WithField("component", "push"), push.Options{ShowEmails: a.showEmails}),
+			flush.Options{Log: log.WithField("component", "flush"), DailyLimitPause: f.dailyLimitPause, StopGrace: f.grace, Observer: tm}),
 	}
 	stopServing, err := serveTelemetry(cfg.Listen, telemetry.Handler(tm, p.observe(tm)), log)
 	if err != nil {
@@ -129,6 +129,7 @@ func (a *app) serve(ctx context.Context, f streamFlags, from pglogrepl.LSN) erro
 	}
 	defer stopServing()
 	go tm.WatchDatabase(ctx, db, cfg.Slot, f.statusInterval, log)
+	go p.watch.run(ctx, db, f.statusInterval)
 	return p.run(ctx, from, checkpoint.LSN == 0)
 }
 
@@ -159,7 +160,35 @@ type pipeline struct {
 	buf      *buffer.Buffer
 	consumer *replication.Consumer
 	flusher  *flush.Flusher
+	watch    hiddenWatch
 }
+
+// hiddenWatch tests the view of the source tables every interval, so that /readyz and the
+// metric show hidden rows even while nothing waits to be pushed. A test that fails (the
+// database is away) is not taken for hidden rows.
+type hiddenWatch struct{ hidden atomic.Bool }
+
+func (h *hiddenWatch) run(ctx context.Context, db *pgxpool.Pool, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		err := replication.CheckVisibility(ctx, db)
+		switch {
+		case errors.As(err, new(*replication.HiddenRowsError)):
+			h.hidden.Store(true)
+		case err == nil:
+			h.hidden.Store(false)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// rowsHidden reports whether pushes are, or would be, held because rows are hidden.
+func (p *pipeline) rowsHidden() bool { return p.flusher.RowsHidden() || p.watch.hidden.Load() }
 
 // observe registers the pipeline's gauges and returns what /readyz asks.
 func (p *pipeline) observe(tm *telemetry.Metrics) *telemetry.Health {
@@ -174,9 +203,9 @@ func (p *pipeline) observe(tm *telemetry.Metrics) *telemetry.Health {
 	tm.Gauge("progress_sync_pending_students", "Students waiting in the durable buffer.", func() float64 { return float64(p.buf.Len()) })
 	tm.Gauge("progress_sync_confirmed_lsn", "The position confirmed to the slot, as a number.", func() float64 { return float64(p.consumer.Confirmed()) })
 	tm.Gauge("progress_sync_streaming", "1 while connected to the slot and streaming.", flag(p.consumer.Streaming))
-	tm.Gauge("progress_sync_rows_hidden", "1 while pushes are held because the database hides rows of the source tables from the service.", flag(p.flusher.RowsHidden))
+	tm.Gauge("progress_sync_rows_hidden", "1 while pushes are held because the database hides rows of the source tables from the service.", flag(p.rowsHidden))
 	return &telemetry.Health{Streaming: p.consumer.Streaming, Confirmed: func() uint64 { return uint64(p.consumer.Confirmed()) },
-		DailyPaused: p.flusher.DailyLimitPaused, RowsHidden: p.flusher.RowsHidden, StallAfter: 3*p.flags.statusInterval + 30*time.Second}
+		DailyPaused: p.flusher.DailyLimitPaused, RowsHidden: p.rowsHidden, StallAfter: 3*p.flags.statusInterval + 30*time.Second}
 }
 
 // run streams until ctx ends, then pushes what is due for the grace period.

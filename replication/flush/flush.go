@@ -16,6 +16,7 @@ import (
 
 	"github.com/focusenglish/progress-sync/hubspot"
 	"github.com/focusenglish/progress-sync/metrics"
+	"github.com/focusenglish/progress-sync/replication"
 	"github.com/focusenglish/progress-sync/replication/buffer"
 	"github.com/focusenglish/progress-sync/replication/push"
 )
@@ -30,6 +31,12 @@ type Buffer interface {
 }
 
 var _ Buffer = (*buffer.Buffer)(nil)
+
+// Source computes students' metrics. replication.CompleteView refuses a view of the source
+// tables that hides rows, with a *replication.HiddenRowsError.
+type Source interface {
+	ForStudents(ctx context.Context, ids []uuid.UUID) ([]metrics.Student, error)
+}
 
 // Pusher writes a batch of students to HubSpot.
 type Pusher interface {
@@ -54,11 +61,7 @@ type Options struct {
 	Linger time.Duration
 	// StopGrace bounds the batch in hand once Run's context ends. Default 30 s.
 	StopGrace time.Duration
-	// Visibility reports whether the database shows the flusher every row the metrics need
-	// (row-level security can hide them); while it returns an error nothing is pushed and
-	// the students stay in the buffer. Optional.
-	Visibility func(ctx context.Context) error
-	// HiddenRetry is how often held students are tried again while rows are hidden.
+	// HiddenRetry is how often held students are tried again while the source hides rows.
 	// Default 5 s.
 	HiddenRetry time.Duration
 	Log         *logrus.Entry
@@ -68,7 +71,7 @@ type Options struct {
 // Flusher drains a Buffer.
 type Flusher struct {
 	buf    Buffer
-	db     metrics.Querier
+	source Source
 	pusher Pusher
 	opts   Options
 	log    *logrus.Entry
@@ -76,12 +79,13 @@ type Flusher struct {
 	// dailyLimitUntil is when flushing resumes after a spent daily limit, in Unix
 	// nanoseconds (0: not paused); health checks read it from another goroutine.
 	dailyLimitUntil atomic.Int64
-	// rowsHidden is set while Visibility fails, so the log says so once and health shows it.
+	// rowsHidden is set while the source hides rows, so the log says so once and health
+	// shows it.
 	rowsHidden atomic.Bool
 }
 
 // New returns a Flusher.
-func New(buf Buffer, db metrics.Querier, p Pusher, opts Options) *Flusher {
+func New(buf Buffer, source Source, p Pusher, opts Options) *Flusher {
 	if opts.DailyLimitPause <= 0 {
 		opts.DailyLimitPause = 15 * time.Minute
 	}
@@ -96,7 +100,7 @@ func New(buf Buffer, db metrics.Querier, p Pusher, opts Options) *Flusher {
 	}
 	fails := backoff.NewExponentialBackOff()
 	fails.InitialInterval, fails.MaxInterval, fails.MaxElapsedTime = time.Second, 5*time.Minute, 0
-	return &Flusher{buf: buf, db: db, pusher: p, opts: opts, log: opts.Log, fails: fails}
+	return &Flusher{buf: buf, source: source, pusher: p, opts: opts, log: opts.Log, fails: fails}
 }
 
 // Run pushes batches as the buffer hands them out until ctx ends. The batch in hand when it
@@ -129,10 +133,6 @@ func (f *Flusher) flushEntries(ctx context.Context, entries []buffer.Entry) (int
 	if wait := time.Until(time.Unix(0, f.dailyLimitUntil.Load())); wait > 0 {
 		f.buf.Retry(entries, wait)
 		return 0, hubspot.ErrDailyLimit
-	}
-	if err := f.checkVisibility(ctx); err != nil {
-		f.buf.Retry(entries, f.opts.HiddenRetry)
-		return 0, err
 	}
 	err := f.flush(ctx, entries)
 	var vanished *push.VanishedProgressError
@@ -168,27 +168,20 @@ func (f *Flusher) flushEntries(ctx context.Context, entries []buffer.Entry) (int
 	}
 }
 
-// checkVisibility asks Options.Visibility and logs when the answer changes: hidden rows are
-// an operator's problem (a policy to add), not a transient one, so it is said loudly once.
-func (f *Flusher) checkVisibility(ctx context.Context) error {
-	if f.opts.Visibility == nil {
-		return nil
-	}
-	err := f.opts.Visibility(ctx)
-	if err == nil {
-		if f.rowsHidden.Swap(false) {
+// noteVisibility follows whether the source hides rows and says so when that changes: hidden
+// rows are an operator's problem (a policy to add), not a transient one, so it is said loudly,
+// once.
+func (f *Flusher) noteVisibility(err error) {
+	if !errors.As(err, new(*replication.HiddenRowsError)) {
+		if err == nil && f.rowsHidden.Swap(false) {
 			f.log.Info("every row of the source tables is visible again; pushes resume")
 		}
-		return nil
-	}
-	if ctx.Err() != nil {
-		return err
+		return
 	}
 	if !f.rowsHidden.Swap(true) {
 		f.log.WithError(err).Error("not pushing: metrics computed now would rest on rows the database hides from the service; " +
 			"changes keep being recorded and are pushed once the fix is in place")
 	}
-	return err
 }
 
 // RowsHidden reports whether pushes are held because the database hides rows.
@@ -220,16 +213,10 @@ func (f *Flusher) flush(ctx context.Context, entries []buffer.Entry) error {
 	}
 	// Students deleted since they changed are absent here; removing them from the buffer
 	// below is all they need.
-	students, err := metrics.ForStudents(ctx, f.db, ids)
+	students, err := f.source.ForStudents(ctx, ids)
+	f.noteVisibility(err)
 	if err != nil {
 		return fmt.Errorf("compute metrics: %w", err)
-	}
-	if len(students) < len(ids) {
-		// Absent students are deleted ones, unless rows became hidden since the check:
-		// forgetting them then would lose their changes.
-		if err := f.checkVisibility(ctx); err != nil {
-			return err
-		}
 	}
 	res := push.Result{}
 	if len(students) > 0 {

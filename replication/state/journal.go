@@ -72,7 +72,7 @@ func (j *Journal) RecordChanges(ctx context.Context, students []uuid.UUID, at ti
 	batch := &pgx.Batch{}
 	if len(students) > 0 {
 		batch.Queue(`INSERT INTO `+Schema+`.pending (student_id, first_change_at, last_change_at, version)
-			SELECT s, $2, $2, $3 FROM unnest($1::uuid[]) AS s
+			SELECT DISTINCT s, $2::timestamptz, $2::timestamptz, $3::bigint FROM unnest($1::uuid[]) AS s
 			ON CONFLICT (student_id) DO UPDATE SET last_change_at = excluded.last_change_at, version = excluded.version`,
 			students, at, version)
 	}

@@ -78,3 +78,37 @@ func TestJournalKeepsPendingAndCheckpointTogether(t *testing.T) {
 		t.Fatalf("forgetting without a sync state: %v", err)
 	}
 }
+
+func TestMigrateActsAsTheSchemaOwner(t *testing.T) {
+	ctx := context.Background()
+	db := newPool(t)
+	var dbName string
+	if err := db.QueryRow(ctx, `SELECT current_database()`).Scan(&dbName); err != nil {
+		t.Fatal(err)
+	}
+	owner := "Service " + dbName // needs quoting
+	quoted := `"` + owner + `"`
+	for _, s := range []string{`CREATE ROLE ` + quoted + ` NOLOGIN`, SchemaSQL(quoted)} {
+		if _, err := db.Exec(ctx, s); err != nil {
+			t.Fatalf("%s: %v", s, err)
+		}
+	}
+	t.Cleanup(func() {
+		_, _ = db.Exec(context.Background(), `DROP SCHEMA IF EXISTS `+Schema+` CASCADE`)
+		_, _ = db.Exec(context.Background(), `DROP ROLE IF EXISTS `+quoted)
+	})
+	if err := Migrate(ctx, db); err != nil {
+		t.Fatal(err)
+	}
+	var others int
+	if err := db.QueryRow(ctx, `SELECT count(*) FROM pg_tables WHERE schemaname = $1 AND tableowner <> $2`, Schema, owner).Scan(&others); err != nil {
+		t.Fatal(err)
+	}
+	if others != 0 {
+		t.Fatalf("%d state tables not owned by the schema's owner %q", others, owner)
+	}
+	var user string
+	if err := db.QueryRow(ctx, `SELECT current_user`).Scan(&user); err != nil || user == owner {
+		t.Fatalf("the pool's connection is left acting as %q (%v)", user, err)
+	}
+}

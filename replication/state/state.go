@@ -35,8 +35,8 @@ const Schema = "progress_sync"
 // migrationLock serializes migrations across processes starting together.
 const migrationLock = 7_311_001
 
-// SchemaSQL creates the state schema owned by role, for a DBA to run ahead of a service that
-// may not create schemas itself.
+// SchemaSQL creates the state schema owned by role (quoted as SQL needs it), for a DBA to run
+// ahead of a service that may not create schemas itself.
 func SchemaSQL(role string) string {
 	return fmt.Sprintf("CREATE SCHEMA IF NOT EXISTS %s AUTHORIZATION %s;", Schema, role)
 }
@@ -102,7 +102,8 @@ func Migrate(ctx context.Context, db *pgxpool.Pool) error {
 		return fmt.Errorf("migrate state: %w", err)
 	}
 	if asOwner {
-		if _, err := conn.Exec(ctx, `SELECT set_config('role', (SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = $1), false)`, Schema); err != nil {
+		if _, err := conn.Exec(ctx, `SELECT set_config('role', (SELECT r.rolname FROM pg_namespace n JOIN pg_roles r ON r.oid = n.nspowner
+				WHERE n.nspname = $1), false)`, Schema); err != nil {
 			return fmt.Errorf("migrate state: act as the owner of schema %s: %w", Schema, err)
 		}
 		defer conn.Exec(context.WithoutCancel(ctx), `RESET ROLE`) //nolint:errcheck
