@@ -20,7 +20,8 @@ const (
 	propEmail            = "email"
 	propAdditionalEmails = "hs_additional_emails"
 
-	categoryNotFound = "OBJECT_NOT_FOUND"
+	categoryNotFound   = "OBJECT_NOT_FOUND"
+	categoryValidation = "VALIDATION_ERROR"
 )
 
 // Contact is an existing HubSpot contact found by email.

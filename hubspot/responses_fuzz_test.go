@@ -288,12 +288,15 @@ func checkOutcomes(t *testing.T, batch []Update, res UpdateResult) {
 	for _, r := range res.Rejected {
 		count[r.ContactID]++
 	}
+	for _, id := range res.Retry {
+		count[id]++
+	}
 	for _, in := range batch {
 		if count[in.ContactID] != 1 {
 			t.Fatalf("update of %q settled %d times: %+v", in.ContactID, count[in.ContactID], res)
 		}
 	}
-	if n := len(res.Updated) + len(res.NotFound) + len(res.Rejected); n != len(batch) {
+	if n := len(res.Updated) + len(res.NotFound) + len(res.Rejected) + len(res.Retry); n != len(batch) {
 		t.Fatalf("%d outcomes for %d updates: %+v", n, len(batch), res)
 	}
 }

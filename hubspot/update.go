@@ -27,7 +27,10 @@ type Rejection struct {
 type UpdateResult struct {
 	Updated  []string    // contact ids HubSpot accepted
 	NotFound []string    // ids HubSpot no longer knows (deleted or merged): resolve the email again
-	Rejected []Rejection // updates HubSpot refused (400) even when isolated
+	Rejected []Rejection // updates HubSpot refused for their values (400, or a VALIDATION_ERROR input)
+	// Retry are ids whose input HubSpot answered with an error it does not document as
+	// permanent (anything but VALIDATION_ERROR and OBJECT_NOT_FOUND): send them again later.
+	Retry []string
 }
 
 // UpdateContacts writes updates by contact id, 100 per request. It never
@@ -252,10 +255,13 @@ func (u *updater) record(batch []Update, resp batchResponse) {
 				continue
 			}
 			delete(pending, id)
-			if e.Category == categoryNotFound {
+			switch e.Category {
+			case categoryNotFound:
 				u.res.NotFound = append(u.res.NotFound, id)
-			} else {
+			case categoryValidation:
 				u.res.Rejected = append(u.res.Rejected, Rejection{ContactID: id, Message: msg})
+			default:
+				u.res.Retry = append(u.res.Retry, id)
 			}
 		}
 		if e.Category != categoryNotFound {

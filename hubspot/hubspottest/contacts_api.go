@@ -449,6 +449,12 @@ func (s *Server) handleBatchUpdate(w http.ResponseWriter, r *http.Request) {
 			}
 			continue
 		}
+		if category, ok := s.inputFailures[c.id]; ok {
+			delete(s.inputFailures, c.id)
+			errs = append(errs, standardError{Status: "error", Category: category, Message: "Something went wrong; try again",
+				Context: map[string][]string{"ids": {strconv.FormatInt(c.id, 10)}}})
+			continue
+		}
 		o := s.apply(c, writes[i])
 		o.ObjectWriteTraceID = in.ObjectWriteTraceID
 		results = append(results, o)

@@ -162,6 +162,9 @@ type Server struct {
 	props      map[string]*Property
 	groups     map[string]*Group
 	rules      map[string][]compiledRule
+	// inputFailures answers the next batch/update inputs for these contact ids with a
+	// per-input error of the given category instead of applying them (FailInputsOnce).
+	inputFailures map[int64]string
 
 	faults     Faults
 	stats      Stats

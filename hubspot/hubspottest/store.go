@@ -457,3 +457,19 @@ func (s *Server) AddValidationRule(property string, rule ValidationRule) {
 	rules := slices.DeleteFunc(s.rules[property], func(r compiledRule) bool { return r.RuleType == rule.RuleType })
 	s.rules[property] = append(rules, c)
 }
+
+// FailInputsOnce makes the next batch/update that names each of these contacts answer that
+// input with a 207 per-input error of the given category (say "INTERNAL_ERROR", which HubSpot
+// does not document as permanent) instead of applying it.
+func (s *Server) FailInputsOnce(category string, contactIDs ...string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.inputFailures == nil {
+		s.inputFailures = map[int64]string{}
+	}
+	for _, id := range contactIDs {
+		if n, err := strconv.ParseInt(id, 10, 64); err == nil {
+			s.inputFailures[n] = category
+		}
+	}
+}

@@ -332,6 +332,12 @@ func (p *Pusher) write(ctx context.Context, changes []change, b *batch) ([]*targ
 		p.problem(b, state.Problem{StudentID: c.target.student.ID, Email: c.target.email, Kind: state.Rejected,
 			Reason: "HubSpot refused the values: " + r.Message, ContactID: r.ContactID, Properties: c.values})
 	}
+	if len(ur.Retry) > 0 {
+		// HubSpot could not take these now, for a reason it does not call permanent: the
+		// batch goes again later (updates are idempotent), and no one is marked rejected.
+		return nil, fmt.Errorf("HubSpot could not take the updates of %d contacts this time (%s): the batch is retried",
+			len(ur.Retry), strings.Join(ur.Retry, ", "))
+	}
 	lost := make([]*target, 0, len(ur.NotFound))
 	for _, id := range ur.NotFound {
 		lost = append(lost, byContact[id].target)

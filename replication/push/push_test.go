@@ -346,3 +346,25 @@ func TestAWriteNeverRecordedIsNotTakenForTheOldValue(t *testing.T) {
 		t.Fatalf("after the retry HubSpot holds average_score %q, course_status %q", c.Properties[metrics.AverageScore], c.Properties[metrics.CourseStatus])
 	}
 }
+
+func TestATransientPerInputErrorIsRetriedNotRejected(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t)
+	a := e.student("a@example.com", progress("'l1'", "80", "60"))
+	id := e.emu.AddContact("a@example.com", nil, nil)
+	e.emu.FailInputsOnce("INTERNAL_ERROR", id)
+	students, err := metrics.ForStudents(ctx, e.db, []uuid.UUID{a})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.p.Push(ctx, students); err == nil || !strings.Contains(err.Error(), "retried") {
+		t.Fatalf("push with a transient per-input error: %v, want an error that retries the batch", err)
+	}
+	if p := e.problem(a); p.Kind != "" {
+		t.Fatalf("a transient error made the student %s: %s", p.Kind, p.Reason)
+	}
+	e.push(a)
+	if c, _ := e.emu.Contact(id); c.Properties[metrics.AverageScore] != "80" {
+		t.Fatalf("after the retry average_score = %q", c.Properties[metrics.AverageScore])
+	}
+}
