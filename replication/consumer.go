@@ -32,6 +32,11 @@ import (
 type Sink interface {
 	Add(ctx context.Context, students []uuid.UUID, end pglogrepl.LSN) error
 	Advance(ctx context.Context, end pglogrepl.LSN) error
+	// Checkpoint reads the stored checkpoint (0: none).
+	Checkpoint(ctx context.Context) (pglogrepl.LSN, error)
+	// Resume takes in what the sync state holds now: the instance that held the slot before
+	// may have recorded students this one has never seen.
+	Resume(ctx context.Context) error
 }
 
 // Observer hears about the rows the stream delivers, for metrics.
@@ -66,6 +71,10 @@ type Consumer struct {
 	confirmed atomic.Uint64 // durable position, reported to the server as flushed
 	received  atomic.Uint64 // last WAL position received, reported as written
 	streaming atomic.Bool
+	standby   atomic.Bool // another instance holds the slot
+	// heldAtStop says the last session held the slot when it was stopped: pushes may go on
+	// for the grace period.
+	heldAtStop atomic.Bool
 }
 
 // NewConsumer returns a Consumer; db is a regular pool on the same database.
@@ -88,9 +97,27 @@ func (c *Consumer) Confirmed() pglogrepl.LSN { return pglogrepl.LSN(c.confirmed.
 // Streaming reports whether the consumer is connected and streaming.
 func (c *Consumer) Streaming() bool { return c.streaming.Load() }
 
+// Standby reports whether another instance holds the slot and this one waits for it.
+func (c *Consumer) Standby() bool { return c.standby.Load() }
+
+// Holds reports whether this instance holds the slot, or held it when it was stopped: only
+// then may it write to HubSpot.
+func (c *Consumer) Holds() bool { return c.streaming.Load() || c.heldAtStop.Load() }
+
 // ErrReplayTooOld means the slot has already confirmed past the requested LSN: a logical
 // slot cannot be rewound.
 var ErrReplayTooOld = errors.New("the slot has already confirmed past the requested LSN")
+
+// ErrReplayRefused means a replay would skip changes or destroy the slot it replays from.
+var ErrReplayRefused = errors.New("replay refused")
+
+// MisconfiguredError is a stop no retry can fix: an operator must change a setting.
+type MisconfiguredError struct{ Problem string }
+
+func (e *MisconfiguredError) Error() string { return e.Problem }
+
+// errStandby says another instance holds the slot.
+var errStandby = errors.New("another instance holds the replication slot")
 
 // position is where the next session starts streaming, and what it must do first.
 type position struct {
@@ -98,17 +125,19 @@ type position struct {
 	// explicit marks an LSN the operator asked for (replay): it must not be behind the slot.
 	// Later sessions resume from wherever the stream got to.
 	explicit bool
-	// needsLoad says every student must be queued before streaming: the sync state has no
-	// checkpoint yet, or the slot was lost.
+	// needsLoad says every student must be queued before streaming: the slot was created or
+	// lost and the load has not succeeded yet.
 	needsLoad bool
 }
 
 // Run streams from start (0: from the slot's confirmed position) until ctx ends, reconnecting
-// with backoff after a lost connection. needsLoad says the sync state has no checkpoint yet:
-// every student is added to the sink before streaming. A missing or lost slot is (re)created,
-// followed by the same full load, read from the new slot's snapshot.
-func (c *Consumer) Run(ctx context.Context, start pglogrepl.LSN, needsLoad bool) error {
-	pos := position{lsn: start, explicit: start != 0, needsLoad: needsLoad}
+// with backoff after a lost connection and waiting as a standby while another instance holds
+// the slot. Every student is added to the sink before streaming when the sync state has no
+// checkpoint, when the slot is missing or lost (read from the new slot's snapshot), and when
+// the slot has confirmed past the checkpoint (someone re-created it). It returns early only
+// for what no retry fixes: a refused replay or a misconfiguration.
+func (c *Consumer) Run(ctx context.Context, start pglogrepl.LSN) error {
+	pos := position{lsn: start, explicit: start != 0}
 	bo := backoff.NewExponentialBackOff()
 	bo.InitialInterval, bo.MaxInterval, bo.MaxElapsedTime = 500*time.Millisecond, 30*time.Second, 0
 	for {
@@ -118,7 +147,7 @@ func (c *Consumer) Run(ctx context.Context, start pglogrepl.LSN, needsLoad bool)
 		if ctx.Err() != nil {
 			return nil
 		}
-		if errors.Is(err, ErrReplayTooOld) {
+		if errors.Is(err, ErrReplayTooOld) || errors.Is(err, ErrReplayRefused) || errors.As(err, new(*MisconfiguredError)) {
 			return err
 		}
 		if time.Since(began) > time.Minute {
@@ -140,8 +169,10 @@ func (c *Consumer) retryAfter(err error, bo backoff.BackOff) time.Duration {
 		c.log.WithError(err).WithField("retry_in", wait.String()).
 			Error("the database hides rows from the service: the students a change concerns cannot all be found, so streaming waits until it is fixed")
 		return wait
-	case isSlotActive(err):
-		c.log.WithError(err).Warn("replication slot is in use by another instance; waiting as a warm standby")
+	case errors.Is(err, errStandby) || isSlotActive(err):
+		if !c.standby.Swap(true) {
+			c.log.WithField("slot", c.opts.Names.Slot).Warn("replication slot is in use by another instance; waiting as a warm standby (pushing nothing)")
+		}
 		return c.opts.StandbyRetry
 	default:
 		wait := bo.NextBackOff()
@@ -172,28 +203,47 @@ func (c *Consumer) session(ctx context.Context, pos position) (position, error) 
 	if err != nil {
 		return pos, fmt.Errorf("start replication on slot %s: %w", c.opts.Names.Slot, err)
 	}
+	// The slot is ours: take in what the instance that held it before recorded.
+	if err := c.sink.Resume(ctx); err != nil {
+		return pos, err
+	}
+	if c.standby.Swap(false) {
+		c.log.WithField("slot", c.opts.Names.Slot).Info("took over the replication slot; pushing what the previous instance recorded")
+	}
 	pos.explicit = false
 	err = c.stream(ctx, conn, pos.lsn)
 	pos.lsn = max(pos.lsn, c.Confirmed())
 	return pos, err
 }
 
-// prepareSlot makes the slot ready and returns where to stream from: a lost slot is dropped
-// and, like a missing one, created with a snapshot from which every student is loaded; a
-// replay behind the slot is refused; a pending first load runs against the slot's position.
+// prepareSlot makes the slot ready and returns where to stream from. It waits (errStandby)
+// while another instance holds the slot. A lost slot is dropped (not by a replay) and, like a
+// missing one, created with a snapshot from which every student is loaded. A replay is
+// refused when it would start behind the slot or skip changes past the checkpoint. Every
+// student is loaded when there is no checkpoint, or the slot is ahead of it.
 func (c *Consumer) prepareSlot(ctx context.Context, conn *pgconn.PgConn, pos position) (position, error) {
 	slot, err := ReadSlot(ctx, c.db, c.opts.Names.Slot)
 	if err != nil {
 		return pos, err
 	}
+	if err := slot.inThisDatabase(c.opts.Names.Slot); err != nil {
+		return pos, err
+	}
+	if slot.Active {
+		return pos, errStandby
+	}
 	if slot.Exists && slot.WALStatus == "lost" {
+		if pos.explicit {
+			return pos, fmt.Errorf("%w: slot %s is lost (the server removed WAL it still needed), so nothing can be replayed from it; "+
+				"`progress-sync run` recreates it and backfills every student", ErrReplayRefused, c.opts.Names.Slot)
+		}
 		c.log.WithField("slot", c.opts.Names.Slot).Error("replication slot is LOST: the server removed WAL it still needed " +
 			"(max_slot_wal_keep_size exceeded). Changes since the last checkpoint cannot be streamed; recreating the slot and backfilling every student")
 		if _, err := DropSlot(ctx, c.db, c.opts.Names.Slot, true); err != nil {
 			return pos, err
 		}
 		slot = Slot{}
-		pos.needsLoad, pos.lsn = true, 0
+		pos.lsn = 0
 	}
 	if !slot.Exists {
 		if pos.explicit {
@@ -208,17 +258,54 @@ func (c *Consumer) prepareSlot(ctx context.Context, conn *pgconn.PgConn, pos pos
 	if err != nil {
 		return pos, fmt.Errorf("read slot %s: %w", c.opts.Names.Slot, err)
 	}
-	if pos.explicit && pos.lsn < confirmed {
-		return pos, fmt.Errorf("%w: requested %s, slot %s confirmed %s; a logical slot cannot be rewound: run `progress-sync backfill` to recompute every student from current data",
-			ErrReplayTooOld, pos.lsn, c.opts.Names.Slot, confirmed)
+	// Read after the slot: the checkpoint is written before the slot is confirmed, so it
+	// can only be ahead of what was just read, never behind, unless the slot is not ours.
+	checkpoint, err := c.sink.Checkpoint(ctx)
+	if err != nil {
+		return pos, err
 	}
-	if pos.needsLoad {
-		if err := c.initialLoad(ctx, "", confirmed); err != nil {
+	if pos.explicit {
+		if err := c.checkReplay(pos.lsn, confirmed, checkpoint); err != nil {
 			return pos, err
 		}
-		pos.needsLoad = false
 	}
 	pos.lsn = max(pos.lsn, confirmed)
+	return c.loadIfBehind(ctx, pos, confirmed, checkpoint)
+}
+
+// checkReplay refuses a replay LSN the slot cannot serve, or one that would skip changes.
+func (c *Consumer) checkReplay(from, confirmed, checkpoint pglogrepl.LSN) error {
+	switch {
+	case from < confirmed:
+		return fmt.Errorf("%w: requested %s, slot %s confirmed %s; a logical slot cannot be rewound: run `progress-sync backfill` to recompute every student from current data",
+			ErrReplayTooOld, from, c.opts.Names.Slot, confirmed)
+	case checkpoint == 0:
+		return fmt.Errorf("%w: requested %s, but no checkpoint is stored for slot %s: run `progress-sync run`", ErrReplayRefused, from, c.opts.Names.Slot)
+	case from > checkpoint:
+		return fmt.Errorf("%w: requested %s is ahead of the stored checkpoint %s (slot %s confirmed %s): the changes in between would be skipped; "+
+			"replay from %s or earlier", ErrReplayRefused, from, checkpoint, c.opts.Names.Slot, confirmed, checkpoint)
+	}
+	return nil
+}
+
+// loadIfBehind queues every student when the sync state cannot vouch for the slot's position:
+// a pending load, no checkpoint, or a slot that has confirmed past the checkpoint, which this
+// service's own slot never does (someone dropped and re-created it, and the changes in between
+// were never seen).
+func (c *Consumer) loadIfBehind(ctx context.Context, pos position, confirmed, checkpoint pglogrepl.LSN) (position, error) {
+	switch {
+	case pos.needsLoad || checkpoint == 0:
+	case confirmed > checkpoint:
+		c.log.WithFields(logrus.Fields{"slot": c.opts.Names.Slot, "slot_confirmed": confirmed.String(), "checkpoint": checkpoint.String()}).
+			Warn("the slot has confirmed past the stored checkpoint: it was re-created (by setup, or by hand) and the changes in between were never seen; queueing every student")
+	default:
+		return pos, nil
+	}
+	pos.needsLoad = true
+	if err := c.initialLoad(ctx, "", confirmed); err != nil {
+		return pos, err
+	}
+	pos.needsLoad = false
 	return pos, nil
 }
 
@@ -264,6 +351,7 @@ func (c *Consumer) stream(ctx context.Context, conn *pgconn.PgConn, from pglogre
 	}()
 
 	wireErr := c.receive(ctx, conn, events, procDone)
+	c.heldAtStop.Store(ctx.Err() != nil)
 	close(events)
 	<-procDone
 	if ctx.Err() != nil {

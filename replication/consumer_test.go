@@ -45,6 +45,15 @@ func (s *fakeSink) Advance(_ context.Context, end pglogrepl.LSN) error {
 	return nil
 }
 
+// Checkpoint is the furthest position recorded, as the sync state keeps it.
+func (s *fakeSink) Checkpoint(context.Context) (pglogrepl.LSN, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Max(append([]pglogrepl.LSN{0}, s.ends...)), nil
+}
+
+func (s *fakeSink) Resume(context.Context) error { return nil }
+
 func (s *fakeSink) has(id uuid.UUID) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -127,7 +136,7 @@ func TestConsumerLoadsThenStreamsIntoTheSink(t *testing.T) {
 		StatusInterval: 200 * time.Millisecond, Log: quietLog()})
 	ctx, stop := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx, 0, true) }()
+	go func() { done <- c.Run(ctx, 0) }()
 
 	// A first start loads every student from the new slot's snapshot.
 	a, b := uuid.MustParse(ada), uuid.MustParse(bob)
@@ -185,7 +194,7 @@ func TestConsumerRefusesAReplayBehindTheSlot(t *testing.T) {
 	c := NewConsumer(db, sink, Options{DatabaseURL: dbURL, Names: Names{Slot: "progress_sync", Publication: "progress_sync"}, Log: quietLog()})
 	ctx, stop := context.WithTimeout(context.Background(), time.Minute)
 	defer stop()
-	err := c.Run(ctx, pglogrepl.LSN(1), false)
+	err := c.Run(ctx, pglogrepl.LSN(1))
 	if !errors.Is(err, ErrReplayTooOld) {
 		t.Fatalf("replay from 0/1: %v, want ErrReplayTooOld", err)
 	}
@@ -203,7 +212,7 @@ func TestAStudentNamedTwiceInOneTransactionIsRecordedOnce(t *testing.T) {
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
 	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx, 0, true) }()
+	go func() { done <- c.Run(ctx, 0) }()
 	a := uuid.MustParse(ada)
 	waitFor(t, "first load", func() bool { return store.has(a) })
 	before := store.times(a)
@@ -277,7 +286,7 @@ func TestALoadRefusedForHiddenRowsIsDoneOnceTheyAreVisible(t *testing.T) {
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
 	done := make(chan error, 1)
-	go func() { done <- c.Run(runCtx, 0, true) }()
+	go func() { done <- c.Run(runCtx, 0) }()
 	// The first session creates the slot and finds users hidden: nothing may be loaded.
 	waitFor(t, "the slot", func() bool {
 		s, err := ReadSlot(ctx, db, "progress_sync")

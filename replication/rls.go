@@ -2,13 +2,16 @@ package replication
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"regexp"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/focusenglish/progress-sync/metrics"
@@ -181,18 +184,35 @@ func policyNote(policies []string) string {
 	return "policies: " + strings.Join(policies, ", ")
 }
 
-// RLSTables lists the source tables that have row-level security enabled.
-func RLSTables(ctx context.Context, db DB) ([]string, error) {
-	rows, err := db.Query(ctx, `SELECT t.name FROM unnest($1::text[]) t(name)
-		JOIN pg_class c ON c.oid = to_regclass(t.name) WHERE c.relrowsecurity ORDER BY t.name`, tableNames())
+// ReadPolicies is the read policy role needs on each source table with row-level security
+// enabled, named so that it does not clash with a policy already there.
+func ReadPolicies(ctx context.Context, db DB, role string) ([]string, error) {
+	rows, err := db.Query(ctx, `SELECT t.name, array(SELECT polname::text FROM pg_policy WHERE polrelid = c.oid)
+		FROM unnest($1::text[]) t(name) JOIN pg_class c ON c.oid = to_regclass(t.name) WHERE c.relrowsecurity ORDER BY t.name`, tableNames())
 	if err != nil {
 		return nil, fmt.Errorf("find the source tables with row-level security: %w", err)
 	}
-	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	var out []string
+	var table string
+	var policies []string
+	_, err = pgx.ForEachRow(rows, []any{&table, &policies}, func() error {
+		out = append(out, readPolicyFor(table, role, policies))
+		return nil
+	})
 	if err != nil {
 		return nil, fmt.Errorf("find the source tables with row-level security: %w", err)
 	}
-	return names, nil
+	return out, nil
+}
+
+// AllReadPolicies is the read policy for role on every source table, for when the database
+// cannot be asked which have row-level security.
+func AllReadPolicies(role string) []string {
+	var out []string
+	for _, t := range tableNames() {
+		out = append(out, ReadPolicySQL(t, role))
+	}
+	return out
 }
 
 // grantReadPolicies creates the read policy for role on each table that hides rows from it
@@ -222,14 +242,51 @@ func grantReadPolicies(ctx context.Context, db DB, role string) (done []string, 
 	return done, left, nil
 }
 
-// ReadComplete runs read in one transaction that first takes ACCESS SHARE locks on the source
-// tables and then finds every row visible to the connecting role. Enabling row-level security
-// and creating or dropping a policy need a lock that conflicts with those, so the view read
-// sees is the view that was checked, however the policies change meanwhile. A partial view
-// is a *HiddenRowsError and read does not run.
+// ErrSourceBusy says a migration (or any other holder of a strong lock) kept the source
+// tables busy for longer than a read waits; the caller tries again later.
+var ErrSourceBusy = errors.New("the source tables are locked by another session (a migration?)")
+
+// ReadComplete runs read in one transaction that holds ACCESS SHARE locks on the source tables
+// and has found every row visible to the connecting role. Enabling row-level security and
+// creating or dropping a policy need a lock that conflicts with those, so the view read sees is
+// the view that was tested, however the policies change meanwhile. A partial view is a
+// *HiddenRowsError and read does not run.
+//
+// The locks are taken with NOWAIT and never waited for while others are held: a reader that
+// waits for one table while holding another could deadlock a migration, or hold up every
+// session queued behind it. A busy table means a short pause and another try, up to
+// busyPatience, then ErrSourceBusy.
 func ReadComplete(ctx context.Context, db *pgxpool.Pool, read func(tx pgx.Tx) error) error {
+	wait := 50 * time.Millisecond
+	deadline := time.Now().Add(busyPatience)
+	for {
+		err := readComplete(ctx, db, read)
+		if !isLockNotAvailable(err) {
+			return err
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%w: %v", ErrSourceBusy, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 2*time.Second)
+	}
+}
+
+// busyPatience is how long ReadComplete keeps trying while a source table is locked.
+const busyPatience = 30 * time.Second
+
+func readComplete(ctx context.Context, db *pgxpool.Pool, read func(tx pgx.Tx) error) error {
 	return pgx.BeginTxFunc(ctx, db, pgx.TxOptions{AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, "LOCK TABLE "+strings.Join(tableNames(), ", ")+" IN ACCESS SHARE MODE"); err != nil {
+		// First without locks, so a missing grant is reported with its fix (LOCK would only
+		// say "permission denied"); then again under the locks, which is what counts.
+		if err := CheckVisibility(ctx, tx); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, "LOCK TABLE "+strings.Join(tableNames(), ", ")+" IN ACCESS SHARE MODE NOWAIT"); err != nil {
 			return fmt.Errorf("lock the source tables for reading: %w", err)
 		}
 		if err := CheckVisibility(ctx, tx); err != nil {
@@ -237,6 +294,11 @@ func ReadComplete(ctx context.Context, db *pgxpool.Pool, read func(tx pgx.Tx) er
 		}
 		return read(tx)
 	})
+}
+
+func isLockNotAvailable(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "55P03"
 }
 
 var plainIdent = regexp.MustCompile(`^[a-z_][a-z0-9_]*$`)

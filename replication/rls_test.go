@@ -279,3 +279,70 @@ func TestReadCompleteHoldsPolicyChangesOff(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestReadCompleteNeverHoldsOneTableWhileWaitingForAnother(t *testing.T) {
+	ctx := context.Background()
+	w := newRLSWorld(t)
+	migration, err := w.db.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer migration.Rollback(ctx) //nolint:errcheck
+	if _, err := migration.Exec(ctx, `LOCK TABLE public.course_progress IN ACCESS EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	read := make(chan error, 1)
+	go func() { read <- ReadComplete(ctx, w.db, func(pgx.Tx) error { return nil }) }()
+	// While the reader keeps trying, a second migration step takes public.users at once: the
+	// reader holds nothing while it waits, so nothing queues behind it and nothing deadlocks.
+	second, err := w.db.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := second.Exec(ctx, `SET LOCAL lock_timeout = '10s'`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := second.Exec(ctx, `LOCK TABLE public.users IN ACCESS EXCLUSIVE MODE`); err != nil {
+		t.Fatalf("a migration could not lock public.users while the reader waited for course_progress: %v", err)
+	}
+	if err := second.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := migration.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-read; err != nil {
+		t.Fatalf("the read after the migration: %v", err)
+	}
+}
+
+func TestPublicationGapsAreFoundAndClosedBySetup(t *testing.T) {
+	cases := []struct {
+		name, alter, problem string
+	}{
+		{"inserts only", `ALTER PUBLICATION progress_sync SET (publish = 'insert')`, "every kind of change"},
+		{"a row filter", `ALTER PUBLICATION progress_sync SET TABLE public.users, public.course_progress, public.user_streaks, public.user_xp WHERE (total_xp > 1000), public.course_lessons, public.course_modules`, "public.user_xp with a row filter"},
+		{"a column list", `ALTER PUBLICATION progress_sync SET TABLE public.users (id, email), public.course_progress, public.user_streaks, public.user_xp, public.course_lessons, public.course_modules`, "public.users with a column list"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			w := newRLSWorld(t)
+			names := Names{Slot: "progress_sync", Publication: "progress_sync"}
+			if _, err := Setup(ctx, w.db, names, ""); err != nil {
+				t.Fatal(err)
+			}
+			w.exec(tc.alter)
+			err := CheckPublication(ctx, w.db, "progress_sync")
+			if err == nil || !strings.Contains(err.Error(), tc.problem) || !strings.Contains(err.Error(), "ALTER PUBLICATION") {
+				t.Fatalf("CheckPublication = %v, want %q with its fix", err, tc.problem)
+			}
+			if _, err := Setup(ctx, w.db, names, ""); err != nil {
+				t.Fatal(err)
+			}
+			if err := CheckPublication(ctx, w.db, "progress_sync"); err != nil {
+				t.Fatalf("after setup: %v", err)
+			}
+		})
+	}
+}

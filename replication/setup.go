@@ -33,19 +33,16 @@ func SetupSQL(n Names) []string {
 // RoleSQL creates a least-privilege role for the service: it logs in and replicates and reads
 // the six source tables; with the state schema it owns (state.SchemaSQL), nothing else. The
 // publication and replica identities (SetupSQL) stay with the tables' owner. Each table of
-// rlsTables (row-level security enabled) gets a read policy for the role alone: without it
-// the role sees no rows.
-func RoleSQL(role string, rlsTables []string) []string {
+// policies (ReadPolicies) give it read access to the tables with row-level security: without
+// them the role sees no rows there.
+func RoleSQL(role string, policies []string) []string {
 	quoted := QuoteIdent(role)
 	stmts := []string{
 		fmt.Sprintf("CREATE ROLE %s LOGIN REPLICATION PASSWORD 'choose-a-strong-password';", quoted),
 		fmt.Sprintf("GRANT USAGE ON SCHEMA public TO %s;", quoted),
 		fmt.Sprintf("GRANT SELECT ON %s TO %s;", strings.Join(tableNames(), ", "), quoted),
 	}
-	for _, t := range rlsTables {
-		stmts = append(stmts, ReadPolicySQL(t, role))
-	}
-	return stmts
+	return append(stmts, policies...)
 }
 
 // DB is what setup and the visibility check need of a database: *pgxpool.Pool, *pgx.Conn and
@@ -91,6 +88,18 @@ func Setup(ctx context.Context, db *pgxpool.Pool, n Names, readRole string) (Set
 			return rep, explainPrivilege(fmt.Errorf("add %s to publication %s: %w", strings.Join(missing, ", "), n.Publication, err), stmt)
 		}
 		rep.Done = append(rep.Done, fmt.Sprintf("added %s to publication %s", strings.Join(missing, ", "), n.Publication))
+	}
+	gaps, err := PublicationGaps(ctx, db, n.Publication)
+	if err != nil {
+		return rep, err
+	}
+	for _, g := range gaps {
+		for _, stmt := range g.Fix {
+			if _, err := db.Exec(ctx, strings.TrimSuffix(stmt, ";")); err != nil {
+				return rep, explainPrivilege(fmt.Errorf("make publication %s publish every change (%s): %w", n.Publication, g.Problem, err), stmt)
+			}
+		}
+		rep.Done = append(rep.Done, fmt.Sprintf("publication %s: fixed that %s", n.Publication, g.Problem))
 	}
 	for _, t := range Tables() {
 		if !t.Full {
@@ -184,6 +193,70 @@ func MissingTables(ctx context.Context, db *pgxpool.Pool, publication string) ([
 	return missing, nil
 }
 
+// PublicationGap is something a publication leaves out of the stream for the source tables,
+// with the SQL that closes it.
+type PublicationGap struct {
+	Problem string
+	Fix     []string
+}
+
+// PublicationGaps lists the changes of the source tables that the publication would not send:
+// operations it does not publish (publish = ...), and row filters or column lists on a table.
+// A change the stream never sends is a change the sync never sees.
+func PublicationGaps(ctx context.Context, db DB, publication string) ([]PublicationGap, error) {
+	var ins, upd, del, trunc bool
+	err := db.QueryRow(ctx, `SELECT pubinsert, pubupdate, pubdelete, pubtruncate FROM pg_publication WHERE pubname = $1`, publication).
+		Scan(&ins, &upd, &del, &trunc)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, nil // no publication: reported as missing tables
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read publication %s: %w", publication, err)
+	}
+	var gaps []PublicationGap
+	if !(ins && upd && del && trunc) {
+		gaps = append(gaps, PublicationGap{Problem: "it does not publish every kind of change (publish = insert, update, delete, truncate)",
+			Fix: []string{fmt.Sprintf("ALTER PUBLICATION %s SET (publish = 'insert, update, delete, truncate');", publication)}})
+	}
+	rows, err := db.Query(ctx, `SELECT n.nspname || '.' || c.relname, pr.prqual IS NOT NULL, pr.prattrs IS NOT NULL
+		FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
+		JOIN pg_class c ON c.oid = pr.prrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE p.pubname = $1 AND n.nspname || '.' || c.relname = ANY($2) AND (pr.prqual IS NOT NULL OR pr.prattrs IS NOT NULL)
+		ORDER BY 1`, publication, tableNames())
+	if err != nil {
+		return nil, fmt.Errorf("read the tables of publication %s: %w", publication, err)
+	}
+	var table string
+	var filtered, columns bool
+	_, err = pgx.ForEachRow(rows, []any{&table, &filtered, &columns}, func() error {
+		what := "a row filter (WHERE)"
+		if columns {
+			what = "a column list"
+		}
+		gaps = append(gaps, PublicationGap{Problem: fmt.Sprintf("it publishes %s with %s", table, what),
+			Fix: []string{fmt.Sprintf("ALTER PUBLICATION %s DROP TABLE %s;", publication, table), fmt.Sprintf("ALTER PUBLICATION %s ADD TABLE %s;", publication, table)}})
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read the tables of publication %s: %w", publication, err)
+	}
+	return gaps, nil
+}
+
+// CheckPublication returns a *MisconfiguredError when the publication leaves changes of the
+// source tables out of the stream.
+func CheckPublication(ctx context.Context, db DB, publication string) error {
+	gaps, err := PublicationGaps(ctx, db, publication)
+	if err != nil || len(gaps) == 0 {
+		return err
+	}
+	var lines []string
+	for _, g := range gaps {
+		lines = append(lines, fmt.Sprintf("%s (fix: %s)", g.Problem, strings.Join(g.Fix, " ")))
+	}
+	return &MisconfiguredError{Problem: fmt.Sprintf("publication %s would leave changes out of the stream: %s", publication, strings.Join(lines, "; "))}
+}
+
 // explainPrivilege adds the SQL to hand a DBA when the role may not run it.
 func explainPrivilege(err error, stmt string) error {
 	var pgErr *pgconn.PgError
@@ -196,6 +269,8 @@ func explainPrivilege(err error, stmt string) error {
 // Slot is the state of a replication slot as pg_replication_slots reports it.
 type Slot struct {
 	Exists            bool
+	Database          string // the database the slot decodes
+	InThisDatabase    bool
 	Active            bool
 	ActivePID         int
 	WALStatus         string // reserved, extended, unreserved, lost
@@ -207,12 +282,12 @@ type Slot struct {
 // ReadSlot reports the slot named name.
 func ReadSlot(ctx context.Context, db *pgxpool.Pool, name string) (Slot, error) {
 	s := Slot{}
-	err := db.QueryRow(ctx, `SELECT active, coalesce(active_pid, 0), coalesce(wal_status, ''),
+	err := db.QueryRow(ctx, `SELECT coalesce(database, ''), coalesce(database = current_database(), false), active, coalesce(active_pid, 0), coalesce(wal_status, ''),
 			coalesce(confirmed_flush_lsn::text, ''),
 			coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::bigint,
 			coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), 0)::bigint
 		FROM pg_replication_slots WHERE slot_name = $1`, name).
-		Scan(&s.Active, &s.ActivePID, &s.WALStatus, &s.ConfirmedFlushLSN, &s.RetainedBytes, &s.LagBytes)
+		Scan(&s.Database, &s.InThisDatabase, &s.Active, &s.ActivePID, &s.WALStatus, &s.ConfirmedFlushLSN, &s.RetainedBytes, &s.LagBytes)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Slot{}, nil
 	}
@@ -221,6 +296,43 @@ func ReadSlot(ctx context.Context, db *pgxpool.Pool, name string) (Slot, error) 
 	}
 	s.Exists = true
 	return s, nil
+}
+
+// inThisDatabase says what is wrong when a slot of this name decodes another database: slot
+// names are shared by every database of a server.
+func (s Slot) inThisDatabase(name string) error {
+	if !s.Exists || s.InThisDatabase {
+		return nil
+	}
+	return &MisconfiguredError{Problem: fmt.Sprintf("replication slot %s belongs to database %q of this server, not to the one in DATABASE_URL "+
+		"(slot names are shared by every database of a server): give this deployment its own slot with PROGRESS_SYNC_SLOT", name, s.Database)}
+}
+
+// MinServerVersion is the oldest PostgreSQL the service supports. Older servers send an
+// empty BEGIN/COMMIT for every transaction, the service's own checkpoint writes included, and
+// answering each with another checkpoint write never ends. Supabase runs 15 and 17.
+const MinServerVersion = 15
+
+// CheckServer returns a *MisconfiguredError for a server older than MinServerVersion.
+func CheckServer(ctx context.Context, db *pgxpool.Pool) error {
+	var num int
+	var version string
+	if err := db.QueryRow(ctx, `SELECT current_setting('server_version_num')::int, current_setting('server_version')`).Scan(&num, &version); err != nil {
+		return fmt.Errorf("read the server version: %w", err)
+	}
+	if num < MinServerVersion*10000 {
+		return &MisconfiguredError{Problem: fmt.Sprintf("PostgreSQL %d or newer is needed; this server runs %s", MinServerVersion, version)}
+	}
+	return nil
+}
+
+// CheckSlot returns a *MisconfiguredError when the slot name is taken in another database.
+func CheckSlot(ctx context.Context, db *pgxpool.Pool, name string) error {
+	s, err := ReadSlot(ctx, db, name)
+	if err != nil {
+		return err
+	}
+	return s.inThisDatabase(name)
 }
 
 // CreateSlot creates the logical slot without a snapshot (for setup run ahead of the service).

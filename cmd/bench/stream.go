@@ -271,17 +271,17 @@ func streamWorkload(ctx context.Context, conn *pgx.Conn, o streamOptions) (made,
 
 // timingSink wraps the buffer to time the consumer's durable writes.
 type timingSink struct {
-	buf      *buffer.Buffer
-	mu       sync.Mutex
-	adds     int
-	advances int
-	students int
-	addTime  time.Duration
+	*buffer.Buffer // Checkpoint and Resume as they are
+	mu             sync.Mutex
+	adds           int
+	advances       int
+	students       int
+	addTime        time.Duration
 }
 
 func (t *timingSink) Add(ctx context.Context, students []uuid.UUID, end pglogrepl.LSN) error {
 	began := time.Now()
-	err := t.buf.Add(ctx, students, end)
+	err := t.Buffer.Add(ctx, students, end)
 	t.mu.Lock()
 	t.adds++
 	t.students += len(students)
@@ -294,7 +294,7 @@ func (t *timingSink) Advance(ctx context.Context, end pglogrepl.LSN) error {
 	t.mu.Lock()
 	t.advances++
 	t.mu.Unlock()
-	return t.buf.Advance(ctx, end)
+	return t.Buffer.Advance(ctx, end)
 }
 
 type profileResult struct {
@@ -319,7 +319,20 @@ func profileConsumer(ctx context.Context, h *harness, conn *pgx.Conn, o streamOp
 	if err != nil {
 		return profileResult{}, err
 	}
-	sink := &timingSink{buf: buf}
+	// The slot was made ahead of the load; a checkpoint at its position streams it without
+	// queueing every student first.
+	slot, err := replication.ReadSlot(ctx, pool, profileSlot)
+	if err != nil {
+		return profileResult{}, err
+	}
+	from, err := pglogrepl.ParseLSN(slot.ConfirmedFlushLSN)
+	if err != nil {
+		return profileResult{}, err
+	}
+	if err := buf.Advance(ctx, from); err != nil {
+		return profileResult{}, err
+	}
+	sink := &timingSink{Buffer: buf}
 	log := logrus.New()
 	log.SetOutput(io.Discard)
 	cons := replication.NewConsumer(pool, sink, replication.Options{DatabaseURL: h.dbURL,
@@ -335,7 +348,7 @@ func profileConsumer(ctx context.Context, h *harness, conn *pgx.Conn, o streamOp
 	runCtx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	began := time.Now()
-	go func() { done <- cons.Run(runCtx, 0, false) }()
+	go func() { done <- cons.Run(runCtx, 0) }()
 	reached, _, err := waitSlot(ctx, conn, profileSlot, end, 14*time.Minute, nil)
 	stop()
 	<-done

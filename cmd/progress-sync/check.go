@@ -96,6 +96,9 @@ func checkServer(ctx context.Context, db *pgxpool.Pool, cfg config.Config) (fs [
 		return fs, "", false
 	}
 	add("database", true, fmt.Sprintf("PostgreSQL %s, connected as %s", version, user), "")
+	if err := replication.CheckServer(ctx, db); err != nil {
+		add("server version", false, err.Error(), fmt.Sprintf("upgrade to PostgreSQL %d or newer (Supabase: 15 or 17)", replication.MinServerVersion))
+	}
 
 	// A replication connection is what a pooler (Supavisor, PgBouncer) cannot carry.
 	conn, err := replication.Connect(ctx, cfg.DatabaseURL)
@@ -150,6 +153,16 @@ func checkSource(ctx context.Context, db *pgxpool.Pool, cfg config.Config) (fs [
 		add("publication", len(missing) == 0, fmt.Sprintf("publication %s publishes the six tables", cfg.Publication)+missingNote(missing),
 			fmt.Sprintf("ALTER PUBLICATION %s ADD TABLE %s;", cfg.Publication, strings.Join(missing, ", ")))
 	}
+	if gaps, err := replication.PublicationGaps(ctx, db, cfg.Publication); err != nil {
+		add("publication settings", false, err.Error(), "")
+	} else {
+		var problems, fixes []string
+		for _, g := range gaps {
+			problems, fixes = append(problems, g.Problem), append(fixes, g.Fix...)
+		}
+		add("publication settings", len(gaps) == 0, orText(strings.Join(problems, "; "), "every insert, update, delete and truncate of the six tables, all rows and columns"),
+			strings.Join(fixes, " "))
+	}
 	wrong, err := replication.WeakIdentities(ctx, db)
 	if err != nil {
 		add("replica identities", false, err.Error(), "")
@@ -166,6 +179,9 @@ func checkSource(ctx context.Context, db *pgxpool.Pool, cfg config.Config) (fs [
 // checkSlot: whether the slot can be streamed from.
 func checkSlot(name string, slot replication.Slot) finding {
 	switch {
+	case slot.Exists && !slot.InThisDatabase:
+		return finding{item: "slot", detail: fmt.Sprintf("slot %s belongs to database %q, not to this one (slot names are shared by the whole server)", name, slot.Database),
+			fix: "set PROGRESS_SYNC_SLOT to a name of this deployment's own"}
 	case !slot.Exists:
 		return finding{item: "slot", ok: true, detail: fmt.Sprintf("slot %s does not exist yet; run creates it and backfills every student", name)}
 	case slot.WALStatus == "lost":

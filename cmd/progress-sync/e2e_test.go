@@ -45,7 +45,11 @@ func TestMain(m *testing.M) {
 	if raceEnabled {
 		args = append(args, "-race")
 	}
-	if out, err := exec.Command("go", append(args, ".")...).CombinedOutput(); err != nil {
+	// PROGRESS_SYNC_TEST_BINARY runs the tests against another build, such as an older
+	// commit's, to see a test fail where a defect was.
+	if other := os.Getenv("PROGRESS_SYNC_TEST_BINARY"); other != "" {
+		binary = other
+	} else if out, err := exec.Command("go", append(args, ".")...).CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "build progress-sync: %v\n%s", err, out)
 		os.Exit(1)
 	}

@@ -49,7 +49,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	var cfgErr *config.Error
 	var uErr usageError
 	var hidden *replication.HiddenRowsError
+	var misconfigured *replication.MisconfiguredError
 	switch {
+	case errors.As(err, &misconfigured):
+		fmt.Fprintln(stderr, "progress-sync: "+misconfigured.Problem)
+		return exitUsage
 	case errors.As(err, &hidden):
 		// Refused before anything was computed: one line per table, each with its fix.
 		for _, line := range hidden.Lines() {

@@ -86,7 +86,7 @@ func (a *app) printSetupSQL(ctx context.Context, out io.Writer, role string) err
 	if withDB, _, err := a.load(config.Needs{Database: true}); err == nil {
 		databaseURL = withDB.DatabaseURL
 	}
-	rlsTables, why := rlsTablesOrAll(ctx, databaseURL)
+	policies, why := readPoliciesOrAll(ctx, databaseURL, role)
 	fmt.Fprintln(out, "-- progress-sync setup: run as a role that owns these tables (Supabase: postgres).")
 	fmt.Fprintln(out, strings.Join(replication.SetupSQL(replication.Names{Slot: cfg.Slot, Publication: cfg.Publication}), "\n"))
 	fmt.Fprintln(out, "\n-- Optional: a least-privilege role for the service (use it in DATABASE_URL). It may log in,")
@@ -94,17 +94,14 @@ func (a *app) printSetupSQL(ctx context.Context, out io.Writer, role string) err
 	fmt.Fprintln(out, "-- slot to the service: it creates the slot itself, with a snapshot for the first backfill.")
 	fmt.Fprintln(out, "-- Row-level security hides every row from a role no policy lets read, so each table that")
 	fmt.Fprintf(out, "-- has it gets a read policy for this role alone (%s).\n", why)
-	fmt.Fprintln(out, strings.Join(append(replication.RoleSQL(role, rlsTables), state.SchemaSQL(replication.QuoteIdent(role))), "\n"))
+	fmt.Fprintln(out, strings.Join(append(replication.RoleSQL(role, policies), state.SchemaSQL(replication.QuoteIdent(role))), "\n"))
 	return nil
 }
 
-// rlsTablesOrAll asks the database which source tables have row-level security; when it
-// cannot, it answers all of them, and says which it did.
-func rlsTablesOrAll(ctx context.Context, databaseURL string) ([]string, string) {
-	var all []string
-	for _, t := range replication.Tables() {
-		all = append(all, t.Name)
-	}
+// readPoliciesOrAll asks the database which source tables have row-level security and gives
+// role's read policy for each; when it cannot ask, for all six. It says which it did.
+func readPoliciesOrAll(ctx context.Context, databaseURL, role string) ([]string, string) {
+	all := replication.AllReadPolicies(role)
 	if databaseURL == "" {
 		return all, "DATABASE_URL is not set or not valid, so on all six tables; harmless where RLS is off"
 	}
@@ -113,14 +110,14 @@ func rlsTablesOrAll(ctx context.Context, databaseURL string) ([]string, string) 
 		return all, "the database could not be read, so on all six tables; harmless where RLS is off"
 	}
 	defer db.Close()
-	tables, err := replication.RLSTables(ctx, db)
+	policies, err := replication.ReadPolicies(ctx, db, role)
 	if err != nil {
 		return all, "the database could not be read, so on all six tables; harmless where RLS is off"
 	}
-	if len(tables) == 0 {
+	if len(policies) == 0 {
 		return nil, "none of the six tables has it now"
 	}
-	return tables, "RLS is on for " + strings.Join(tables, ", ")
+	return policies, fmt.Sprintf("RLS is on for %d of the six", len(policies))
 }
 
 func (a *app) teardownCmd() *cobra.Command {

@@ -115,13 +115,14 @@ func (a *app) serve(ctx context.Context, f streamFlags, from pglogrepl.LSN) erro
 		return err
 	}
 	log.WithFields(logrus.Fields{"checkpoint": checkpoint.LSN.String(), "pending": buf.Len()}).Info("loaded sync state")
-	p := &pipeline{flags: f, log: log, hs: hs, store: store, buf: buf,
-		consumer: replication.NewConsumer(db, buf, replication.Options{
-			DatabaseURL: cfg.DatabaseURL, Names: replication.Names{Slot: cfg.Slot, Publication: cfg.Publication},
-			StatusInterval: f.statusInterval, StopGrace: f.grace, Log: log.WithField("component", "replication"), Observer: tm,
-		}),
+	consumer := replication.NewConsumer(db, buf, replication.Options{
+		DatabaseURL: cfg.DatabaseURL, Names: replication.Names{Slot: cfg.Slot, Publication: cfg.Publication},
+		StatusInterval: f.statusInterval, StopGrace: f.grace, Log: log.WithField("component", "replication"), Observer: tm,
+	})
+	p := &pipeline{flags: f, log: log, hs: hs, store: store, buf: buf, consumer: consumer,
 		flusher: flush.New(buf, replication.CompleteView{DB: db}, push.New(hs, store, log.WithField("component", "push"), push.Options{ShowEmails: a.showEmails}),
-			flush.Options{Log: log.WithField("component", "flush"), DailyLimitPause: f.dailyLimitPause, StopGrace: f.grace, Observer: tm}),
+			flush.Options{Log: log.WithField("component", "flush"), DailyLimitPause: f.dailyLimitPause, StopGrace: f.grace, Observer: tm,
+				MayWrite: consumer.Holds}),
 	}
 	stopServing, err := serveTelemetry(cfg.Listen, telemetry.Handler(tm, p.observe(tm)), log)
 	if err != nil {
@@ -130,12 +131,15 @@ func (a *app) serve(ctx context.Context, f streamFlags, from pglogrepl.LSN) erro
 	defer stopServing()
 	go tm.WatchDatabase(ctx, db, cfg.Slot, f.statusInterval, log)
 	go p.watch.run(ctx, db, f.statusInterval)
-	return p.run(ctx, from, checkpoint.LSN == 0)
+	return p.run(ctx, from)
 }
 
 // prepareDatabase migrates the sync state, sets up the publication and replica identities
 // where needed, and refuses a view of the source tables that hides rows.
 func prepareDatabase(ctx context.Context, db *pgxpool.Pool, cfg config.Config, log *logrus.Entry) (*state.Store, error) {
+	if err := replication.CheckServer(ctx, db); err != nil {
+		return nil, err
+	}
 	store, err := state.Open(ctx, db)
 	if err != nil {
 		return nil, err
@@ -146,6 +150,12 @@ func prepareDatabase(ctx context.Context, db *pgxpool.Pool, cfg config.Config, l
 	}
 	for _, line := range rep.Done {
 		log.Info(line)
+	}
+	if err := replication.CheckSlot(ctx, db, cfg.Slot); err != nil {
+		return nil, err
+	}
+	if err := replication.CheckPublication(ctx, db, cfg.Publication); err != nil {
+		return nil, err
 	}
 	return store, replication.CheckVisibility(ctx, db)
 }
@@ -204,12 +214,12 @@ func (p *pipeline) observe(tm *telemetry.Metrics) *telemetry.Health {
 	tm.Gauge("progress_sync_confirmed_lsn", "The position confirmed to the slot, as a number.", func() float64 { return float64(p.consumer.Confirmed()) })
 	tm.Gauge("progress_sync_streaming", "1 while connected to the slot and streaming.", flag(p.consumer.Streaming))
 	tm.Gauge("progress_sync_rows_hidden", "1 while pushes are held because the database hides rows of the source tables from the service.", flag(p.rowsHidden))
-	return &telemetry.Health{Streaming: p.consumer.Streaming, Confirmed: func() uint64 { return uint64(p.consumer.Confirmed()) },
+	return &telemetry.Health{Streaming: p.consumer.Streaming, Standby: p.consumer.Standby, Confirmed: func() uint64 { return uint64(p.consumer.Confirmed()) },
 		DailyPaused: p.flusher.DailyLimitPaused, RowsHidden: p.rowsHidden, StallAfter: 3*p.flags.statusInterval + 30*time.Second}
 }
 
 // run streams until ctx ends, then pushes what is due for the grace period.
-func (p *pipeline) run(ctx context.Context, from pglogrepl.LSN, needsLoad bool) error {
+func (p *pipeline) run(ctx context.Context, from pglogrepl.LSN) error {
 	flushCtx, stopFlushing := context.WithCancel(ctx)
 	defer stopFlushing()
 	flushed := make(chan struct{})
@@ -224,9 +234,9 @@ func (p *pipeline) run(ctx context.Context, from pglogrepl.LSN, needsLoad bool) 
 		close(provisioned)
 		_ = p.flusher.Run(flushCtx)
 	}()
-	go recheckUnmatched(ctx, p.store, p.buf, p.flags.recheck, p.log)
+	go recheckUnmatched(ctx, p.store, p.buf, p.consumer.Holds, p.flags.recheck, p.log)
 
-	streamErr := p.consumer.Run(ctx, from, needsLoad)
+	streamErr := p.consumer.Run(ctx, from)
 	stopFlushing()
 	<-flushed
 	if streamErr != nil {
@@ -234,6 +244,9 @@ func (p *pipeline) run(ctx context.Context, from pglogrepl.LSN, needsLoad bool) 
 	}
 	select {
 	case <-provisioned:
+		if !p.consumer.Holds() {
+			break // a standby has nothing to push
+		}
 		graceCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.flags.grace)
 		defer cancel()
 		if err := p.flusher.Drain(graceCtx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
@@ -288,7 +301,7 @@ func provisionUntilDone(ctx context.Context, hs *hubspot.Client, log *logrus.Ent
 
 // recheckUnmatched queues students without a contact again now and then: the contact may
 // have been created since.
-func recheckUnmatched(ctx context.Context, store *state.Store, buf *buffer.Buffer, every time.Duration, log *logrus.Entry) {
+func recheckUnmatched(ctx context.Context, store *state.Store, buf *buffer.Buffer, holds func() bool, every time.Duration, log *logrus.Entry) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
@@ -296,6 +309,9 @@ func recheckUnmatched(ctx context.Context, store *state.Store, buf *buffer.Buffe
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		}
+		if !holds() {
+			continue // only the instance holding the slot writes to HubSpot
 		}
 		ids, err := store.StaleUnmatched(ctx, every)
 		if err == nil && len(ids) > 0 {

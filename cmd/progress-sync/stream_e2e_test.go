@@ -472,29 +472,7 @@ func TestLostSlotIsRecreatedAndBackfilled(t *testing.T) {
 	}
 	// While the service is down, changes pile up and the server gives the slot's WAL away.
 	w.exec(`UPDATE user_xp SET total_xp = total_xp + 1000`)
-	w.exec(`ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'`)
-	w.exec(`SELECT pg_reload_conf()`)
-	t.Cleanup(func() {
-		w.exec(`ALTER SYSTEM RESET max_slot_wal_keep_size`)
-		w.exec(`SELECT pg_reload_conf()`)
-	})
-	w.exec(`CREATE TABLE filler (pad text)`)
-	deadline := time.Now().Add(time.Minute)
-	for {
-		w.exec(`INSERT INTO filler SELECT repeat('x', 1000) FROM generate_series(1, 20000)`)
-		w.exec(`SELECT pg_switch_wal()`)
-		w.exec(`CHECKPOINT`)
-		var status string
-		if err := w.db.QueryRow(context.Background(), `SELECT coalesce(wal_status, '') FROM pg_replication_slots WHERE slot_name = 'progress_sync'`).Scan(&status); err != nil {
-			t.Fatal(err)
-		}
-		if status == "lost" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("slot not lost after a minute of WAL (wal_status %s)", status)
-		}
-	}
+	w.loseSlot()
 	svc = w.start()
 	svc.waitLog("LOST", 30*time.Second)
 	w.waitEqual(time.Minute)
@@ -718,5 +696,34 @@ func TestCheck(t *testing.T) {
 	bad := cli{t: t, env: map[string]string{"DATABASE_URL": w.dbURL, "HUBSPOT_ACCESS_TOKEN": "not-the-token", "HUBSPOT_BASE_URL": w.emu.URL()}}
 	if r := bad.run("check"); r.code != 1 || !strings.Contains(r.stdout, "PROBLEM  HubSpot token") {
 		t.Fatalf("wrong token: exit %d\n%s", r.code, r.stdout)
+	}
+}
+
+// loseSlot makes the server give away WAL the stopped service's slot still needs, until the
+// slot is lost.
+func (w *world) loseSlot() {
+	w.t.Helper()
+	w.exec(`ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'`)
+	w.exec(`SELECT pg_reload_conf()`)
+	w.t.Cleanup(func() {
+		w.exec(`ALTER SYSTEM RESET max_slot_wal_keep_size`)
+		w.exec(`SELECT pg_reload_conf()`)
+	})
+	w.exec(`CREATE TABLE IF NOT EXISTS filler (pad text)`)
+	deadline := time.Now().Add(time.Minute)
+	for {
+		w.exec(`INSERT INTO filler SELECT repeat('x', 1000) FROM generate_series(1, 20000)`)
+		w.exec(`SELECT pg_switch_wal()`)
+		w.exec(`CHECKPOINT`)
+		var status string
+		if err := w.db.QueryRow(context.Background(), `SELECT coalesce(wal_status, '') FROM pg_replication_slots WHERE slot_name = 'progress_sync'`).Scan(&status); err != nil {
+			w.t.Fatal(err)
+		}
+		if status == "lost" {
+			return
+		}
+		if time.Now().After(deadline) {
+			w.t.Fatalf("slot not lost after a minute of WAL (wal_status %s)", status)
+		}
 	}
 }

@@ -32,6 +32,7 @@ type Entry struct {
 // Journal is where the buffer keeps itself durable: the sync state of one slot
 // (*state.Journal).
 type Journal interface {
+	Load(ctx context.Context) (state.Checkpoint, []state.PendingStudent, error)
 	RecordChanges(ctx context.Context, students []uuid.UUID, at time.Time, version int64, end pglogrepl.LSN) error
 	AdvanceCheckpoint(ctx context.Context, end pglogrepl.LSN) error
 	RemovePushed(ctx context.Context, students []uuid.UUID, versions []int64) error
@@ -99,6 +100,66 @@ func New(journal Journal, opts Options, pending []state.PendingStudent) *Buffer 
 		b.schedule(e)
 	}
 	return b
+}
+
+// Checkpoint reads the stored checkpoint.
+func (b *Buffer) Checkpoint(ctx context.Context) (pglogrepl.LSN, error) {
+	cp, _, err := b.journal.Load(ctx)
+	return cp.LSN, err
+}
+
+// Resume makes the buffer what the sync state holds now: another instance may have recorded
+// students, or pushed some, while this one waited for the slot. Students in flight are left
+// as they are. Changes recorded meanwhile by Add are never lost: Add and Resume take turns.
+func (b *Buffer) Resume(ctx context.Context) error {
+	b.addMu.Lock()
+	defer b.addMu.Unlock()
+	_, pending, err := b.journal.Load(ctx)
+	if err != nil {
+		return err
+	}
+	stored := make(map[uuid.UUID]state.PendingStudent, len(pending))
+	for _, p := range pending {
+		stored[p.ID] = p
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for id, e := range b.entries {
+		if _, ok := stored[id]; !ok && !e.inFlight {
+			b.unschedule(e) // pushed by the instance that held the slot
+			delete(b.entries, id)
+		}
+	}
+	for _, p := range pending {
+		b.version = max(b.version, p.Version)
+		e, ok := b.entries[p.ID]
+		switch {
+		case !ok:
+			e = &entry{id: p.ID, first: p.First, last: p.Last, version: p.Version, index: -1}
+			b.entries[p.ID] = e
+		case e.inFlight || e.version >= p.Version:
+			continue
+		default:
+			e.first, e.last, e.version = minTime(e.first, p.First), p.Last, p.Version
+		}
+		b.schedule(e)
+	}
+	b.signal()
+	return nil
+}
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}
+
+// unschedule takes the entry out of the due queue.
+func (b *Buffer) unschedule(e *entry) {
+	if e.index >= 0 {
+		heap.Remove(&b.queue, e.index)
+	}
 }
 
 // Add records that students changed, durably and together with the stream position end that

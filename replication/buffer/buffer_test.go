@@ -49,6 +49,13 @@ func (j *memJournal) takeFailure() error {
 	return err
 }
 
+func (j *memJournal) Load(context.Context) (state.Checkpoint, []state.PendingStudent, error) {
+	pending := j.load()
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return state.Checkpoint{LSN: j.checkpoint}, pending, nil
+}
+
 func (j *memJournal) RecordChanges(_ context.Context, students []uuid.UUID, at time.Time, version int64, end pglogrepl.LSN) error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
@@ -421,4 +428,45 @@ func TestNextHandsOutWork(t *testing.T) {
 			t.Fatalf("Next after a stop = %v, %v", got, err)
 		}
 	})
+}
+
+func TestResumeTakesOverWhatAnotherInstanceRecorded(t *testing.T) {
+	ctx := context.Background()
+	j, c, opts := setup(t)
+	s := students(4)
+	standby := New(j, opts, nil) // loaded while nothing was pending
+	// The instance holding the slot records four students, then pushes two of them.
+	holder := New(j, opts, nil)
+	if err := holder.Add(ctx, s, 77); err != nil {
+		t.Fatal(err)
+	}
+	c.advance(3 * time.Second)
+	if err := holder.Done(ctx, holder.Due(2)); err != nil {
+		t.Fatal(err)
+	}
+	// Meanwhile the standby had recorded nothing of its own but one stale student.
+	stale := students(1)
+	standby.entries[stale[0]] = &entry{id: stale[0], first: c.Now(), last: c.Now(), version: 1, index: -1}
+	standby.schedule(standby.entries[stale[0]])
+	if err := standby.Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if standby.Len() != 2 {
+		t.Fatalf("after resuming the standby holds %d students, want the 2 still pending", standby.Len())
+	}
+	if got := standby.Due(100); len(got) != 2 {
+		t.Fatalf("%d due after resuming, want 2", len(got))
+	}
+	if lsn, err := standby.Checkpoint(ctx); err != nil || lsn != 77 {
+		t.Fatalf("checkpoint %s, %v", lsn, err)
+	}
+	// Its own next change gets a version above every stored one.
+	if err := standby.Add(ctx, s[3:], 0); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range j.load() {
+		if p.ID == s[3] && p.Version <= 1 {
+			t.Fatalf("version %d after resuming", p.Version)
+		}
+	}
 }

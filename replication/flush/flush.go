@@ -61,6 +61,9 @@ type Options struct {
 	Linger time.Duration
 	// StopGrace bounds the batch in hand once Run's context ends. Default 30 s.
 	StopGrace time.Duration
+	// MayWrite reports whether this instance may write to HubSpot now: only the one holding
+	// the replication slot does. While it is false batches are put back untouched. Optional.
+	MayWrite func() bool
 	// HiddenRetry is how often held students are tried again while the source hides rows.
 	// Default 5 s.
 	HiddenRetry time.Duration
@@ -82,6 +85,8 @@ type Flusher struct {
 	// rowsHidden is set while the source hides rows, so the log says so once and health
 	// shows it.
 	rowsHidden atomic.Bool
+	// waiting is set while batches wait for this instance to hold the slot.
+	waiting atomic.Bool
 }
 
 // New returns a Flusher.
@@ -102,6 +107,12 @@ func New(buf Buffer, source Source, p Pusher, opts Options) *Flusher {
 	fails.InitialInterval, fails.MaxInterval, fails.MaxElapsedTime = time.Second, 5*time.Minute, 0
 	return &Flusher{buf: buf, source: source, pusher: p, opts: opts, log: opts.Log, fails: fails}
 }
+
+// ErrNotWriter says this instance does not hold the slot, so it writes nothing to HubSpot.
+var ErrNotWriter = errors.New("another instance holds the replication slot: only it writes to HubSpot")
+
+// standbyWait is how long a standby leaves students before it looks whether it took over.
+const standbyWait = time.Second
 
 // Run pushes batches as the buffer hands them out until ctx ends. The batch in hand when it
 // ends goes on for at most Options.StopGrace, so a stop does not cut a write in half.
@@ -130,6 +141,14 @@ func (f *Flusher) FlushDue(ctx context.Context) (int, error) {
 // flushEntries pushes one batch taken from the buffer and settles it there: done, or back
 // with a wait that fits the failure.
 func (f *Flusher) flushEntries(ctx context.Context, entries []buffer.Entry) (int, error) {
+	if f.opts.MayWrite != nil && !f.opts.MayWrite() {
+		if !f.waiting.Swap(true) {
+			f.log.WithField("students", len(entries)).Info("not pushing: another instance holds the replication slot; these students wait for it to stop")
+		}
+		f.buf.Retry(entries, standbyWait)
+		return 0, ErrNotWriter
+	}
+	f.waiting.Store(false)
 	if wait := time.Until(time.Unix(0, f.dailyLimitUntil.Load())); wait > 0 {
 		f.buf.Retry(entries, wait)
 		return 0, hubspot.ErrDailyLimit
@@ -152,6 +171,10 @@ func (f *Flusher) flushEntries(ctx context.Context, entries []buffer.Entry) (int
 		return 0, ctx.Err()
 	case f.rowsHidden.Load():
 		f.buf.Retry(entries, f.opts.HiddenRetry)
+		return 0, err
+	case errors.Is(err, replication.ErrSourceBusy):
+		f.log.WithError(err).WithField("students", len(entries)).Warn("the source tables are locked by another session; the students wait a little")
+		f.buf.Retry(entries, 5*time.Second)
 		return 0, err
 	case errors.As(err, &vanished):
 		wait := f.fails.NextBackOff()

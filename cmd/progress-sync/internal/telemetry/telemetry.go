@@ -157,6 +157,7 @@ func (m *Metrics) readDatabase(ctx context.Context, db *pgxpool.Pool, slot strin
 // Health decides /readyz: streaming, the checkpoint moving, and HubSpot not out of calls.
 type Health struct {
 	Streaming   func() bool
+	Standby     func() bool // optional: another instance holds the slot
 	Confirmed   func() uint64
 	DailyPaused func() bool
 	RowsHidden  func() bool // optional
@@ -178,6 +179,8 @@ func (h *Health) Ready() (bool, string) {
 		h.last, h.lastMoved = c, now
 	}
 	switch {
+	case h.Standby != nil && h.Standby():
+		return false, "standby: another instance holds the replication slot; this one takes over when it stops"
 	case !h.Streaming():
 		return false, "not streaming from the replication slot"
 	case now.Sub(h.lastMoved) > h.StallAfter:
