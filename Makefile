@@ -1,5 +1,5 @@
 # Shortcuts; each target is one command you can also run by hand.
-.PHONY: demo test chaos chaos-short fuzz
+.PHONY: demo test chaos chaos-handover chaos-operator chaos-short fuzz
 
 demo:
 	go run ./cmd/demo
@@ -11,9 +11,18 @@ test:
 chaos:
 	go run ./cmd/chaos
 
-# The short variant CI runs.
+# The handover and operator-action soaks (about 5 minutes each).
+chaos-handover:
+	go run ./cmd/chaos --mode handover
+
+chaos-operator:
+	go run ./cmd/chaos --mode operator
+
+# The short variants CI runs.
 chaos-short:
 	go run ./cmd/chaos --duration 45s --students 1000
+	go run ./cmd/chaos --mode handover --duration 45s --students 1000
+	go run ./cmd/chaos --mode operator --duration 45s --students 1000
 
 # A minute of each fuzz target.
 fuzz:

@@ -1,7 +1,10 @@
 // Command chaos is progress-sync's soak test under fire. It runs the real binary against a
 // throwaway PostgreSQL and the HubSpot emulator while simulated students study, and keeps
 // breaking things: SIGKILLs, PostgreSQL restarts, cut walsenders, 429 storms, 5xx bursts,
-// replies slower than the client's timeout and a spent daily limit. Then it stops the faults,
+// replies slower than the client's timeout and a spent daily limit (--mode fire); two
+// instances on one slot, the holder killed or stopped again and again (--mode handover); or
+// an operator's actions, the slot dropped and re-created by setup and replays from the stored
+// checkpoint (--mode operator). Then it stops the faults,
 // waits for the buffer to drain, and checks every contact against metrics it computes itself
 // (package metrics/reference). It prints one summary and exits 1 if anything was lost,
 // corrupted, created or leaked.
@@ -14,11 +17,14 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -52,6 +58,7 @@ type options struct {
 	minRestarts int
 	logDir      string
 	race        bool
+	mode        string
 }
 
 func main() {
@@ -65,12 +72,21 @@ func main() {
 	flag.IntVar(&o.minRestarts, "min-pg-restarts", 2, "fail unless PostgreSQL was restarted at least this often")
 	flag.StringVar(&o.logDir, "log-dir", "", "keep the service's logs here (default: a temporary directory, removed on success)")
 	flag.BoolVar(&o.race, "race", false, "build progress-sync with the race detector")
+	flag.StringVar(&o.mode, "mode", "fire", "what to break: fire (kills, PostgreSQL restarts, walsender cuts, HubSpot faults), "+
+		"handover (two instances on one slot, the holder killed or stopped again and again), or operator (slot dropped and re-created by setup, replay from the checkpoint, kills)")
 	flag.Parse()
+	if o.mode != "fire" && o.mode != "handover" && o.mode != "operator" {
+		fmt.Fprintf(os.Stderr, "chaos: --mode %q: want fire, handover or operator\n", o.mode)
+		os.Exit(2)
+	}
 	if o.every == 0 {
 		o.every = max(time.Second, o.duration/60)
 	}
 	if o.minKills == 0 {
 		o.minKills = max(3, int(20*o.duration/(5*time.Minute)))
+	}
+	if o.mode != "fire" {
+		o.minRestarts = 0
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -88,6 +104,9 @@ func main() {
 type counters struct {
 	changes, kills, pgRestarts, walsenderCuts atomic.Int64
 	faults                                    map[string]int
+	// handover and operator modes
+	terms, takeovers, recreated, replays int
+	pendingAtStop                        []int // students pending when a holder was stopped
 	peakRetained                              atomic.Int64
 }
 
@@ -149,13 +168,26 @@ func soak(ctx context.Context, o options, out io.Writer) (bool, error) {
 	}
 	u, _ := url.Parse(dbURL)
 	u.User = url.UserPassword("postgres", dbPassword) // trust auth ignores it; the logs must not show it
-	svc := &service{bin: bin, logPath: filepath.Join(o.logDir, "service.log"), env: append(os.Environ(),
-		"DATABASE_URL="+u.String(), "HUBSPOT_ACCESS_TOKEN="+token, "HUBSPOT_BASE_URL="+emu.URL(),
-		"PROGRESS_SYNC_DEBOUNCE=500ms", "PROGRESS_SYNC_MAX_DELAY=3s", "LOG_FORMAT=json", "LOG_LEVEL=info")}
-	if err := svc.start(); err != nil {
-		return false, err
+	env := append(os.Environ(), "DATABASE_URL="+u.String(), "HUBSPOT_ACCESS_TOKEN="+token, "HUBSPOT_BASE_URL="+emu.URL(),
+		"PROGRESS_SYNC_DEBOUNCE=500ms", "PROGRESS_SYNC_MAX_DELAY=3s", "LOG_FORMAT=json", "LOG_LEVEL=info")
+	if o.mode == "handover" {
+		// Students must be pending at every kill: a debounce longer than the kills' spacing.
+		env = append(env, fmt.Sprintf("PROGRESS_SYNC_DEBOUNCE=%s", max(2*time.Second, o.every)), "PROGRESS_SYNC_MAX_DELAY=30s")
 	}
-	defer svc.kill()
+	fleet := []*service{{bin: bin, logPath: filepath.Join(o.logDir, "service.log"), env: env}}
+	if o.mode == "handover" {
+		fleet = append(fleet, &service{bin: bin, logPath: filepath.Join(o.logDir, "service-b.log"), env: env})
+	}
+	for _, f := range fleet {
+		if err := f.listenOnFreePort(); err != nil {
+			return false, err
+		}
+		if err := f.start(); err != nil {
+			return false, err
+		}
+		defer f.kill()
+	}
+	svc := fleet[0]
 
 	c := &counters{faults: map[string]int{}}
 	loadCtx, stopLoad := context.WithCancel(ctx)
@@ -180,6 +212,14 @@ func soak(ctx context.Context, o options, out io.Writer) (bool, error) {
 		}
 		emu.SetFaults(hubspottest.Faults{})
 		switch {
+		case o.mode == "handover":
+			if err := handOver(ctx, fleet, i, c, logf); err != nil {
+				return false, err
+			}
+		case o.mode == "operator":
+			if err := operate(ctx, svc, dbURL, i, c, logf); err != nil {
+				return false, err
+			}
 		case len(restartsAt) > 0 && time.Since(started) >= restartsAt[0]:
 			restartsAt = restartsAt[1:]
 			logf("restarting PostgreSQL")
@@ -216,9 +256,11 @@ func soak(ctx context.Context, o options, out io.Writer) (bool, error) {
 	stopLoad()
 	loadWG.Wait()
 	logf("faults stopped after %s; %d changes made; waiting for the buffer to drain", o.duration, c.changes.Load())
-	if !svc.running() {
-		if err := svc.start(); err != nil {
-			return false, err
+	for _, f := range fleet {
+		if !f.running() {
+			if err := f.start(); err != nil {
+				return false, err
+			}
 		}
 	}
 
@@ -242,15 +284,20 @@ func soak(ctx context.Context, o options, out io.Writer) (bool, error) {
 		time.Sleep(500 * time.Millisecond)
 	}
 	drained := time.Since(drainStart)
-	exit := svc.stop()
+	exit := 0
+	for _, f := range fleet {
+		exit = max(exit, f.stop())
+	}
 
 	created := len(emu.Contacts()) - initialContacts
 	violations := emu.Violations()
-	logs, _ := os.ReadFile(svc.logPath)
 	var leaks []string
-	for _, secret := range []string{token, dbPassword} {
-		if strings.Contains(string(logs), secret) {
-			leaks = append(leaks, "a secret appears in the service log")
+	for _, f := range fleet {
+		logs, _ := os.ReadFile(f.logPath)
+		for _, secret := range []string{token, dbPassword} {
+			if strings.Contains(string(logs), secret) {
+				leaks = append(leaks, "a secret appears in "+filepath.Base(f.logPath))
+			}
 		}
 	}
 	st := emu.Stats()
@@ -258,12 +305,24 @@ func soak(ctx context.Context, o options, out io.Writer) (bool, error) {
 	for _, k := range others[1:] {
 		faultNames = append(faultNames, fmt.Sprintf("%s %d", k, c.faults[k]))
 	}
-	fmt.Fprintf(out, "\nchaos summary (%s, %d students, seed %d)\n", o.duration, o.students, o.seed)
+	fmt.Fprintf(out, "\nchaos summary (mode %s, %s, %d students, seed %d)\n", o.mode, o.duration, o.students, o.seed)
 	fmt.Fprintf(out, "  changes made:        %d\n", c.changes.Load())
 	fmt.Fprintf(out, "  SIGKILL restarts:    %d\n", c.kills.Load())
-	fmt.Fprintf(out, "  PostgreSQL restarts: %d\n", c.pgRestarts.Load())
-	fmt.Fprintf(out, "  walsender cuts:      %d\n", c.walsenderCuts.Load())
-	fmt.Fprintf(out, "  emulator faults:     %s\n", strings.Join(faultNames, ", "))
+	switch o.mode {
+	case "fire":
+		fmt.Fprintf(out, "  PostgreSQL restarts: %d\n", c.pgRestarts.Load())
+		fmt.Fprintf(out, "  walsender cuts:      %d\n", c.walsenderCuts.Load())
+		fmt.Fprintf(out, "  emulator faults:     %s\n", strings.Join(faultNames, ", "))
+	case "handover":
+		fmt.Fprintf(out, "  SIGTERM (grace 1s):  %d\n", c.terms)
+		fmt.Fprintf(out, "  takeovers:           %d (the standby took the slot)\n", c.takeovers)
+		if len(c.pendingAtStop) > 0 {
+			fmt.Fprintf(out, "  pending at stops:    min %d, max %d students\n", slices.Min(c.pendingAtStop), slices.Max(c.pendingAtStop))
+		}
+	case "operator":
+		fmt.Fprintf(out, "  slot re-created:     %d (dropped, then progress-sync setup)\n", c.recreated)
+		fmt.Fprintf(out, "  replays:             %d (from the stored checkpoint)\n", c.replays)
+	}
 	fmt.Fprintf(out, "  HubSpot requests:    %d (%d batch/update, %d answered with injected faults)\n", st.Requests, st.BatchUpdates, st.Faults)
 	fmt.Fprintf(out, "  peak WAL retained:   %.1f MiB\n", float64(c.peakRetained.Load())/(1<<20))
 	fmt.Fprintf(out, "  drained in:          %s; final SIGTERM exit status %d\n", drained.Round(100*time.Millisecond), exit)
@@ -289,9 +348,20 @@ func soak(ctx context.Context, o options, out io.Writer) (bool, error) {
 	if c.pgRestarts.Load() < int64(o.minRestarts) {
 		failures = append(failures, fmt.Sprintf("only %d PostgreSQL restarts (want %d)", c.pgRestarts.Load(), o.minRestarts))
 	}
-	for _, k := range others {
-		if c.faults[k] == 0 {
-			failures = append(failures, "fault never exercised: "+k)
+	switch o.mode {
+	case "fire":
+		for _, k := range others {
+			if c.faults[k] == 0 {
+				failures = append(failures, "fault never exercised: "+k)
+			}
+		}
+	case "handover":
+		if c.takeovers < 2 {
+			failures = append(failures, fmt.Sprintf("only %d takeovers", c.takeovers))
+		}
+	case "operator":
+		if c.recreated == 0 || c.replays == 0 {
+			failures = append(failures, fmt.Sprintf("operator actions not exercised (%d re-created, %d replays)", c.recreated, c.replays))
 		}
 	}
 	if len(failures) > 0 {
@@ -416,6 +486,8 @@ func compare(ctx context.Context, dbURL string, emu *hubspottest.Server, contact
 type service struct {
 	bin, logPath string
 	env          []string
+	listen       string   // the address of its /readyz
+	args         []string // the command; default run
 	mu           sync.Mutex
 	cmd          *exec.Cmd
 	done         chan struct{}
@@ -426,8 +498,12 @@ func (s *service) start() error {
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(s.bin, "run", "--status-interval", "1s", "--hubspot-timeout", "2s", "--daily-limit-pause", "3s",
-		"--grace", "5s", "--recheck-unmatched", "10s", "--listen", "127.0.0.1:0")
+	command := s.args
+	if len(command) == 0 {
+		command = []string{"run", "--grace", "5s"}
+	}
+	cmd := exec.Command(s.bin, append(command, "--status-interval", "1s", "--hubspot-timeout", "2s", "--daily-limit-pause", "3s",
+		"--recheck-unmatched", "10s", "--listen", s.listen)...)
 	cmd.Env, cmd.Stdout, cmd.Stderr = s.env, f, f
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
@@ -484,4 +560,130 @@ func (s *service) stop() int {
 		<-done
 		return -1
 	}
+}
+
+// listenOnFreePort gives the service a fixed loopback port, so its /readyz can be asked.
+func (s *service) listenOnFreePort() error {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	s.listen = ln.Addr().String()
+	return ln.Close()
+}
+
+// ready asks the service's /readyz: 200 means it holds the slot and streams.
+func (s *service) ready() bool {
+	client := http.Client{Timeout: time.Second}
+	resp, err := client.Get("http://" + s.listen + "/readyz")
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
+}
+
+// handOver stops whichever instance holds the slot, by SIGKILL or by SIGTERM with a short
+// grace in turn, and starts it again (it comes back as the standby); then it waits for the
+// other one to take over.
+func handOver(ctx context.Context, fleet []*service, i int, c *counters, logf func(string, ...any)) error {
+	holder, other := -1, -1
+	for j, f := range fleet {
+		if f.ready() {
+			holder, other = j, 1-j
+		}
+	}
+	if holder < 0 {
+		return nil // between holders: the next step finds one
+	}
+	h := fleet[holder]
+	if n, err := pendingCount(ctx, fleet[0].dbURL()); err == nil {
+		c.pendingAtStop = append(c.pendingAtStop, n)
+	}
+	if i%2 == 0 {
+		h.kill()
+		c.kills.Add(1)
+	} else {
+		h.stop()
+		c.terms++
+	}
+	// The other instance takes the slot; only then does this one come back, as its standby.
+	deadline := time.Now().Add(60 * time.Second)
+	for ctx.Err() == nil && !fleet[other].ready() {
+		if time.Now().After(deadline) {
+			logf("no takeover within 60 s of stopping instance %d", holder)
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if fleet[other].ready() {
+		c.takeovers++
+	}
+	h.args = []string{"run", "--grace", "1s"}
+	return h.start()
+}
+
+// operate does what an operator might, in turn: a SIGKILL restart; the service stopped, its
+// slot dropped and re-created by setup, the service started again; the service stopped and
+// started as replay from the stored checkpoint.
+func operate(ctx context.Context, svc *service, dbURL string, i int, c *counters, logf func(string, ...any)) error {
+	switch i % 3 {
+	case 0:
+		svc.kill()
+		c.kills.Add(1)
+		svc.args = nil
+		return svc.start()
+	case 1:
+		svc.stop()
+		if err := runSQL(ctx, dbURL, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = 'progress_sync'`); err != nil {
+			return err
+		}
+		cmd := exec.CommandContext(ctx, svc.bin, "setup")
+		cmd.Env = svc.env
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("progress-sync setup: %w\n%s", err, out)
+		}
+		c.recreated++
+		svc.args = nil
+		return svc.start()
+	default:
+		svc.stop()
+		conn, err := pgx.Connect(ctx, dbURL)
+		if err != nil {
+			return err
+		}
+		sum, err := state.Summarize(ctx, conn, "progress_sync")
+		conn.Close(ctx)
+		if err != nil {
+			return err
+		}
+		if sum.Checkpoint.LSN == 0 {
+			svc.args = nil
+			return svc.start()
+		}
+		c.replays++
+		svc.args = []string{"replay", "--from-lsn", sum.Checkpoint.LSN.String(), "--grace", "5s"}
+		logf("replay from the stored checkpoint %s", sum.Checkpoint.LSN)
+		return svc.start()
+	}
+}
+
+func runSQL(ctx context.Context, dbURL, sql string) error {
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	_, err = conn.Exec(ctx, sql)
+	return err
+}
+
+// dbURL is the DATABASE_URL the service runs with.
+func (s *service) dbURL() string {
+	for _, e := range s.env {
+		if v, ok := strings.CutPrefix(e, "DATABASE_URL="); ok {
+			return v
+		}
+	}
+	return ""
 }

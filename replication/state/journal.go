@@ -67,12 +67,14 @@ func (j *Journal) Load(ctx context.Context) (Checkpoint, []PendingStudent, error
 
 // RecordChanges records, in one transaction, that students changed at the given time (their
 // new version) and that the stream has got to end (0 leaves the checkpoint alone). Only after
-// it returns may end be confirmed to the slot.
+// it returns may end be confirmed to the slot. Rows are written in key order, so two writers
+// of overlapping students (two instances starting at once) wait for each other instead of
+// deadlocking.
 func (j *Journal) RecordChanges(ctx context.Context, students []uuid.UUID, at time.Time, version int64, end pglogrepl.LSN) error {
 	batch := &pgx.Batch{}
 	if len(students) > 0 {
 		batch.Queue(`INSERT INTO `+Schema+`.pending (student_id, first_change_at, last_change_at, version)
-			SELECT DISTINCT s, $2::timestamptz, $2::timestamptz, $3::bigint FROM unnest($1::uuid[]) AS s
+			SELECT DISTINCT s, $2::timestamptz, $2::timestamptz, $3::bigint FROM unnest($1::uuid[]) AS s ORDER BY s
 			ON CONFLICT (student_id) DO UPDATE SET last_change_at = excluded.last_change_at, version = excluded.version`,
 			students, at, version)
 	}
