@@ -107,7 +107,7 @@ type counters struct {
 	// handover and operator modes
 	terms, takeovers, recreated, replays int
 	pendingAtStop                        []int // students pending when a holder was stopped
-	peakRetained                              atomic.Int64
+	peakRetained                         atomic.Int64
 }
 
 func soak(ctx context.Context, o options, out io.Writer) (bool, error) {
