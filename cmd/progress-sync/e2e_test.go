@@ -136,9 +136,12 @@ type world struct {
 const studentsTotal = 1050
 
 // newWorld seeds total students; the last 5% have no contact.
-func newWorld(t *testing.T, total int) *world {
+func newWorld(t *testing.T, total int) *world { return newWorldOn(t, pg, total) }
+
+// newWorldOn is newWorld on a server of the test's own.
+func newWorldOn(t *testing.T, srv *pgtest.Server, total int) *world {
 	ctx := context.Background()
-	dbURL := pg.NewDatabase(t)
+	dbURL := srv.NewDatabase(t)
 	db, err := pgx.Connect(ctx, dbURL)
 	if err != nil {
 		t.Fatal(err)

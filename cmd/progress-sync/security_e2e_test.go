@@ -46,10 +46,17 @@ func TestTLSVerifyFull(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := pg.EnableTLS(ctx, ca); err != nil {
+	// TLS is switched on for the whole server: a server of this test's own, also when the
+	// others share one (PROGRESS_SYNC_TEST_DATABASE_URL).
+	srv, err := pgtest.Start(ctx, pgtest.Options{Local: true})
+	if err != nil {
 		t.Fatal(err)
 	}
-	w := newWorld(t, 300)
+	t.Cleanup(func() { _ = srv.Stop() })
+	if err := srv.EnableTLS(ctx, ca); err != nil {
+		t.Fatal(err)
+	}
+	w := newWorldOn(t, srv, 300)
 	secure := tlsURL(t, w.dbURL, writeCA(t, ca))
 	// The reload that enables TLS takes a moment to reach new connections.
 	deadline := time.Now().Add(30 * time.Second)

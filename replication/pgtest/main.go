@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -33,6 +34,15 @@ func Run(m *testing.M, srv **Server) int {
 		return 1
 	}
 	*srv = s
+	if s.External() {
+		// Slot names are shared by the whole server: test packages take turns on it.
+		unlock, err := s.takeTurn()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "pgtest: %v\n", err)
+			return 1
+		}
+		defer unlock()
+	}
 	code := m.Run()
 	if err := s.Stop(); err != nil {
 		fmt.Fprintf(os.Stderr, "pgtest: stop: %v\n", err)
@@ -72,4 +82,19 @@ func (s *Server) NewPool(t testing.TB) *pgxpool.Pool {
 	}
 	t.Cleanup(db.Close)
 	return db
+}
+
+// takeTurn holds a server-wide advisory lock until unlock: test packages sharing one external
+// server would otherwise collide on replication slot names, which are server-wide.
+func (s *Server) takeTurn() (unlock func(), err error) {
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, s.URL("postgres"))
+	if err != nil {
+		return nil, fmt.Errorf("connect to the shared server: %w", err)
+	}
+	if _, err := conn.Exec(ctx, "SELECT pg_advisory_lock(727276)"); err != nil {
+		conn.Close(ctx)
+		return nil, fmt.Errorf("wait for the shared server: %w", err)
+	}
+	return func() { conn.Close(context.Background()) }, nil
 }

@@ -54,6 +54,9 @@ type Options struct {
 	Port int
 	// Settings are extra `-c name=value` server settings.
 	Settings map[string]string
+	// Local starts a server of its own even when EnvDatabaseURL names one: for tests that
+	// reconfigure the server (TLS).
+	Local bool
 }
 
 // Server is a running PostgreSQL server (or an external one named by EnvDatabaseURL).
@@ -75,7 +78,7 @@ type Server struct {
 // Start starts a server, or connects to the one named by EnvDatabaseURL, and prepares the
 // template database holding Schema.
 func Start(ctx context.Context, opts Options) (*Server, error) {
-	if raw := os.Getenv(EnvDatabaseURL); raw != "" {
+	if raw := os.Getenv(EnvDatabaseURL); raw != "" && !opts.Local {
 		u, err := url.Parse(raw)
 		if err != nil {
 			return nil, fmt.Errorf("%s is not a valid URL: %w", EnvDatabaseURL, err)
@@ -277,6 +280,9 @@ func (s *Server) DataDir() string { return s.dataDir }
 // Port is the server's TCP port (0 for an external server).
 func (s *Server) Port() int { return s.port }
 
+// External reports whether the server is one the tests did not start (EnvDatabaseURL).
+func (s *Server) External() bool { return s.binDir == "" }
+
 // CreateDatabase creates a database holding Schema, named after hint, and returns its URL.
 func (s *Server) CreateDatabase(ctx context.Context, hint string) (string, error) {
 	s.mu.Lock()
@@ -405,9 +411,19 @@ func postgresCredential() (*syscall.Credential, error) {
 	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, nil
 }
 
-// findBinDir finds initdb and postgres of version 15 or newer: Debian keeps them off PATH in
-// /usr/lib/postgresql/<version>/bin.
+// BinDirEnv names a directory holding initdb, pg_ctl and postgres to test against instead of
+// the newest one installed (.ci/run points it at PostgreSQL 17 from the npm registry).
+const BinDirEnv = "PROGRESS_SYNC_TEST_PG_BIN"
+
+// findBinDir finds initdb and postgres of version 15 or newer: BinDirEnv when set, else
+// Debian's, which it keeps off PATH in /usr/lib/postgresql/<version>/bin.
 func findBinDir() (string, error) {
+	if d := os.Getenv(BinDirEnv); d != "" {
+		if !isExecutable(filepath.Join(d, "initdb")) || !isExecutable(filepath.Join(d, "postgres")) {
+			return "", fmt.Errorf("%w: %s=%s holds no initdb and postgres", ErrNotInstalled, BinDirEnv, d)
+		}
+		return d, nil
+	}
 	var dirs []string
 	matches, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
 	sort.Slice(matches, func(i, j int) bool { return versionOf(matches[i]) > versionOf(matches[j]) })

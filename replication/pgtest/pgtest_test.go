@@ -2,6 +2,9 @@ package pgtest
 
 import (
 	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
@@ -107,4 +110,29 @@ func TestSeed(t *testing.T) {
 	if users != 200 || withProgress == 0 || withProgress == 200 || finishers == 0 {
 		t.Fatalf("users=%d with progress=%d finishers=%d: the data lacks variety", users, withProgress, finishers)
 	}
+}
+
+func TestServerIsTheChosenBuild(t *testing.T) {
+	dir := os.Getenv(BinDirEnv)
+	if dir == "" || os.Getenv("PROGRESS_SYNC_TEST_DATABASE_URL") != "" {
+		return // the newest installed server, or one the tests did not start
+	}
+	out, err := exec.Command(filepath.Join(dir, "postgres"), "--version").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, pg.NewDatabase(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var num int
+	if err := conn.QueryRow(ctx, "SELECT current_setting('server_version_num')::int").Scan(&num); err != nil {
+		t.Fatal(err)
+	}
+	if want := majorVersion(string(out)); num/10000 != want {
+		t.Fatalf("the server runs %d, but %s=%s holds PostgreSQL %d", num, BinDirEnv, dir, want)
+	}
+	t.Logf("PostgreSQL %d from %s", num, dir)
 }
