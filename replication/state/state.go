@@ -94,20 +94,11 @@ func Migrate(ctx context.Context, db *pgxpool.Pool) error {
 			return fmt.Errorf("migrate state: create schema %s (the role needs CREATE on the database, or a DBA runs the SQL of `setup --print-sql`): %w", Schema, err)
 		}
 	}
-	// The state belongs to the schema's owner (the service's role): a DBA who runs `setup`
-	// as the tables' owner must not leave tables that the service may not write.
-	var asOwner bool
-	if err := conn.QueryRow(ctx, `SELECT n.nspowner <> (SELECT oid FROM pg_roles WHERE rolname = current_user)
-			AND pg_has_role(current_user, n.nspowner, 'MEMBER') FROM pg_namespace n WHERE n.nspname = $1`, Schema).Scan(&asOwner); err != nil {
-		return fmt.Errorf("migrate state: %w", err)
+	reset, err := actAsSchemaOwner(ctx, conn)
+	if err != nil {
+		return err
 	}
-	if asOwner {
-		if _, err := conn.Exec(ctx, `SELECT set_config('role', (SELECT r.rolname FROM pg_namespace n JOIN pg_roles r ON r.oid = n.nspowner
-				WHERE n.nspname = $1), false)`, Schema); err != nil {
-			return fmt.Errorf("migrate state: act as the owner of schema %s: %w", Schema, err)
-		}
-		defer conn.Exec(context.WithoutCancel(ctx), `RESET ROLE`) //nolint:errcheck
-	}
+	defer reset()
 	if _, err := conn.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+Schema+`.schema_migrations (
 			version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())`); err != nil {
 		return fmt.Errorf("migrate state: %w", err)
@@ -132,6 +123,25 @@ func Migrate(ctx context.Context, db *pgxpool.Pool) error {
 		}
 	}
 	return nil
+}
+
+// actAsSchemaOwner makes the connection act as the owner of the state schema (the service's
+// role) when it may: a DBA who runs `setup` as the tables' owner must not leave tables the
+// service may not write. reset undoes it before the connection goes back to the pool.
+func actAsSchemaOwner(ctx context.Context, conn *pgxpool.Conn) (reset func(), err error) {
+	var asOwner bool
+	if err := conn.QueryRow(ctx, `SELECT n.nspowner <> (SELECT oid FROM pg_roles WHERE rolname = current_user)
+			AND pg_has_role(current_user, n.nspowner, 'MEMBER') FROM pg_namespace n WHERE n.nspname = $1`, Schema).Scan(&asOwner); err != nil {
+		return nil, fmt.Errorf("migrate state: %w", err)
+	}
+	if !asOwner {
+		return func() {}, nil
+	}
+	if _, err := conn.Exec(ctx, `SELECT set_config('role', (SELECT r.rolname FROM pg_namespace n JOIN pg_roles r ON r.oid = n.nspowner
+			WHERE n.nspname = $1), false)`, Schema); err != nil {
+		return nil, fmt.Errorf("migrate state: act as the owner of schema %s: %w", Schema, err)
+	}
+	return func() { _, _ = conn.Exec(context.WithoutCancel(ctx), `RESET ROLE`) }, nil
 }
 
 type migration struct {
