@@ -49,6 +49,10 @@ type Config struct {
 	MaxRetryElapsed time.Duration // stop retrying a request after this long; default 10m
 	InitialBackoff  time.Duration // first retry wait before jitter; default 500ms
 	Observer        Observer      // optional: hears about every attempt, for metrics
+	// WriteFence, when set, is asked before every attempt to write contacts; an error stops
+	// the write unsent. It lets only the instance that holds the replication slot write, also
+	// in the middle of a retry (a process frozen past the slot's timeout).
+	WriteFence func(ctx context.Context) error
 }
 
 // Rate is an allowance of Requests per rolling window of length Per.
@@ -106,6 +110,7 @@ type Client struct {
 	maxElapsed     time.Duration
 	initialBackoff time.Duration
 	observer       Observer
+	writeFence     func(ctx context.Context) error
 
 	// Tests replace the backoff clock and timer so retry waits are recorded
 	// instead of slept.
@@ -164,6 +169,7 @@ func New(cfg Config) (*Client, error) {
 		maxElapsed:     cfg.MaxRetryElapsed,
 		initialBackoff: cfg.InitialBackoff,
 		observer:       cfg.Observer,
+		writeFence:     cfg.WriteFence,
 		clock:          backoff.SystemClock,
 	}
 	if c.maxElapsed <= 0 {
@@ -200,7 +206,8 @@ type call struct {
 	path   string // already escaped
 	route  string // path with names replaced by placeholders, for metrics; empty: path
 	query  url.Values
-	body   any // JSON-encoded; nil sends no body
+	body   any  // JSON-encoded; nil sends no body
+	writes bool // writes contacts: the write fence is asked before every attempt
 }
 
 // endpoint names the call for metrics without property or group names, which would make a
@@ -248,6 +255,11 @@ func (c *Client) do(ctx context.Context, cl call) (int, []byte, error) {
 	attempts := 0
 	op := func() (response, error) {
 		attempts++
+		if cl.writes && c.writeFence != nil {
+			if err := c.writeFence(ctx); err != nil {
+				return response{}, backoff.Permanent(fmt.Errorf("hubspot: %s: not sent: %w", cl, err))
+			}
+		}
 		resp, err := c.attempt(ctx, cl, payload)
 		if err == nil {
 			return resp, nil

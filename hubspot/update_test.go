@@ -314,3 +314,30 @@ func TestContainsToken(t *testing.T) {
 		}
 	}
 }
+
+func TestAWriteFenceStopsEveryAttempt(t *testing.T) {
+	// HubSpot answers 503 twice; between the attempts the instance loses the slot: the retry
+	// must not be sent.
+	calls := 0
+	srv, rec := newServer(t, func(w http.ResponseWriter, r *http.Request, body []byte) {
+		calls++
+		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "error", "message": "try later"})
+	})
+	holding := true
+	env := newTestClient(t, srv.URL, func(c *Config) {
+		c.WriteFence = func(context.Context) error {
+			if !holding {
+				return errors.New("no longer holds the slot")
+			}
+			holding = false // the next attempt finds the slot taken
+			return nil
+		}
+	})
+	_, err := env.client.UpdateContacts(context.Background(), []Update{{ContactID: "1", Properties: map[string]string{"total_xp": "5"}}})
+	if err == nil || !strings.Contains(err.Error(), "no longer holds the slot") {
+		t.Fatalf("err = %v, want the fence's", err)
+	}
+	if n := len(rec.all()); n != 1 || calls != 1 {
+		t.Fatalf("%d requests sent (%d answered), want the one before the fence closed", n, calls)
+	}
+}

@@ -75,6 +75,7 @@ type Consumer struct {
 	// heldAtStop says the last session held the slot when it was stopped: pushes may go on
 	// for the grace period.
 	heldAtStop atomic.Bool
+	walsender  atomic.Uint32 // the server process of the last streaming session
 }
 
 // NewConsumer returns a Consumer; db is a regular pool on the same database.
@@ -104,6 +105,27 @@ func (c *Consumer) Standby() bool { return c.standby.Load() }
 // then may it write to HubSpot.
 func (c *Consumer) Holds() bool { return c.streaming.Load() || c.heldAtStop.Load() }
 
+// ErrNotHolding says another instance holds the slot now.
+var ErrNotHolding = errors.New("this instance no longer holds the replication slot")
+
+// Fence asks the server, not this process's own belief, whether the slot is still this
+// instance's: a process frozen past wal_sender_timeout still thinks it streams until it next
+// reads, while the server has given the slot to a standby. Writes to HubSpot ask it first.
+func (c *Consumer) Fence(ctx context.Context) error {
+	if !c.Holds() {
+		return ErrNotHolding
+	}
+	var pid uint32
+	err := c.db.QueryRow(ctx, `SELECT coalesce(active_pid, 0) FROM pg_replication_slots WHERE slot_name = $1`, c.opts.Names.Slot).Scan(&pid)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return fmt.Errorf("ask who holds the slot: %w", err)
+	}
+	if pid != 0 && pid != c.walsender.Load() {
+		return fmt.Errorf("%w (process %d has it)", ErrNotHolding, pid)
+	}
+	return nil
+}
+
 // ErrReplayTooOld means the slot has already confirmed past the requested LSN: a logical
 // slot cannot be rewound.
 var ErrReplayTooOld = errors.New("the slot has already confirmed past the requested LSN")
@@ -128,6 +150,9 @@ type position struct {
 	// needsLoad says every student must be queued before streaming: the slot was created or
 	// lost and the load has not succeeded yet.
 	needsLoad bool
+	// recreate says the slot cannot decode past a point: its publication was dropped while
+	// it streamed. The next session makes the publication again and starts a new slot.
+	recreate bool
 }
 
 // Run streams from start (0: from the slot's confirmed position) until ctx ends, reconnecting
@@ -146,6 +171,11 @@ func (c *Consumer) Run(ctx context.Context, start pglogrepl.LSN) error {
 		pos, err = c.session(ctx, pos)
 		if ctx.Err() != nil {
 			return nil
+		}
+		if isPublicationMissing(err) {
+			c.log.WithError(err).Error("the publication was dropped while the slot streamed: the slot cannot decode past that point; " +
+				"making the publication again, with a new slot, and queueing every student")
+			pos.recreate, pos.explicit = true, false
 		}
 		if errors.Is(err, ErrReplayTooOld) || errors.Is(err, ErrReplayRefused) || errors.As(err, new(*MisconfiguredError)) {
 			return err
@@ -231,6 +261,15 @@ func (c *Consumer) prepareSlot(ctx context.Context, conn *pgconn.PgConn, pos pos
 	}
 	if slot.Active {
 		return pos, errStandby
+	}
+	if pos.recreate && slot.Exists {
+		if _, err := Setup(ctx, c.db, c.opts.Names, ""); err != nil {
+			return pos, err
+		}
+		if _, err := DropSlot(ctx, c.db, c.opts.Names.Slot, false); err != nil {
+			return pos, err
+		}
+		slot, pos.recreate = Slot{}, false
 	}
 	if slot.Exists && slot.WALStatus == "lost" {
 		if pos.explicit {
@@ -335,6 +374,7 @@ func (c *Consumer) createSlot(ctx context.Context, conn *pgconn.PgConn, pos posi
 func (c *Consumer) stream(ctx context.Context, conn *pgconn.PgConn, from pglogrepl.LSN) error {
 	c.confirmed.Store(uint64(from))
 	c.received.Store(uint64(from))
+	c.walsender.Store(conn.PID())
 	c.streaming.Store(true)
 	defer c.streaming.Store(false)
 	c.log.WithFields(logrus.Fields{"slot": c.opts.Names.Slot, "from": from.String()}).Info("streaming")
@@ -352,6 +392,7 @@ func (c *Consumer) stream(ctx context.Context, conn *pgconn.PgConn, from pglogre
 
 	wireErr := c.receive(ctx, conn, events, procDone)
 	c.heldAtStop.Store(ctx.Err() != nil)
+	c.streaming.Store(false) // no more pushes on a lost connection, even while the processor finishes
 	close(events)
 	<-procDone
 	if ctx.Err() != nil {
@@ -418,6 +459,12 @@ func Connect(ctx context.Context, databaseURL string) (*pgconn.PgConn, error) {
 		return nil, fmt.Errorf("open replication connection: %w", err)
 	}
 	return conn, nil
+}
+
+// isPublicationMissing recognises decoding that stopped on a dropped publication.
+func isPublicationMissing(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "42704" && strings.Contains(pgErr.Message, "publication")
 }
 
 // isSlotActive recognises "replication slot ... is active for PID ...".

@@ -305,3 +305,29 @@ func TestALoadRefusedForHiddenRowsIsDoneOnceTheyAreVisible(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestFenceAsksTheServerWhoHoldsTheSlot(t *testing.T) {
+	db, dbURL := newSourceDB(t)
+	sink := &fakeSink{students: map[uuid.UUID]pglogrepl.LSN{}, named: map[uuid.UUID]int{}}
+	c := NewConsumer(db, sink, Options{DatabaseURL: dbURL, Names: Names{Slot: "progress_sync", Publication: "progress_sync"},
+		StatusInterval: 200 * time.Millisecond, Log: quietLog()})
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx, 0) }()
+	waitFor(t, "streaming", c.Streaming)
+	if err := c.Fence(ctx); err != nil {
+		t.Fatalf("fence while streaming: %v", err)
+	}
+	// The server says another process holds the slot, whatever this one believes.
+	mine := c.walsender.Load()
+	c.walsender.Store(mine + 1)
+	if err := c.Fence(ctx); !errors.Is(err, ErrNotHolding) {
+		t.Fatalf("fence with the slot held by another process: %v, want ErrNotHolding", err)
+	}
+	c.walsender.Store(mine)
+	stop()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"maps"
 	"slices"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pglogrepl"
@@ -40,6 +41,7 @@ func (c *Consumer) process(ctx context.Context, events <-chan event) error {
 		pending, txns = newChanges(), 0
 		return nil
 	}
+	var lastAdvance time.Time
 	for ev := range events {
 		if ev.keepalive {
 			if dec.InTransaction() {
@@ -48,13 +50,16 @@ func (c *Consumer) process(ctx context.Context, events <-chan event) error {
 			if err := flush(); err != nil {
 				return err
 			}
-			if ev.walEnd > c.Confirmed() {
-				// The stored checkpoint never trails the slot, so replaying from it is always
-				// possible; one small write per keepalive is the price.
+			// The stored checkpoint never trails the slot, so replaying from it is always
+			// possible: the position is written before it is confirmed. At most once per
+			// status interval: that write is WAL too, and the server answers it with another
+			// keepalive, which would otherwise be answered with another write, and so on.
+			if ev.walEnd > c.Confirmed() && time.Since(lastAdvance) >= c.opts.StatusInterval {
 				if err := c.sink.Advance(ctx, ev.walEnd); err != nil {
 					return err
 				}
 				c.confirm(ev.walEnd)
+				lastAdvance = time.Now()
 			}
 			continue
 		}

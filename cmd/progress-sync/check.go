@@ -188,8 +188,8 @@ func checkSlot(name string, slot replication.Slot) finding {
 		return finding{item: "slot", detail: fmt.Sprintf("slot %s is lost: the server removed WAL it needed", name),
 			fix: "start `progress-sync run`: it recreates the slot and backfills every student"}
 	case slot.Active:
-		return finding{item: "slot", detail: fmt.Sprintf("slot %s is in use by process %d", name, slot.ActivePID),
-			fix: "another consumer (a running progress-sync?) holds the slot; a second run waits as a standby"}
+		return finding{item: "slot", ok: true, detail: fmt.Sprintf("slot %s: streamed by process %d (a running progress-sync; a second run waits as its standby), wal_status %s, lag %d bytes",
+			name, slot.ActivePID, slot.WALStatus, slot.LagBytes)}
 	default:
 		return finding{item: "slot", ok: true, detail: fmt.Sprintf("slot %s: wal_status %s, lag %d bytes", name, slot.WALStatus, slot.LagBytes)}
 	}

@@ -230,7 +230,7 @@ func report(out io.Writer, res push.Result, dryRun bool) {
 		res.Count(state.Unmatched), res.Count(state.Rejected), res.Count(state.Conflict))
 }
 
-func (a *app) newHubSpot(cfg config.Config, log *logrus.Entry, obs ...hubspot.Observer) (*hubspot.Client, error) {
+func (a *app) newHubSpot(cfg config.Config, log *logrus.Entry, opts ...func(*hubspot.Config)) (*hubspot.Client, error) {
 	hc := hubspot.Config{
 		BaseURL:    cfg.HubSpotBaseURL,
 		Token:      cfg.HubSpotToken,
@@ -238,8 +238,8 @@ func (a *app) newHubSpot(cfg config.Config, log *logrus.Entry, obs ...hubspot.Ob
 		HTTPClient: &http.Client{Timeout: a.hubspotTimeout},
 		Log:        log.WithField("component", "hubspot"),
 	}
-	if len(obs) > 0 {
-		hc.Observer = obs[0]
+	for _, o := range opts {
+		o(&hc)
 	}
 	return hubspot.New(hc)
 }

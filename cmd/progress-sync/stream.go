@@ -106,10 +106,6 @@ func (a *app) serve(ctx context.Context, f streamFlags, from pglogrepl.LSN) erro
 		return err
 	}
 	tm := telemetry.New()
-	hs, err := a.newHubSpot(cfg, log, tm)
-	if err != nil {
-		return err
-	}
 	buf, checkpoint, err := buffer.Open(ctx, store, cfg.Slot, buffer.Options{Debounce: cfg.Debounce, MaxDelay: cfg.MaxDelay})
 	if err != nil {
 		return err
@@ -119,6 +115,11 @@ func (a *app) serve(ctx context.Context, f streamFlags, from pglogrepl.LSN) erro
 		DatabaseURL: cfg.DatabaseURL, Names: replication.Names{Slot: cfg.Slot, Publication: cfg.Publication},
 		StatusInterval: f.statusInterval, StopGrace: f.grace, Log: log.WithField("component", "replication"), Observer: tm,
 	})
+	// Only the slot's holder writes contacts, asked of the server before every attempt.
+	hs, err := a.newHubSpot(cfg, log, func(c *hubspot.Config) { c.Observer, c.WriteFence = tm, consumer.Fence })
+	if err != nil {
+		return err
+	}
 	p := &pipeline{flags: f, log: log, hs: hs, store: store, buf: buf, consumer: consumer,
 		flusher: flush.New(buf, replication.CompleteView{DB: db}, push.New(hs, store, log.WithField("component", "push"), push.Options{ShowEmails: a.showEmails}),
 			flush.Options{Log: log.WithField("component", "flush"), DailyLimitPause: f.dailyLimitPause, StopGrace: f.grace, Observer: tm,
@@ -197,6 +198,26 @@ func (h *hiddenWatch) run(ctx context.Context, db *pgxpool.Pool, every time.Dura
 	}
 }
 
+// resumeNowAndThen takes in, while this instance holds the slot, students that another
+// instance recorded after this one took over (a holder frozen past the slot's timeout may
+// still persist what it had received).
+func (p *pipeline) resumeNowAndThen(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if p.consumer.Streaming() {
+			if err := p.buf.Resume(ctx); err != nil && ctx.Err() == nil {
+				p.log.WithError(err).Warn("could not reload the pending students from the sync state")
+			}
+		}
+	}
+}
+
 // rowsHidden reports whether pushes are, or would be, held because rows are hidden.
 func (p *pipeline) rowsHidden() bool { return p.flusher.RowsHidden() || p.watch.hidden.Load() }
 
@@ -235,6 +256,7 @@ func (p *pipeline) run(ctx context.Context, from pglogrepl.LSN) error {
 		_ = p.flusher.Run(flushCtx)
 	}()
 	go recheckUnmatched(ctx, p.store, p.buf, p.consumer.Holds, p.flags.recheck, p.log)
+	go p.resumeNowAndThen(ctx, time.Minute)
 
 	streamErr := p.consumer.Run(ctx, from)
 	stopFlushing()
