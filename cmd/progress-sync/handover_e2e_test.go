@@ -205,3 +205,21 @@ func TestATransientPerInputErrorIsRetried(t *testing.T) {
 		t.Fatalf("exit %d", code)
 	}
 }
+
+func TestAPublicationAlteredWhileStreamingIsCaughtUp(t *testing.T) {
+	w := newWorld(t, 300)
+	w.streamEnv(nil)
+	svc := w.start()
+	w.waitEqual(time.Minute)
+	// An operator makes the publication send inserts only; students' updates go unseen.
+	w.exec(`ALTER PUBLICATION progress_sync SET (publish = 'insert')`)
+	svc.waitLog("the publication leaves changes out of the stream", 30*time.Second)
+	waitReadyz(t, svc, 503, "publication")
+	w.touchXP(0, 20, 17)
+	w.exec(`ALTER PUBLICATION progress_sync SET (publish = 'insert, update, delete, truncate')`)
+	svc.waitLog("the publication publishes every change again; queueing every student", 30*time.Second)
+	w.waitEqual(time.Minute)
+	if code := svc.stop(); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+}

@@ -19,6 +19,7 @@ import (
 	"github.com/focusenglish/progress-sync/cmd/progress-sync/internal/config"
 	"github.com/focusenglish/progress-sync/cmd/progress-sync/internal/telemetry"
 	"github.com/focusenglish/progress-sync/hubspot"
+	"github.com/focusenglish/progress-sync/metrics"
 	"github.com/focusenglish/progress-sync/replication"
 	"github.com/focusenglish/progress-sync/replication/buffer"
 	"github.com/focusenglish/progress-sync/replication/flush"
@@ -131,7 +132,7 @@ func (a *app) serve(ctx context.Context, f streamFlags, from pglogrepl.LSN) erro
 	}
 	defer stopServing()
 	go tm.WatchDatabase(ctx, db, cfg.Slot, f.statusInterval, log)
-	go p.watch.run(ctx, db, f.statusInterval)
+	go p.watchSource(ctx, db, cfg.Publication, f.statusInterval)
 	return p.run(ctx, from)
 }
 
@@ -171,30 +172,59 @@ type pipeline struct {
 	buf      *buffer.Buffer
 	consumer *replication.Consumer
 	flusher  *flush.Flusher
-	watch    hiddenWatch
+	watch    sourceWatch
 }
 
-// hiddenWatch tests the view of the source tables every interval, so that /readyz and the
-// metric show hidden rows even while nothing waits to be pushed. A test that fails (the
-// database is away) is not taken for hidden rows.
-type hiddenWatch struct{ hidden atomic.Bool }
+// sourceWatch tests, every interval, what the service reads: the view of the source tables,
+// so that /readyz and the metric show hidden rows even while nothing waits to be pushed; and
+// the publication, which an operator may change under a running service. A test that fails
+// (the database is away) is taken for neither.
+type sourceWatch struct {
+	hidden atomic.Bool
+	gap    atomic.Bool // the publication leaves changes out
+}
 
-func (h *hiddenWatch) run(ctx context.Context, db *pgxpool.Pool, every time.Duration) {
+func (p *pipeline) watchSource(ctx context.Context, db *pgxpool.Pool, publication string, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
 		err := replication.CheckVisibility(ctx, db)
 		switch {
 		case errors.As(err, new(*replication.HiddenRowsError)):
-			h.hidden.Store(true)
+			p.watch.hidden.Store(true)
 		case err == nil:
-			h.hidden.Store(false)
+			p.watch.hidden.Store(false)
 		}
+		p.watchPublication(ctx, db, publication)
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
+	}
+}
+
+// watchPublication says so when the publication starts leaving changes out, and once it
+// publishes every change again queues every student: what it left out was never streamed.
+func (p *pipeline) watchPublication(ctx context.Context, db *pgxpool.Pool, publication string) {
+	err := replication.CheckPublication(ctx, db, publication)
+	var gap *replication.MisconfiguredError
+	switch {
+	case errors.As(err, &gap):
+		if !p.watch.gap.Swap(true) {
+			p.log.WithError(err).Error("the publication leaves changes out of the stream; run `progress-sync setup` or the SQL given")
+		}
+	case err == nil && p.watch.gap.Load() && p.consumer.Holds():
+		ids, err := metrics.AllStudents(ctx, db)
+		if err == nil {
+			err = p.buf.Add(ctx, ids, 0)
+		}
+		if err != nil {
+			p.log.WithError(err).Warn("could not queue every student after the publication was fixed; trying again")
+			return
+		}
+		p.watch.gap.Store(false)
+		p.log.WithField("students", len(ids)).Warn("the publication publishes every change again; queueing every student for the changes it left out")
 	}
 }
 
@@ -235,7 +265,7 @@ func (p *pipeline) observe(tm *telemetry.Metrics) *telemetry.Health {
 	tm.Gauge("progress_sync_confirmed_lsn", "The position confirmed to the slot, as a number.", func() float64 { return float64(p.consumer.Confirmed()) })
 	tm.Gauge("progress_sync_streaming", "1 while connected to the slot and streaming.", flag(p.consumer.Streaming))
 	tm.Gauge("progress_sync_rows_hidden", "1 while pushes are held because the database hides rows of the source tables from the service.", flag(p.rowsHidden))
-	return &telemetry.Health{Streaming: p.consumer.Streaming, Standby: p.consumer.Standby, Confirmed: func() uint64 { return uint64(p.consumer.Confirmed()) },
+	return &telemetry.Health{Streaming: p.consumer.Streaming, Standby: p.consumer.Standby, PublicationGap: p.watch.gap.Load, Confirmed: func() uint64 { return uint64(p.consumer.Confirmed()) },
 		DailyPaused: p.flusher.DailyLimitPaused, RowsHidden: p.rowsHidden, StallAfter: 3*p.flags.statusInterval + 30*time.Second}
 }
 

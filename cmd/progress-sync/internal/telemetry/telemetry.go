@@ -161,6 +161,8 @@ type Health struct {
 	Confirmed   func() uint64
 	DailyPaused func() bool
 	RowsHidden  func() bool // optional
+	// PublicationGap, optional, says the publication leaves changes out of the stream.
+	PublicationGap func() bool
 	// StallAfter is how long the confirmed position may stand still before the service is
 	// not ready; it moves at least once per status interval even when idle.
 	StallAfter time.Duration
@@ -187,6 +189,8 @@ func (h *Health) Ready() (bool, string) {
 		return false, fmt.Sprintf("checkpoint has not advanced for %s", now.Sub(h.lastMoved).Round(time.Second))
 	case h.DailyPaused():
 		return false, "HubSpot's daily API limit is spent; pushes are paused"
+	case h.PublicationGap != nil && h.PublicationGap():
+		return false, "the publication leaves changes out of the stream: run progress-sync setup (or check for the SQL)"
 	case h.RowsHidden != nil && h.RowsHidden():
 		return false, "the database hides rows of the source tables from the service (row-level security); pushes are held: run progress-sync check"
 	}
