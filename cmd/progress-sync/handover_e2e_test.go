@@ -51,9 +51,7 @@ func TestStandbyTakesOverWhatTheFirstInstanceRecorded(t *testing.T) {
 	w.streamEnv(nil)
 	first := w.start()
 	w.waitEqual(time.Minute)
-	if code := first.stop(); code != 0 {
-		t.Fatalf("exit %d", code)
-	}
+	first.mustStop()
 	// A holds its students for an hour: they are recorded and confirmed, not pushed.
 	w.cli.env["PROGRESS_SYNC_DEBOUNCE"], w.cli.env["PROGRESS_SYNC_MAX_DELAY"] = "1h", "2h"
 	a := w.start()
@@ -85,19 +83,12 @@ func TestStandbyTakesOverWhatTheFirstInstanceRecorded(t *testing.T) {
 	b.waitLog("took over the replication slot", time.Minute)
 	w.waitEqual(time.Minute)
 	waitReadyz(t, b, 200, "ready")
-	if code := b.stop(); code != 0 {
-		t.Fatalf("exit %d", code)
-	}
+	b.mustStop()
 }
 
 func TestASlotRecreatedBySetupLoadsEveryStudent(t *testing.T) {
-	w := newWorld(t, 300)
-	w.streamEnv(nil)
-	svc := w.start()
-	w.waitEqual(time.Minute)
-	if code := svc.stop(); code != 0 {
-		t.Fatalf("exit %d", code)
-	}
+	w, svc := syncedWorld(t)
+	svc.mustStop()
 	// An operator drops the slot; students study; setup makes a new slot (no snapshot).
 	w.exec(`SELECT pg_drop_replication_slot('progress_sync')`)
 	w.touchXP(0, 20, 11)
@@ -105,19 +96,12 @@ func TestASlotRecreatedBySetupLoadsEveryStudent(t *testing.T) {
 	svc = w.start()
 	svc.waitLog("the slot has confirmed past the stored checkpoint", 30*time.Second)
 	w.waitEqual(time.Minute)
-	if code := svc.stop(); code != 0 {
-		t.Fatalf("exit %d", code)
-	}
+	svc.mustStop()
 }
 
 func TestReplayRefusesWhatWouldSkipChanges(t *testing.T) {
-	w := newWorld(t, 300)
-	w.streamEnv(nil)
-	svc := w.start()
-	w.waitEqual(time.Minute)
-	if code := svc.stop(); code != 0 {
-		t.Fatalf("exit %d", code)
-	}
+	w, svc := syncedWorld(t)
+	svc.mustStop()
 	sum, err := state.Summarize(context.Background(), w.db, "progress_sync")
 	if err != nil {
 		t.Fatal(err)
@@ -147,9 +131,7 @@ func TestReplayRefusesWhatWouldSkipChanges(t *testing.T) {
 	svc = w.start()
 	svc.waitLog("LOST", 30*time.Second)
 	w.waitEqual(time.Minute)
-	if code := svc.stop(); code != 0 {
-		t.Fatalf("exit %d", code)
-	}
+	svc.mustStop()
 }
 
 func TestASlotNameTakenInAnotherDatabaseIsAClearStop(t *testing.T) {
@@ -178,16 +160,11 @@ func TestASlotNameTakenInAnotherDatabaseIsAClearStop(t *testing.T) {
 	w.streamEnv(nil)
 	svc := w.start()
 	w.waitEqual(time.Minute)
-	if code := svc.stop(); code != 0 {
-		t.Fatalf("exit %d", code)
-	}
+	svc.mustStop()
 }
 
 func TestATransientPerInputErrorIsRetried(t *testing.T) {
-	w := newWorld(t, 300)
-	w.streamEnv(nil)
-	svc := w.start()
-	w.waitEqual(time.Minute)
+	w, svc := syncedWorld(t)
 	var ids []string
 	for _, s := range w.students[:5] {
 		ids = append(ids, w.contactIDs[s.ID])
@@ -201,16 +178,11 @@ func TestATransientPerInputErrorIsRetried(t *testing.T) {
 			t.Fatalf("student %s recorded as %s after a transient error: %s", s.ID, p.kind, p.reason)
 		}
 	}
-	if code := svc.stop(); code != 0 {
-		t.Fatalf("exit %d", code)
-	}
+	svc.mustStop()
 }
 
 func TestAPublicationAlteredWhileStreamingIsCaughtUp(t *testing.T) {
-	w := newWorld(t, 300)
-	w.streamEnv(nil)
-	svc := w.start()
-	w.waitEqual(time.Minute)
+	w, svc := syncedWorld(t)
 	// An operator makes the publication send inserts only; students' updates go unseen.
 	w.exec(`ALTER PUBLICATION progress_sync SET (publish = 'insert')`)
 	svc.waitLog("the publication leaves changes out of the stream", 30*time.Second)
@@ -219,7 +191,5 @@ func TestAPublicationAlteredWhileStreamingIsCaughtUp(t *testing.T) {
 	w.exec(`ALTER PUBLICATION progress_sync SET (publish = 'insert, update, delete, truncate')`)
 	svc.waitLog("the publication publishes every change again; queueing every student", 30*time.Second)
 	w.waitEqual(time.Minute)
-	if code := svc.stop(); code != 0 {
-		t.Fatalf("exit %d", code)
-	}
+	svc.mustStop()
 }

@@ -141,9 +141,7 @@ func TestLeastPrivilegeRole(t *testing.T) {
 	w.streamEnv(nil)
 	svc := w.start()
 	w.waitEqual(time.Minute)
-	if code := svc.stop(); code != 0 {
-		t.Fatalf("exit %d", code)
-	}
+	svc.mustStop()
 	var owner string
 	if err := w.db.QueryRow(context.Background(), `SELECT tableowner FROM pg_tables WHERE schemaname = 'progress_sync' AND tablename = 'pending'`).Scan(&owner); err != nil {
 		t.Fatal(err)
@@ -217,16 +215,11 @@ func TestRowLevelSecuritySwitchedOnWhileStreaming(t *testing.T) {
 	svc.waitLog("every row of the source tables is visible again; pushes resume", time.Minute)
 	w.waitEqual(time.Minute)
 	waitReadyz(t, svc, 200, "ready")
-	if code := svc.stop(); code != 0 {
-		t.Fatalf("exit %d", code)
-	}
+	svc.mustStop()
 }
 
 func TestBatchThatLostAllProgressIsHeldUntilAllowed(t *testing.T) {
-	w := newWorld(t, 300)
-	w.streamEnv(nil)
-	svc := w.start()
-	w.waitEqual(time.Minute)
+	w, svc := syncedWorld(t)
 	// Twenty students with progress lose every course_progress row in one transaction: far
 	// more likely a broken view than real, so the service refuses to clear them in HubSpot.
 	var victims []string
@@ -247,9 +240,7 @@ func TestBatchThatLostAllProgressIsHeldUntilAllowed(t *testing.T) {
 	svc.waitLog("--allow-clearing", time.Second)
 	w.cli.mustRun("backfill", "--allow-clearing")
 	w.waitEqual(time.Minute)
-	if code := svc.stop(); code != 0 {
-		t.Fatalf("exit %d", code)
-	}
+	svc.mustStop()
 }
 
 func waitReadyz(t *testing.T, svc *service, code int, want string) {

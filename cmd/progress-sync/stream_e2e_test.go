@@ -51,6 +51,17 @@ func (l *lockedBuffer) String() string {
 	return l.b.String()
 }
 
+// syncedWorld is a world of 300 students with the service running and every contact already
+// equal to the database.
+func syncedWorld(t *testing.T) (*world, *service) {
+	t.Helper()
+	w := newWorld(t, 300)
+	w.streamEnv(nil)
+	svc := w.start()
+	w.waitEqual(time.Minute)
+	return w, svc
+}
+
 // streamEnv makes the service quick enough for tests: short debounce, frequent status.
 func (w *world) streamEnv(extra map[string]string) {
 	w.cli.env["PROGRESS_SYNC_DEBOUNCE"] = "300ms"
@@ -106,6 +117,14 @@ func (s *service) stop() int {
 		s.t.Fatalf("service did not stop within a minute of SIGTERM; log:\n%s", tail(s.logs.String(), 4000))
 	}
 	return s.code
+}
+
+// mustStop stops the service with SIGTERM and fails the test unless it exits 0.
+func (s *service) mustStop() {
+	s.t.Helper()
+	if code := s.stop(); code != 0 {
+		s.t.Fatalf("exit %d after SIGTERM", code)
+	}
 }
 
 func (s *service) kill() {
@@ -284,10 +303,7 @@ func TestSecondInstanceWaitsAndTakesOver(t *testing.T) {
 }
 
 func TestReplay(t *testing.T) {
-	w := newWorld(t, 300)
-	w.streamEnv(nil)
-	svc := w.start()
-	w.waitEqual(time.Minute)
+	w, svc := syncedWorld(t)
 	old := w.slotConfirmed()
 	w.exec(`UPDATE user_streaks SET current_streak = current_streak + 1`)
 	w.waitConfirmedPast(w.lsn(`SELECT pg_current_wal_lsn()::text`), 30*time.Second)
@@ -463,10 +479,7 @@ func TestUnmatchedStudentIsPushedOnceItsContactExists(t *testing.T) {
 }
 
 func TestLostSlotIsRecreatedAndBackfilled(t *testing.T) {
-	w := newWorld(t, 300)
-	w.streamEnv(nil)
-	svc := w.start()
-	w.waitEqual(time.Minute)
+	w, svc := syncedWorld(t)
 	if code := svc.stop(); code != 0 {
 		t.Fatalf("exit %d", code)
 	}
@@ -496,10 +509,7 @@ func TestStreamsWhileHubSpotIsDownFromTheStart(t *testing.T) {
 }
 
 func TestReconnectsAfterTheWalsenderIsKilled(t *testing.T) {
-	w := newWorld(t, 300)
-	w.streamEnv(nil)
-	svc := w.start()
-	w.waitEqual(time.Minute)
+	w, svc := syncedWorld(t)
 	for i := 0; i < 3; i++ {
 		w.exec(`SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = 'progress_sync' AND active_pid IS NOT NULL`)
 		w.exec(`UPDATE user_xp SET total_xp = total_xp + 1 WHERE user_id = $1`, w.students[60+i].ID)
