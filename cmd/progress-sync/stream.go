@@ -232,6 +232,18 @@ func (p *pipeline) watchPublication(ctx context.Context, db *pgxpool.Pool, publi
 // instance recorded after this one took over (a holder frozen past the slot's timeout may
 // still persist what it had received).
 func (p *pipeline) resumeNowAndThen(ctx context.Context, every time.Duration) {
+	onEveryTick(ctx, every, func() {
+		if !p.consumer.Streaming() {
+			return
+		}
+		if err := p.buf.Resume(ctx); err != nil && ctx.Err() == nil {
+			p.log.WithError(err).Warn("could not reload the pending students from the sync state")
+		}
+	})
+}
+
+// onEveryTick calls do every interval until ctx ends.
+func onEveryTick(ctx context.Context, every time.Duration, do func()) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
@@ -239,11 +251,7 @@ func (p *pipeline) resumeNowAndThen(ctx context.Context, every time.Duration) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-		}
-		if p.consumer.Streaming() {
-			if err := p.buf.Resume(ctx); err != nil && ctx.Err() == nil {
-				p.log.WithError(err).Warn("could not reload the pending students from the sync state")
-			}
+			do()
 		}
 	}
 }
@@ -354,16 +362,9 @@ func provisionUntilDone(ctx context.Context, hs *hubspot.Client, log *logrus.Ent
 // recheckUnmatched queues students without a contact again now and then: the contact may
 // have been created since.
 func recheckUnmatched(ctx context.Context, store *state.Store, buf *buffer.Buffer, holds func() bool, every time.Duration, log *logrus.Entry) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	onEveryTick(ctx, every, func() {
 		if !holds() {
-			continue // only the instance holding the slot writes to HubSpot
+			return // only the instance holding the slot writes to HubSpot
 		}
 		ids, err := store.StaleUnmatched(ctx, every)
 		if err == nil && len(ids) > 0 {
@@ -372,5 +373,5 @@ func recheckUnmatched(ctx context.Context, store *state.Store, buf *buffer.Buffe
 		if err != nil && ctx.Err() == nil {
 			log.WithError(err).Warn("could not queue unmatched students for another look")
 		}
-	}
+	})
 }

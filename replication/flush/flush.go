@@ -108,9 +108,6 @@ func New(buf Buffer, source Source, p Pusher, opts Options) *Flusher {
 	return &Flusher{buf: buf, source: source, pusher: p, opts: opts, log: opts.Log, fails: fails}
 }
 
-// ErrNotWriter says this instance does not hold the slot, so it writes nothing to HubSpot.
-var ErrNotWriter = errors.New("another instance holds the replication slot: only it writes to HubSpot")
-
 // standbyWait is how long a standby leaves students before it looks whether it took over.
 const standbyWait = time.Second
 
@@ -146,7 +143,7 @@ func (f *Flusher) flushEntries(ctx context.Context, entries []buffer.Entry) (int
 			f.log.WithField("students", len(entries)).Info("not pushing: another instance holds the replication slot; these students wait for it to stop")
 		}
 		f.buf.Retry(entries, standbyWait)
-		return 0, ErrNotWriter
+		return 0, replication.ErrNotHolding
 	}
 	f.waiting.Store(false)
 	if wait := time.Until(time.Unix(0, f.dailyLimitUntil.Load())); wait > 0 {
