@@ -65,6 +65,36 @@ func (c *Client) ReadByEmail(ctx context.Context, emails []string, properties []
 	return out, nil
 }
 
+// ReadByID reads contacts by record id, for contacts already linked to a student. The result is
+// keyed by the requested id; ids HubSpot no longer has (deleted, or merged away) are absent,
+// and so is a record returned under an id that was not asked for (a merge's survivor), since
+// a merged contact must be found again by email.
+func (c *Client) ReadByID(ctx context.Context, ids []string, properties []string) (map[string]Contact, error) {
+	var want []string
+	seen := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		if id != "" && !seen[id] {
+			seen[id] = true
+			want = append(want, id)
+		}
+	}
+	props := withLookupProperties(properties)
+	out := make(map[string]Contact, len(want))
+	for start := 0; start < len(want); start += maxBatch {
+		chunk := want[start:min(start+maxBatch, len(want))]
+		resp, err := c.batchRead(ctx, "", chunk, props)
+		if err != nil {
+			return nil, fmt.Errorf("hubspot: read contacts by id: %w", err)
+		}
+		for _, r := range resp.Results {
+			if seen[r.ID] {
+				out[r.ID] = toContact(r, props)
+			}
+		}
+	}
+	return out, nil
+}
+
 func withLookupProperties(properties []string) []string {
 	props := []string{propEmail, propAdditionalEmails}
 	seen := map[string]bool{propEmail: true, propAdditionalEmails: true}
@@ -82,7 +112,7 @@ type idInput struct {
 }
 
 type batchReadRequest struct {
-	IDProperty string    `json:"idProperty"`
+	IDProperty string    `json:"idProperty,omitempty"`
 	Properties []string  `json:"properties"`
 	Inputs     []idInput `json:"inputs"`
 }
@@ -105,28 +135,36 @@ type standardError struct {
 	Context  stringLists `json:"context"`
 }
 
-func (c *Client) readChunk(ctx context.Context, chunk, props []string, out map[string]Contact) error {
-	req := batchReadRequest{IDProperty: propEmail, Properties: props, Inputs: make([]idInput, len(chunk))}
+// batchRead sends one batch/read: by record id when idProperty is "", else by that property.
+func (c *Client) batchRead(ctx context.Context, idProperty string, chunk, props []string) (batchResponse, error) {
+	req := batchReadRequest{IDProperty: idProperty, Properties: props, Inputs: make([]idInput, len(chunk))}
 	for i, e := range chunk {
 		req.Inputs[i] = idInput{ID: e}
 	}
+	var resp batchResponse
 	_, body, err := c.do(ctx, call{method: http.MethodPost, path: pathBatchRead, body: req})
+	if err != nil {
+		return resp, err
+	}
+	if err := json.Unmarshal(body, &resp); err != nil {
+		return resp, fmt.Errorf("decode batch/read response: %w", err)
+	}
+	for _, e := range resp.Errors {
+		// Misses are the normal "no such contact" case; anything else leaves those inputs
+		// unmatched too, but deserves a look.
+		if e.Category != categoryNotFound {
+			c.log.WithFields(logrus.Fields{"category": redact(e.Category, c.token), "message": redact(e.Message, c.token)}).
+				Warn("hubspot batch/read reported an error for some inputs; treating them as not found")
+		}
+	}
+	return resp, nil
+}
+
+func (c *Client) readChunk(ctx context.Context, chunk, props []string, out map[string]Contact) error {
+	resp, err := c.batchRead(ctx, propEmail, chunk, props)
 	if err != nil {
 		return err
 	}
-	var resp batchResponse
-	if err := json.Unmarshal(body, &resp); err != nil {
-		return fmt.Errorf("decode batch/read response: %w", err)
-	}
-	for _, e := range resp.Errors {
-		// Misses are the normal "student has no contact" case; anything else
-		// leaves those emails unmatched too, but deserves a look.
-		if e.Category != categoryNotFound {
-			c.log.WithFields(logrus.Fields{"category": redact(e.Category, c.token), "message": redact(e.Message, c.token)}).
-				Warn("hubspot batch/read reported an error for some inputs; treating them as unmatched")
-		}
-	}
-
 	asked := make(map[string]bool, len(chunk))
 	for _, e := range chunk {
 		asked[e] = true

@@ -150,3 +150,49 @@ func sorted(s []string) []string {
 	sort.Strings(out)
 	return out
 }
+
+func TestReadByID(t *testing.T) {
+	crm := newFakeCRM(t)
+	crm.add("512", "ada@example.com", "", map[string]string{"total_xp": "42"})
+	crm.add("513", "bob@example.com", "", nil)
+	crm.add("600", "carol@example.com", "", map[string]string{"total_xp": "7"})
+	crm.survivor["599"] = "600" // 599 was merged into 600
+	srv, _ := newServer(t, crm.serve)
+	env := newTestClient(t, srv.URL)
+
+	tests := []struct {
+		name     string
+		ids      []string
+		want     map[string]string // requested id -> total_xp
+		wantSent [][]string
+	}{
+		{name: "found, duplicate, missing", ids: []string{"512", "513", "512", "404"},
+			want: map[string]string{"512": "42", "513": ""}, wantSent: [][]string{{"512", "513", "404"}}},
+		// The survivor of a merge answers for the old id; it is not the contact that was
+		// linked, so the caller must look the student up by email again.
+		{name: "merged away", ids: []string{"599"}, want: map[string]string{}, wantSent: [][]string{{"599"}}},
+		{name: "nothing asked", ids: nil, want: map[string]string{}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := len(crm.sentReads())
+			got, err := env.client.ReadByID(context.Background(), tt.ids, []string{"total_xp"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			xp := map[string]string{}
+			for id, c := range got {
+				if c.ID != id {
+					t.Errorf("result keyed %s holds contact %s", id, c.ID)
+				}
+				xp[id] = c.Properties["total_xp"]
+			}
+			if !reflect.DeepEqual(xp, tt.want) {
+				t.Errorf("ReadByID = %v, want %v", xp, tt.want)
+			}
+			if sent := crm.sentReads()[before:]; !reflect.DeepEqual(sent, tt.wantSent) && (len(sent) != 0 || tt.wantSent != nil) {
+				t.Errorf("sent %v, want %v", sent, tt.wantSent)
+			}
+		})
+	}
+}

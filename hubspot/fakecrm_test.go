@@ -31,6 +31,7 @@ type fakeCRM struct {
 	mu       sync.Mutex
 	contacts map[string]map[string]string // id -> properties
 	merged   map[string]bool              // ids silently left out of update results
+	survivor map[string]string            // merged-away id -> the contact it was merged into
 	hints    hintMode
 	rng      *rand.Rand
 
@@ -46,7 +47,7 @@ var fakeSchema = map[string]string{
 }
 
 func newFakeCRM(t *testing.T) *fakeCRM {
-	return &fakeCRM{t: t, contacts: map[string]map[string]string{}, merged: map[string]bool{}, rng: rand.New(rand.NewSource(7))}
+	return &fakeCRM{t: t, contacts: map[string]map[string]string{}, merged: map[string]bool{}, survivor: map[string]string{}, rng: rand.New(rand.NewSource(7))}
 }
 
 func (f *fakeCRM) add(id, email, additional string, props map[string]string) {
@@ -98,7 +99,7 @@ func (f *fakeCRM) read(w http.ResponseWriter, body []byte) {
 			ID string `json:"id"`
 		} `json:"inputs"`
 	}
-	if err := json.Unmarshal(body, &req); err != nil || req.IDProperty != "email" {
+	if err := json.Unmarshal(body, &req); err != nil || (req.IDProperty != "email" && req.IDProperty != "") {
 		f.t.Errorf("batch/read: bad request %s", body)
 		writeJSON(w, 400, map[string]string{"category": "VALIDATION_ERROR", "message": "bad request"})
 		return
@@ -110,6 +111,9 @@ func (f *fakeCRM) read(w http.ResponseWriter, body []byte) {
 	has := map[string]bool{}
 	for _, p := range req.Properties {
 		has[p] = true
+	}
+	if strings.Contains(string(body), `"idProperty"`) && req.IDProperty == "" {
+		f.t.Errorf("batch/read by id must omit idProperty, got %s", body)
 	}
 	if !has["email"] || !has["hs_additional_emails"] {
 		f.t.Errorf("batch/read must request email and hs_additional_emails, got %v", req.Properties)
@@ -125,6 +129,9 @@ func (f *fakeCRM) read(w http.ResponseWriter, body []byte) {
 	found := map[string]bool{}
 	for _, in := range req.Inputs {
 		id := f.lookup(in.ID)
+		if req.IDProperty == "" {
+			id = f.byID(in.ID)
+		}
 		if id == "" {
 			missing = append(missing, in.ID)
 			continue
@@ -165,6 +172,17 @@ func nonNil(v []map[string]any) []map[string]any {
 		return []map[string]any{}
 	}
 	return v
+}
+
+// byID finds a contact by record id; a merged-away id answers with its survivor, as HubSpot does.
+func (f *fakeCRM) byID(id string) string {
+	if s, ok := f.survivor[id]; ok {
+		return s
+	}
+	if _, ok := f.contacts[id]; ok {
+		return id
+	}
+	return ""
 }
 
 // lookup finds a contact by primary or additional email, case-insensitively.

@@ -122,7 +122,7 @@ in HubSpot workflows that watch those properties: run it with --dry-run first.`,
 			if err := checkProperties(ctx, hs); err != nil {
 				return err
 			}
-			var store push.Store
+			var store *state.Store
 			if dryRun {
 				store, err = state.OpenReadOnly(ctx, db)
 			} else {
@@ -131,8 +131,9 @@ in HubSpot workflows that watch those properties: run it with --dry-run first.`,
 			if err != nil {
 				return err
 			}
-			p := push.New(hs, store, log, push.Options{DryRun: dryRun, ShowEmails: a.showEmails, AllowClearing: allowClearing})
-			res, err := backfill(ctx, db, p, emails, log)
+			p := push.New(hs, store, log, push.Options{DryRun: dryRun, ShowEmails: a.showEmails, AllowClearing: allowClearing,
+				CompareWithHubSpot: true})
+			res, err := backfill(ctx, db, p, store, emails, log)
 			report(cmd.OutOrStdout(), res, dryRun)
 			return err
 		},
@@ -144,8 +145,10 @@ in HubSpot workflows that watch those properties: run it with --dry-run first.`,
 	return cmd
 }
 
-// backfill pushes every student, or those with the given emails, in batches of push.MaxBatch.
-func backfill(ctx context.Context, db *pgxpool.Pool, p *push.Pusher, emails []string, log *logrus.Entry) (push.Result, error) {
+// backfill pushes every student, or those with the given emails, in batches of push.MaxBatch,
+// comparing with what HubSpot holds. A full backfill also lets go of the contacts of students
+// deleted since they were synced.
+func backfill(ctx context.Context, db *pgxpool.Pool, p *push.Pusher, store *state.Store, emails []string, log *logrus.Entry) (push.Result, error) {
 	var total push.Result
 	// Every batch is computed from a complete view: a policy switched on halfway through
 	// stops the backfill instead of clearing the rest.
@@ -187,7 +190,7 @@ func backfill(ctx context.Context, db *pgxpool.Pool, p *push.Pusher, emails []st
 			return total, err
 		}
 		if len(students) == 0 {
-			return total, nil
+			return total, forgetDeparted(ctx, p, store, &total)
 		}
 		after = students[len(students)-1].ID
 		res, err := p.Push(ctx, students)
@@ -201,6 +204,22 @@ func backfill(ctx context.Context, db *pgxpool.Pool, p *push.Pusher, emails []st
 	}
 }
 
+// forgetDeparted lets go of the students deleted since their contact was found.
+func forgetDeparted(ctx context.Context, p *push.Pusher, store *state.Store, total *push.Result) error {
+	gone, err := store.Departed(ctx)
+	if err != nil {
+		return err
+	}
+	for start := 0; start < len(gone); start += push.MaxBatch {
+		res, err := p.Forget(ctx, gone[start:min(start+push.MaxBatch, len(gone))])
+		total.Add(res)
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // report prints what a backfill did, or would do in a dry run.
 func report(out io.Writer, res push.Result, dryRun bool) {
 	if dryRun {
@@ -211,7 +230,11 @@ func report(out io.Writer, res push.Result, dryRun bool) {
 				names = append(names, n)
 			}
 			sort.Strings(names)
-			fmt.Fprintf(out, "would update contact %s (%s, student %s):\n", c.ContactID, c.Email, c.StudentID)
+			verb := "would update"
+			if c.Release {
+				verb = "would clear the synced properties of" // the student left it
+			}
+			fmt.Fprintf(out, "%s contact %s (%s, student %s):\n", verb, c.ContactID, c.Email, c.StudentID)
 			for _, n := range names {
 				v := c.Properties[n]
 				fmt.Fprintf(out, "  %-22s %q -> %q\n", n, v[0], v[1])
@@ -221,13 +244,24 @@ func report(out io.Writer, res push.Result, dryRun bool) {
 	for _, p := range res.Problems {
 		fmt.Fprintf(out, "%-9s student %s (%s): %s\n", p.Kind, p.StudentID, p.Email, p.Reason)
 	}
-	verb, n := "updated", res.Updated
+	verb, n, released := "updated", res.Updated, res.Released
 	if dryRun {
-		verb, n = "would update", len(res.Changes)
+		verb, n = "would update", 0
+		for _, c := range res.Changes {
+			if c.Release {
+				released++
+			} else {
+				n++
+			}
+		}
 	}
-	fmt.Fprintf(out, "backfill: %d students, %s %d contacts, %d already up to date, %d unmatched, %d rejected, %d conflicts\n",
+	fmt.Fprintf(out, "backfill: %d students, %s %d contacts, %d already up to date, %d unmatched, %d rejected, %d conflicts",
 		res.Students, verb, n, res.Unchanged,
 		res.Count(state.Unmatched), res.Count(state.Rejected), res.Count(state.Conflict))
+	if released > 0 {
+		fmt.Fprintf(out, ", %s %d contacts their students left (email changed or deleted)", strings.Replace(verb, "update", "clear", 1), released)
+	}
+	fmt.Fprintln(out)
 }
 
 func (a *app) newHubSpot(cfg config.Config, log *logrus.Entry, opts ...func(*hubspot.Config)) (*hubspot.Client, error) {

@@ -382,6 +382,27 @@ func (s *Server) DeleteContact(id string) {
 	}
 }
 
+// EditContact changes properties of a contact the way a person in HubSpot, a workflow or an
+// import would, behind the API client's back ("" clears a value). Emails cannot be edited
+// this way. It reports whether the contact exists.
+func (s *Server) EditContact(id string, props map[string]string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, ok := s.lookupID(id)
+	if !ok {
+		return false
+	}
+	now := s.now()
+	for _, k := range slices.Sorted(maps.Keys(props)) {
+		if isComputed(k) || k == propEmail || k == propAdditionalEmails {
+			continue
+		}
+		c.set(k, props[k], now, "CRM_UI")
+	}
+	c.updatedAt = now
+	return true
+}
+
 // DefineProperty creates or replaces a property definition, like a property
 // that already exists in the portal. A missing group is created.
 func (s *Server) DefineProperty(p Property) {

@@ -38,9 +38,10 @@ type Source interface {
 	ForStudents(ctx context.Context, ids []uuid.UUID) ([]metrics.Student, error)
 }
 
-// Pusher writes a batch of students to HubSpot.
+// Pusher writes a batch of students to HubSpot, and lets go of students deleted since.
 type Pusher interface {
 	Push(ctx context.Context, students []metrics.Student) (push.Result, error)
+	Forget(ctx context.Context, gone []uuid.UUID) (push.Result, error)
 }
 
 // Observer hears about every batch HubSpot took, for metrics.
@@ -231,8 +232,6 @@ func (f *Flusher) flush(ctx context.Context, entries []buffer.Entry) error {
 	for i, e := range entries {
 		ids[i] = e.Student
 	}
-	// Students deleted since they changed are absent here; removing them from the buffer
-	// below is all they need.
 	students, err := f.source.ForStudents(ctx, ids)
 	f.noteVisibility(err)
 	if err != nil {
@@ -242,6 +241,13 @@ func (f *Flusher) flush(ctx context.Context, entries []buffer.Entry) error {
 	if len(students) > 0 {
 		res, err = f.pusher.Push(ctx, students)
 		if err != nil {
+			return err
+		}
+	}
+	// Students absent from a complete view were deleted since they changed: their contacts
+	// are let go (docs/contract.md §6).
+	if gone := absent(ids, students); len(gone) > 0 {
+		if _, err := f.pusher.Forget(ctx, gone); err != nil {
 			return err
 		}
 	}
@@ -259,4 +265,19 @@ func (f *Flusher) flush(ctx context.Context, entries []buffer.Entry) error {
 		f.opts.Observer.Flushed(len(entries), res.Updated, oldest, latest)
 	}
 	return nil
+}
+
+// absent returns the ids no student was computed for.
+func absent(ids []uuid.UUID, students []metrics.Student) []uuid.UUID {
+	found := make(map[uuid.UUID]bool, len(students))
+	for _, s := range students {
+		found[s.ID] = true
+	}
+	var out []uuid.UUID
+	for _, id := range ids {
+		if !found[id] {
+			out = append(out, id)
+		}
+	}
+	return out
 }

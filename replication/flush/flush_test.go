@@ -32,6 +32,14 @@ type fakePusher struct {
 	mu     sync.Mutex
 	errs   []error
 	pushed [][]uuid.UUID
+	gone   [][]uuid.UUID
+}
+
+func (f *fakePusher) Forget(_ context.Context, gone []uuid.UUID) (push.Result, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.gone = append(f.gone, gone)
+	return push.Result{}, nil
 }
 
 func (f *fakePusher) Push(_ context.Context, students []metrics.Student) (push.Result, error) {

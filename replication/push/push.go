@@ -25,6 +25,7 @@ const MaxBatch = 100
 // HubSpot is the part of the HubSpot API a push needs.
 type HubSpot interface {
 	ReadByEmail(ctx context.Context, emails []string, properties []string) (map[string]hubspot.Contact, error)
+	ReadByID(ctx context.Context, ids []string, properties []string) (map[string]hubspot.Contact, error)
 	UpdateContacts(ctx context.Context, updates []hubspot.Update) (hubspot.UpdateResult, error)
 }
 
@@ -46,6 +47,7 @@ type Pusher struct {
 	dryRun        bool
 	showEmails    bool
 	allowClearing bool
+	compare       bool
 	props         []string
 }
 
@@ -58,12 +60,17 @@ type Options struct {
 	// AllowClearing lets a batch clear the progress of many students at once (see
 	// VanishedProgressError), for an operator who knows the rows were really deleted.
 	AllowClearing bool
+	// CompareWithHubSpot reads what every contact holds now instead of trusting the values
+	// last pushed, so a value changed in HubSpot behind the sync's back is written again
+	// (backfill). It costs one batch/read per batch, by email, as a first lookup does; a
+	// linked contact that no longer answers to the student's email is read by id.
+	CompareWithHubSpot bool
 }
 
 // New returns a Pusher.
 func New(hs HubSpot, store Store, log *logrus.Entry, opts Options) *Pusher {
 	return &Pusher{hs: hs, store: store, log: log, dryRun: opts.DryRun, showEmails: opts.ShowEmails,
-		allowClearing: opts.AllowClearing, props: metrics.Names()}
+		allowClearing: opts.AllowClearing, compare: opts.CompareWithHubSpot, props: metrics.Names()}
 }
 
 // Change is what a push sends (or, in a dry run, would send) to one contact.
@@ -73,12 +80,15 @@ type Change struct {
 	ContactID string
 	// Properties maps each changed property to its old and new value.
 	Properties map[string][2]string
+	// Release clears the values on a contact the student no longer has.
+	Release bool
 }
 
 // Result summarizes a push.
 type Result struct {
 	Students  int
 	Updated   int             // contacts written
+	Released  int             // contacts no longer any student's, whose synced values were cleared
 	Unchanged int             // matched students whose contact already held every value
 	Changes   []Change        // what a dry run would send (empty otherwise: a backfill of 100,000 students need not hold them)
 	Problems  []state.Problem // unmatched, rejected and conflicting students
@@ -88,6 +98,7 @@ type Result struct {
 func (r *Result) Add(o Result) {
 	r.Students += o.Students
 	r.Updated += o.Updated
+	r.Released += o.Released
 	r.Unchanged += o.Unchanged
 	r.Changes = append(r.Changes, o.Changes...)
 	r.Problems = append(r.Problems, o.Problems...)
@@ -113,6 +124,9 @@ type batch struct {
 	known map[uuid.UUID]state.Problem
 	// baseline is what each contact holds: freshly read values, else what was last pushed.
 	baseline map[string]map[string]string
+	// released are the links students left behind: their email changed to another contact's
+	// (or to none), or they were deleted. Their contacts get the synced values cleared.
+	released []state.Link
 }
 
 // target is one student on its way to a contact.
@@ -121,6 +135,8 @@ type target struct {
 	email   string // normalized
 	link    state.Link
 	linked  bool
+	// previous is the student's link made under an email it no longer has.
+	previous *state.Link
 }
 
 // change is what one contact is to be sent.
@@ -128,21 +144,24 @@ type change struct {
 	target *target
 	values map[string]string    // the properties to write
 	diff   map[string][2]string // each one's old and new value
+	// release clears the values on a contact the student left (target.link is that link).
+	release bool
 }
 
 // Push writes up to MaxBatch students, in phases: resolve contacts → settle conflicts → diff
-// → write → record. Contacts HubSpot no longer has (deleted or merged away since they were
-// cached) get one more pass with their students resolved afresh. An error means nothing after
-// the failing call was recorded; pushes are idempotent, so the caller retries the whole batch.
+// → release left contacts → write → record. Contacts HubSpot no longer has (deleted or merged
+// away since they were cached) get one more pass with their students resolved afresh. An
+// error means nothing after the failing call was recorded; pushes are idempotent, so the
+// caller retries the whole batch.
 func (p *Pusher) Push(ctx context.Context, students []metrics.Student) (Result, error) {
 	if len(students) > MaxBatch {
 		return Result{}, fmt.Errorf("push: %d students in one batch, at most %d", len(students), MaxBatch)
 	}
-	known, err := p.store.ProblemsOf(ctx, studentIDs(students))
+	b, err := p.newBatch(ctx, studentIDs(students))
 	if err != nil {
 		return Result{}, err
 	}
-	b := &batch{res: Result{Students: len(students)}, known: known, baseline: map[string]map[string]string{}}
+	b.res.Students = len(students)
 	lost, err := p.pass(ctx, students, b, nil)
 	if err == nil && len(lost) > 0 {
 		lost, err = p.pass(ctx, studentsOf(lost), b, contactsOf(lost))
@@ -158,6 +177,14 @@ func (p *Pusher) Push(ctx context.Context, students []metrics.Student) (Result, 
 		return Result{}, err
 	}
 	return b.res, nil
+}
+
+func (p *Pusher) newBatch(ctx context.Context, ids []uuid.UUID) (*batch, error) {
+	known, err := p.store.ProblemsOf(ctx, ids)
+	if err != nil {
+		return nil, err
+	}
+	return &batch{known: known, baseline: map[string]map[string]string{}}, nil
 }
 
 // pass runs the phases up to the write for students, skipping the cached links of the lost
@@ -177,66 +204,126 @@ func (p *Pusher) pass(ctx context.Context, students []metrics.Student, b *batch,
 	if err := p.guardVanishedProgress(students, targets, b.baseline); err != nil {
 		return nil, err
 	}
-	return p.write(ctx, changes, b)
+	releases, err := p.releaseContacts(ctx, b, targets)
+	if err != nil {
+		return nil, err
+	}
+	return p.write(ctx, append(changes, releases...), b)
 }
 
 // resolveContacts finds each student's contact: a cached link holds while the email is
-// unchanged; the rest take one batch/read by email. Students without a usable email or a
-// contact become problems.
+// unchanged; the rest take one batch/read by email (all of them when comparing with HubSpot).
+// Students without a usable email or a contact become problems.
 func (p *Pusher) resolveContacts(ctx context.Context, students []metrics.Student, b *batch, lost map[string]bool) ([]*target, error) {
 	links, err := p.store.Links(ctx, studentIDs(students))
 	if err != nil {
 		return nil, err
 	}
 	var targets []*target
-	var unresolved []string
+	var emails []string
 	for _, s := range students {
 		email, problem := metrics.MatchableEmail(s.Email)
+		l, cached := links[s.ID]
+		cached = cached && !lost[l.ContactID]
+		if cached && l.Email != email {
+			b.released = append(b.released, l) // kept if the new email finds the same contact
+		}
 		if problem != "" {
 			p.problem(b, state.Problem{StudentID: s.ID, Email: s.Email, Kind: state.Unmatched, Reason: problem})
 			continue
 		}
 		t := &target{student: s, email: email}
-		if l, ok := links[s.ID]; ok && l.Email == email && !lost[l.ContactID] {
+		if cached && l.Email == email {
 			t.link, t.linked = l, true
-		} else {
-			unresolved = append(unresolved, email)
+		}
+		if !t.linked || p.compare {
+			emails = append(emails, email)
 		}
 		targets = append(targets, t)
 	}
-	if len(unresolved) == 0 {
+	if len(emails) == 0 {
 		return targets, nil
 	}
-	return p.lookUpByEmail(ctx, targets, unresolved, b)
+	return p.lookUpByEmail(ctx, targets, emails, b)
 }
 
-// lookUpByEmail links the unlinked targets with one batch/read, keeping what each contact
-// holds as its baseline (recorded, so the next push needs no batch/read).
+// lookUpByEmail reads the contacts of emails in one batch/read and links the unlinked targets,
+// keeping what each contact holds as its baseline (recorded, so the next push needs no
+// batch/read). Linked targets take their baseline from it too when comparing with HubSpot.
 func (p *Pusher) lookUpByEmail(ctx context.Context, targets []*target, emails []string, b *batch) ([]*target, error) {
 	contacts, err := p.hs.ReadByEmail(ctx, emails, p.props)
 	if err != nil {
 		return nil, fmt.Errorf("look up contacts by email: %w", err)
 	}
 	kept := targets[:0]
+	var elsewhere []*target // linked, but the email now finds no contact or another one
 	for _, t := range targets {
-		if t.linked {
-			kept = append(kept, t)
+		c, found := contacts[t.email]
+		switch {
+		case t.linked && !p.compare:
+		case t.linked && found && c.ID == t.link.ContactID:
+			p.keepBaseline(b, t, c)
+		case t.linked:
+			elsewhere = append(elsewhere, t)
 			continue
-		}
-		c, ok := contacts[t.email]
-		if !ok {
+		case found:
+			p.link(b, t, c)
+		default:
 			p.problem(b, state.Problem{StudentID: t.student.ID, Email: t.email, Kind: state.Unmatched,
 				Reason: "no HubSpot contact has this email"})
 			continue
 		}
-		t.link = state.Link{StudentID: t.student.ID, Email: t.email, ContactID: c.ID, Primary: c.Email == t.email}
-		t.linked = true
-		b.out.Links = append(b.out.Links, t.link)
-		b.baseline[c.ID] = p.canonical(c.Properties)
-		b.out.Pushed = append(b.out.Pushed, state.Pushed{ContactID: c.ID, StudentID: t.student.ID, Properties: b.baseline[c.ID]})
+		kept = append(kept, t)
+	}
+	if len(elsewhere) == 0 {
+		return kept, nil
+	}
+	return p.readLinkedByID(ctx, kept, elsewhere, contacts, b)
+}
+
+// readLinkedByID reads the linked contacts that no longer answer to their student's email (an
+// address changed in HubSpot): a link holds while the student's email is unchanged. A contact
+// HubSpot no longer has is forgotten, and the student goes to the contact its email finds.
+func (p *Pusher) readLinkedByID(ctx context.Context, kept, elsewhere []*target, byEmail map[string]hubspot.Contact, b *batch) ([]*target, error) {
+	ids := make([]string, len(elsewhere))
+	for i, t := range elsewhere {
+		ids[i] = t.link.ContactID
+	}
+	contacts, err := p.hs.ReadByID(ctx, ids, p.props)
+	if err != nil {
+		return nil, fmt.Errorf("read linked contacts: %w", err)
+	}
+	for _, t := range elsewhere {
+		if c, ok := contacts[t.link.ContactID]; ok {
+			p.keepBaseline(b, t, c)
+			kept = append(kept, t)
+			continue
+		}
+		b.out.DropLinks = append(b.out.DropLinks, t.link.ContactID)
+		c, ok := byEmail[t.email]
+		if !ok {
+			p.problem(b, state.Problem{StudentID: t.student.ID, Email: t.email, Kind: state.Unmatched,
+				Reason: "no HubSpot contact has this email (the contact linked before was deleted or merged)"})
+			continue
+		}
+		p.link(b, t, c)
 		kept = append(kept, t)
 	}
 	return kept, nil
+}
+
+// link ties a target to the contact its email found, with what the contact holds as baseline.
+func (p *Pusher) link(b *batch, t *target, c hubspot.Contact) {
+	t.link = state.Link{StudentID: t.student.ID, Email: t.email, ContactID: c.ID, Primary: c.Email == t.email}
+	t.linked = true
+	b.out.Links = append(b.out.Links, t.link)
+	p.keepBaseline(b, t, c)
+}
+
+// keepBaseline takes what a contact holds, just read, as the baseline, and records it.
+func (p *Pusher) keepBaseline(b *batch, t *target, c hubspot.Contact) {
+	b.baseline[c.ID] = p.canonical(c.Properties)
+	b.out.Pushed = append(b.out.Pushed, state.Pushed{ContactID: c.ID, StudentID: t.student.ID, Properties: b.baseline[c.ID]})
 }
 
 // diff compares each target's values with its contact's baseline and returns what to send.
@@ -295,13 +382,96 @@ func (p *Pusher) loadCachedBaseline(ctx context.Context, targets []*target, b *b
 	return nil
 }
 
+// Forget lets go of students deleted from the database: the synced values on their contacts
+// are cleared (unless another student claims the contact) and the sync state forgets them.
+func (p *Pusher) Forget(ctx context.Context, gone []uuid.UUID) (Result, error) {
+	if len(gone) > MaxBatch {
+		return Result{}, fmt.Errorf("push: %d students in one batch, at most %d", len(gone), MaxBatch)
+	}
+	b, err := p.newBatch(ctx, gone)
+	if err != nil {
+		return Result{}, err
+	}
+	links, err := p.store.Links(ctx, gone)
+	if err != nil {
+		return Result{}, err
+	}
+	for _, id := range gone {
+		if l, ok := links[id]; ok {
+			b.released = append(b.released, l)
+		}
+	}
+	b.out.Forget = gone
+	releases, err := p.releaseContacts(ctx, b, nil)
+	if err != nil {
+		return Result{}, err
+	}
+	if _, err := p.write(ctx, releases, b); err != nil {
+		return Result{}, err
+	}
+	if err := p.record(ctx, b); err != nil {
+		return Result{}, err
+	}
+	return b.res, nil
+}
+
+// releaseContacts clears the synced values on the contacts students left (their email now
+// finds another contact or none, or they were deleted), so that no contact keeps progress
+// nobody updates: a workflow would go on acting on it. A contact a student still claims (in
+// this batch, or under its current email in the sync state) is left alone.
+func (p *Pusher) releaseContacts(ctx context.Context, b *batch, targets []*target) ([]change, error) {
+	released := b.released
+	b.released = nil
+	if len(released) == 0 {
+		return nil, nil
+	}
+	claimed := map[string]bool{}
+	for _, t := range targets {
+		claimed[t.link.ContactID] = true
+	}
+	ids := make([]string, len(released))
+	for i, l := range released {
+		ids[i] = l.ContactID
+	}
+	claimants, err := p.store.Claimants(ctx, ids)
+	if err != nil {
+		return nil, err
+	}
+	for _, l := range claimants {
+		claimed[l.ContactID] = true
+	}
+	cached, err := p.store.Pushed(ctx, ids)
+	if err != nil {
+		return nil, err
+	}
+	var changes []change
+	for _, l := range released {
+		b.out.Unlink = append(b.out.Unlink, l)
+		if claimed[l.ContactID] {
+			continue
+		}
+		claimed[l.ContactID] = true // one change per contact
+		c := change{target: &target{student: metrics.Student{ID: l.StudentID}, email: l.Email, link: l, linked: true},
+			values: map[string]string{}, diff: map[string][2]string{}, release: true}
+		for _, name := range p.props {
+			if old, had := cached[l.ContactID][name]; !had || old != "" {
+				c.values[name], c.diff[name] = "", [2]string{old, ""}
+			}
+		}
+		if len(c.values) > 0 {
+			changes = append(changes, c)
+		}
+	}
+	return changes, nil
+}
+
 // write sends the changes in one batch/update (a dry run only reports them) and returns the
 // targets whose contact HubSpot no longer has.
 func (p *Pusher) write(ctx context.Context, changes []change, b *batch) ([]*target, error) {
 	if p.dryRun {
 		for _, c := range changes {
 			b.res.Changes = append(b.res.Changes, Change{StudentID: c.target.student.ID, Email: c.target.email,
-				ContactID: c.target.link.ContactID, Properties: c.diff})
+				ContactID: c.target.link.ContactID, Properties: c.diff, Release: c.release})
 		}
 		return nil, nil
 	}
@@ -321,17 +491,7 @@ func (p *Pusher) write(ctx context.Context, changes []change, b *batch) ([]*targ
 	if err != nil {
 		return nil, fmt.Errorf("update contacts: %w", err)
 	}
-	for _, id := range ur.Updated {
-		c := byContact[id]
-		b.res.Updated++
-		b.out.Pushed = append(b.out.Pushed, state.Pushed{ContactID: id, StudentID: c.target.student.ID, Properties: c.values})
-		b.out.Synced = append(b.out.Synced, c.target.student.ID)
-	}
-	for _, r := range ur.Rejected {
-		c := byContact[r.ContactID]
-		p.problem(b, state.Problem{StudentID: c.target.student.ID, Email: c.target.email, Kind: state.Rejected,
-			Reason: "HubSpot refused the values: " + r.Message, ContactID: r.ContactID, Properties: c.values})
-	}
+	p.recordWrites(b, ur, byContact)
 	if len(ur.Retry) > 0 {
 		// HubSpot could not take these now, for a reason it does not call permanent: the
 		// batch goes again later (updates are idempotent), and no one is marked rejected.
@@ -340,10 +500,38 @@ func (p *Pusher) write(ctx context.Context, changes []change, b *batch) ([]*targ
 	}
 	lost := make([]*target, 0, len(ur.NotFound))
 	for _, id := range ur.NotFound {
-		lost = append(lost, byContact[id].target)
+		if c := byContact[id]; !c.release {
+			lost = append(lost, c.target)
+		}
 	}
 	b.out.DropLinks = append(b.out.DropLinks, ur.NotFound...)
 	return lost, nil
+}
+
+// recordWrites notes in the batch what HubSpot took and what it refused.
+func (p *Pusher) recordWrites(b *batch, ur hubspot.UpdateResult, byContact map[string]change) {
+	for _, id := range ur.Updated {
+		c := byContact[id]
+		b.out.Pushed = append(b.out.Pushed, state.Pushed{ContactID: id, StudentID: c.target.student.ID, Properties: c.values})
+		if c.release {
+			b.res.Released++
+			p.log.WithFields(logrus.Fields{"student_id": c.target.student.ID, "contact_id": id}).
+				Info("cleared the synced properties on a contact its student no longer has (email changed, or student deleted)")
+			continue
+		}
+		b.res.Updated++
+		b.out.Synced = append(b.out.Synced, c.target.student.ID)
+	}
+	for _, r := range ur.Rejected {
+		c := byContact[r.ContactID]
+		if c.release {
+			p.log.WithFields(logrus.Fields{"student_id": c.target.student.ID, "contact_id": r.ContactID}).
+				Warn("HubSpot refused to clear the synced properties on a contact its student left: " + r.Message)
+			continue
+		}
+		p.problem(b, state.Problem{StudentID: c.target.student.ID, Email: c.target.email, Kind: state.Rejected,
+			Reason: "HubSpot refused the values: " + r.Message, ContactID: r.ContactID, Properties: c.values})
+	}
 }
 
 // record stores the batch's outcome in one transaction (not in a dry run) and logs it.
@@ -354,7 +542,7 @@ func (p *Pusher) record(ctx context.Context, b *batch) error {
 		}
 	}
 	p.log.WithFields(logrus.Fields{
-		"students": b.res.Students, "updated": b.res.Updated, "unchanged": b.res.Unchanged,
+		"students": b.res.Students, "updated": b.res.Updated, "unchanged": b.res.Unchanged, "released": b.res.Released,
 		"unmatched": b.res.Count(state.Unmatched), "rejected": b.res.Count(state.Rejected),
 		"conflicts": b.res.Count(state.Conflict), "dry_run": p.dryRun,
 	}).Info("pushed batch")

@@ -228,6 +228,24 @@ func scanLink(row pgx.CollectableRow) (Link, error) {
 	return l, err
 }
 
+// Departed lists the students whose link outlived them: deleted from public.users since their
+// contact was found. Their contacts still hold what was last synced.
+func (s *Store) Departed(ctx context.Context) ([]uuid.UUID, error) {
+	if s.absent {
+		return nil, nil
+	}
+	rows, err := s.db.Query(ctx, `SELECT l.student_id FROM `+Schema+`.contact_links l
+		WHERE NOT EXISTS (SELECT 1 FROM public.users u WHERE u.id = l.student_id) ORDER BY l.student_id`)
+	if err != nil {
+		return nil, fmt.Errorf("read links of deleted students: %w", err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+	if err != nil {
+		return nil, fmt.Errorf("read links of deleted students: %w", err)
+	}
+	return ids, nil
+}
+
 // Pushed returns the values last known to be on each of the given contacts.
 func (s *Store) Pushed(ctx context.Context, contactIDs []string) (map[string]map[string]string, error) {
 	if s.absent {
@@ -310,6 +328,8 @@ type Pushed struct {
 type Outcome struct {
 	Links     []Link
 	DropLinks []string    // contacts HubSpot no longer has (deleted or merged away)
+	Unlink    []Link      // links students left (their email changed); removed before Links are stored
+	Forget    []uuid.UUID // students deleted from the database: their links and problems go
 	Pushed    []Pushed    // merged into the values already recorded for each contact
 	Problems  []Problem   // upserted; Attempts counts tries
 	Synced    []uuid.UUID // students now equal on HubSpot: their problems are cleared
@@ -324,6 +344,13 @@ func (s *Store) Record(ctx context.Context, o Outcome) error {
 	if len(o.DropLinks) > 0 {
 		b.Queue(`DELETE FROM `+Schema+`.contact_links WHERE contact_id = ANY($1)`, o.DropLinks)
 		b.Queue(`DELETE FROM `+Schema+`.pushed_values WHERE contact_id = ANY($1)`, o.DropLinks)
+	}
+	for _, l := range o.Unlink {
+		b.Queue(`DELETE FROM `+Schema+`.contact_links WHERE student_id = $1 AND contact_id = $2`, l.StudentID, l.ContactID)
+	}
+	if len(o.Forget) > 0 {
+		b.Queue(`DELETE FROM `+Schema+`.contact_links WHERE student_id = ANY($1)`, o.Forget)
+		b.Queue(`DELETE FROM `+Schema+`.problems WHERE student_id = ANY($1)`, o.Forget)
 	}
 	for _, l := range o.Links {
 		b.Queue(`INSERT INTO `+Schema+`.contact_links (student_id, email, contact_id, is_primary) VALUES ($1, $2, $3, $4)
