@@ -24,6 +24,7 @@ import (
 	"github.com/focusenglish/progress-sync/replication/buffer"
 	"github.com/focusenglish/progress-sync/replication/flush"
 	"github.com/focusenglish/progress-sync/replication/push"
+	"github.com/focusenglish/progress-sync/replication/reconcile"
 	"github.com/focusenglish/progress-sync/replication/state"
 )
 
@@ -131,9 +132,21 @@ func (a *app) serve(ctx context.Context, f streamFlags, from pglogrepl.LSN) erro
 		return err
 	}
 	defer stopServing()
+	if cfg.Reconcile > 0 {
+		go p.reconciler(db, cfg, tm).Run(ctx)
+	}
 	go tm.WatchDatabase(ctx, db, cfg.Slot, f.statusInterval, log)
 	go p.watchSource(ctx, db, cfg.Publication, f.statusInterval)
 	return p.run(ctx, from)
+}
+
+// reconciler walks the linked contacts every cfg.Reconcile, on a tenth of the rate limit, while
+// this instance holds the slot.
+func (p *pipeline) reconciler(db *pgxpool.Pool, cfg config.Config, tm *telemetry.Metrics) *reconcile.Reconciler {
+	return reconcile.New(p.hs, replication.CompleteView{DB: db}, p.buf, p.store, p.store.Reconciliation(cfg.Slot), reconcile.Options{
+		Every: cfg.Reconcile, Budget: reconcile.Budget(cfg.RateLimit), MayWrite: p.consumer.Holds,
+		DailyLimitPause: p.flags.dailyLimitPause, Log: p.log.WithField("component", "reconcile"), Observer: tm,
+	})
 }
 
 // prepareDatabase migrates the sync state, sets up the publication and replica identities

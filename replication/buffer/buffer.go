@@ -342,6 +342,19 @@ func (b *Buffer) Len() int {
 	return len(b.entries)
 }
 
+// Waiting reports which of the students are in the buffer: changed and not yet pushed.
+func (b *Buffer) Waiting(students []uuid.UUID) map[uuid.UUID]bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := map[uuid.UUID]bool{}
+	for _, id := range students {
+		if _, ok := b.entries[id]; ok {
+			out[id] = true
+		}
+	}
+	return out
+}
+
 func (b *Buffer) signal() {
 	select {
 	case b.wake <- struct{}{}:

@@ -28,9 +28,11 @@ type Config struct {
 	Debounce       time.Duration
 	MaxDelay       time.Duration
 	RateLimit      hubspot.Rate
-	Listen         string
-	LogLevel       logrus.Level
-	LogFormat      string
+	// Reconcile is how often run reads every linked contact back from HubSpot; 0: never.
+	Reconcile time.Duration
+	Listen    string
+	LogLevel  logrus.Level
+	LogFormat string
 }
 
 // Needs says which services a command talks to, so that a command that never touches HubSpot
@@ -56,6 +58,7 @@ func settings() []setting {
 		{"PROGRESS_SYNC_DEBOUNCE", "debounce", "3s", "quiet period per student before a push"},
 		{"PROGRESS_SYNC_MAX_DELAY", "max-delay", "30s", "longest a change may wait before a push"},
 		{"PROGRESS_SYNC_RATE_LIMIT", "rate-limit", "100/10s", "HubSpot requests allowed per window (the portal's burst limit)"},
+		{"PROGRESS_SYNC_RECONCILE", "reconcile", "24h", "how often run reads every linked contact back from HubSpot and repairs values changed there; 0 turns it off"},
 		{"PROGRESS_SYNC_LISTEN", "listen", "127.0.0.1:9187", "address for /metrics, /healthz and /readyz"},
 		{"LOG_LEVEL", "log-level", "info", "log level: debug, info, warn, error"},
 		{"LOG_FORMAT", "log-format", "json", "log format: json or text"},
@@ -143,6 +146,11 @@ func Load(fs *pflag.FlagSet, getenv func(string) (string, bool), needs Needs) (C
 	c.MaxDelay = duration(raw, "PROGRESS_SYNC_MAX_DELAY", bad)
 	if c.Debounce > 0 && c.MaxDelay > 0 && c.MaxDelay < c.Debounce {
 		bad("PROGRESS_SYNC_MAX_DELAY", "%s is shorter than PROGRESS_SYNC_DEBOUNCE (%s); it must be at least as long", c.MaxDelay, c.Debounce)
+	}
+	if d, err := time.ParseDuration(raw["PROGRESS_SYNC_RECONCILE"]); err != nil || d < 0 || (d > 0 && d < time.Second) {
+		bad("PROGRESS_SYNC_RECONCILE", "%q is not a duration such as 24h or 6h30m (at least 1s), or 0 to turn reconciling off", raw["PROGRESS_SYNC_RECONCILE"])
+	} else {
+		c.Reconcile = d
 	}
 	c.Listen = raw["PROGRESS_SYNC_LISTEN"]
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {

@@ -41,7 +41,8 @@ func TestLoad(t *testing.T) {
 		{name: "defaults", env: good, needs: all, check: func(t *testing.T, c Config) {
 			if c.Slot != "progress_sync" || c.Publication != "progress_sync" || c.Debounce != 3*time.Second ||
 				c.MaxDelay != 30*time.Second || c.RateLimit.Requests != 100 || c.RateLimit.Per != 10*time.Second ||
-				c.Listen != "127.0.0.1:9187" || c.HubSpotBaseURL != "https://api.hubapi.com" || c.LogFormat != "json" {
+				c.Listen != "127.0.0.1:9187" || c.HubSpotBaseURL != "https://api.hubapi.com" || c.LogFormat != "json" ||
+				c.Reconcile != 24*time.Hour {
 				t.Errorf("defaults = %+v", c)
 			}
 		}},
@@ -64,6 +65,14 @@ func TestLoad(t *testing.T) {
 			"LOG_LEVEL": "loud", "LOG_FORMAT": "xml", "HUBSPOT_BASE_URL": "api.hubapi.com"}), needs: all,
 			want: []string{"HUBSPOT_BASE_URL", "PROGRESS_SYNC_RATE_LIMIT", "PROGRESS_SYNC_SLOT", "PROGRESS_SYNC_PUBLICATION",
 				"PROGRESS_SYNC_DEBOUNCE", "PROGRESS_SYNC_MAX_DELAY", "PROGRESS_SYNC_LISTEN", "LOG_LEVEL", "LOG_FORMAT"}},
+		{name: "reconcile turned off", env: with(map[string]string{"PROGRESS_SYNC_RECONCILE": "0"}), needs: all,
+			check: func(t *testing.T, c Config) {
+				if c.Reconcile != 0 {
+					t.Errorf("reconcile = %s, want 0 (off)", c.Reconcile)
+				}
+			}},
+		{name: "reconcile negative", env: with(map[string]string{"PROGRESS_SYNC_RECONCILE": "-1h"}), needs: all, want: []string{"PROGRESS_SYNC_RECONCILE: \"-1h\" is not a duration"}},
+		{name: "reconcile without a unit", env: with(map[string]string{"PROGRESS_SYNC_RECONCILE": "24"}), needs: all, want: []string{"PROGRESS_SYNC_RECONCILE: \"24\" is not a duration"}},
 		{name: "max delay shorter than debounce", env: with(map[string]string{"PROGRESS_SYNC_DEBOUNCE": "10s", "PROGRESS_SYNC_MAX_DELAY": "5s"}), needs: all,
 			want: []string{"PROGRESS_SYNC_MAX_DELAY: 5s is shorter than PROGRESS_SYNC_DEBOUNCE"}},
 		{name: "token with whitespace", env: with(map[string]string{"HUBSPOT_ACCESS_TOKEN": "pat na1"}), needs: all, want: []string{"HUBSPOT_ACCESS_TOKEN: contains whitespace"}},

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/sirupsen/logrus"
 
+	"github.com/focusenglish/progress-sync/metrics"
 	"github.com/focusenglish/progress-sync/replication/state"
 )
 
@@ -39,6 +40,8 @@ type Metrics struct {
 	slotLag         prometheus.Gauge
 	walStatus       *prometheus.GaugeVec
 	problems        *prometheus.GaugeVec
+	drift           *prometheus.CounterVec
+	reconciled      prometheus.Gauge
 }
 
 // New registers the metrics on a fresh registry.
@@ -71,7 +74,14 @@ func New() *Metrics {
 		Help: "1 for the slot's current wal_status (reserved, extended, unreserved, lost, missing)."}, []string{"status"})
 	m.problems = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "progress_sync_problem_students",
 		Help: "Students that could not be written, by kind (unmatched, rejected, conflict)."}, []string{"kind"})
-	for _, c := range []prometheus.Collector{m.changes, m.hubspotRequests, m.rateLimited, m.flushBatches, m.flushSize,
+	m.drift = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "progress_sync_reconcile_drift_total",
+		Help: "Contacts the reconcile found holding another value than the database's, not waiting for a push: changed in HubSpot behind the sync's back, by property."}, []string{"property"})
+	m.reconciled = prometheus.NewGauge(prometheus.GaugeOpts{Name: "progress_sync_reconcile_last_complete_timestamp_seconds",
+		Help: "Unix time the last complete reconcile pass ended (0: none yet)."})
+	for _, name := range metrics.Names() {
+		m.drift.WithLabelValues(name) // every property shows, at 0 until it drifts
+	}
+	for _, c := range []prometheus.Collector{m.drift, m.reconciled, m.changes, m.hubspotRequests, m.rateLimited, m.flushBatches, m.flushSize,
 		m.contactsUpdated, m.latency, m.quietLatency, m.lastFlush, m.slotLag, m.walStatus, m.problems,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)
@@ -109,6 +119,16 @@ func (m *Metrics) Flushed(students, updated int, oldest, latest []time.Duration)
 		m.quietLatency.Observe(w.Seconds())
 	}
 	m.lastFlush.SetToCurrentTime()
+}
+
+// Drifted implements reconcile.Observer.
+func (m *Metrics) Drifted(property string, contacts int) {
+	m.drift.WithLabelValues(property).Add(float64(contacts))
+}
+
+// PassCompleted implements reconcile.Observer.
+func (m *Metrics) PassCompleted(at time.Time) {
+	m.reconciled.Set(float64(at.UnixNano()) / 1e9)
 }
 
 // WatchDatabase refreshes the slot and problem gauges every interval until ctx ends.

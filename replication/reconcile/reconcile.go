@@ -1,0 +1,361 @@
+// Package reconcile checks HubSpot itself, not the sync's record of it: every interval it walks
+// every linked contact in pages of 100, reads the values the contact holds, and queues each
+// student whose contact differs from the database, so that the ordinary flush repairs values a
+// person, a workflow or an import changed behind the sync's back (docs/contract.md §6).
+//
+// The walk spends a tenth of the HubSpot rate limit at most, so live changes keep their
+// freshness; it keeps its position in the sync state, so a restart resumes it; and only the
+// instance holding the replication slot walks.
+package reconcile
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pglogrepl"
+	"github.com/sirupsen/logrus"
+	"golang.org/x/time/rate"
+
+	"github.com/focusenglish/progress-sync/hubspot"
+	"github.com/focusenglish/progress-sync/metrics"
+	"github.com/focusenglish/progress-sync/replication"
+	"github.com/focusenglish/progress-sync/replication/state"
+)
+
+// PageSize is how many linked contacts one batch/read covers: HubSpot's batch limit.
+const PageSize = 100
+
+// HubSpot reads contacts by id.
+type HubSpot interface {
+	ReadByID(ctx context.Context, ids []string, properties []string) (map[string]hubspot.Contact, error)
+}
+
+// Source computes students' metrics from a complete view of the database.
+type Source interface {
+	ForStudents(ctx context.Context, ids []uuid.UUID) ([]metrics.Student, error)
+}
+
+// Queue is the keyed buffer: the reconcile puts the students it finds different there.
+type Queue interface {
+	Add(ctx context.Context, students []uuid.UUID, end pglogrepl.LSN) error
+	Waiting(students []uuid.UUID) map[uuid.UUID]bool
+}
+
+// Store is the part of the sync state the walk reads and writes besides its own position.
+type Store interface {
+	ProblemsOf(ctx context.Context, students []uuid.UUID) (map[uuid.UUID]state.Problem, error)
+	Unsettle(ctx context.Context, properties map[string][]string) error
+	Record(ctx context.Context, o state.Outcome) error
+}
+
+// Position is where the walk stands (*state.Reconciliation).
+type Position interface {
+	Load(ctx context.Context) (state.ReconcilePass, error)
+	Start(ctx context.Context) (state.ReconcilePass, error)
+	Page(ctx context.Context, after uuid.UUID, limit int) ([]state.LinkedStudent, error)
+	Advance(ctx context.Context, p state.ReconcilePass, drifted map[string][]string) error
+	Finish(ctx context.Context, p state.ReconcilePass) (recurring map[string]int, err error)
+}
+
+// Observer hears what the walk finds, for metrics.
+type Observer interface {
+	Drifted(property string, contacts int)
+	PassCompleted(at time.Time)
+}
+
+// Options configure a Reconciler.
+type Options struct {
+	// Every is how long after a complete pass the next one starts.
+	Every time.Duration
+	// Budget is the HubSpot rate the walk may use: a tenth of the portal's limit.
+	Budget rate.Limit
+	// MayWrite reports whether this instance holds the replication slot; a standby waits.
+	MayWrite func() bool
+	// Pause is how long the walk waits after a failure before it tries the page again.
+	// Default 30 s.
+	Pause time.Duration
+	// DailyLimitPause is how long it waits when HubSpot's daily limit is spent. Default 15 min.
+	DailyLimitPause time.Duration
+	Log      *logrus.Entry
+	Observer Observer // optional
+}
+
+// Reconciler runs the passes.
+type Reconciler struct {
+	hs       HubSpot
+	source   Source
+	queue    Queue
+	store    Store
+	position Position
+	opts     Options
+	limiter  *rate.Limiter
+	props    []string
+	// told is set once the last complete pass of an earlier run was reported.
+	told bool
+}
+
+// New returns a Reconciler.
+func New(hs HubSpot, source Source, queue Queue, store Store, position Position, opts Options) *Reconciler {
+	if opts.Pause <= 0 {
+		opts.Pause = 30 * time.Second
+	}
+	if opts.DailyLimitPause <= 0 {
+		opts.DailyLimitPause = 15 * time.Minute
+	}
+	if opts.MayWrite == nil {
+		opts.MayWrite = func() bool { return true }
+	}
+	return &Reconciler{hs: hs, source: source, queue: queue, store: store, position: position, opts: opts,
+		limiter: rate.NewLimiter(opts.Budget, 1), props: metrics.Names()}
+}
+
+// Budget is the share of a HubSpot rate limit the walk uses: a tenth.
+func Budget(r hubspot.Rate) rate.Limit {
+	if r.Requests <= 0 || r.Per <= 0 {
+		return rate.Inf
+	}
+	return rate.Limit(float64(r.Requests) / r.Per.Seconds() / 10)
+}
+
+// Run walks pass after pass until ctx ends. Failures are logged and the page tried again.
+func (r *Reconciler) Run(ctx context.Context) {
+	for ctx.Err() == nil {
+		err := r.step(ctx)
+		if err == nil || ctx.Err() != nil {
+			continue
+		}
+		log, wait := r.opts.Log.WithError(err), r.opts.Pause
+		switch {
+		case errors.Is(err, hubspot.ErrDailyLimit):
+			wait = r.opts.DailyLimitPause
+		case errors.As(err, new(*replication.HiddenRowsError)):
+			// The flusher says so loudly; the walk just waits for the fix.
+			log.WithField("retry_in", wait.String()).Debug("reconcile: the database hides rows; waiting")
+			sleep(ctx, wait)
+			continue
+		}
+		log.WithField("retry_in", wait.String()).Warn("reconcile: could not check a page of contacts; trying again")
+		sleep(ctx, wait)
+	}
+}
+
+// step waits for the next pass to be due and this instance to hold the slot, then does one
+// page (starting or finishing the pass as needed).
+func (r *Reconciler) step(ctx context.Context) error {
+	pass, err := r.position.Load(ctx)
+	if err != nil {
+		return err
+	}
+	if !r.told && r.opts.Observer != nil && (pass.Pass > 1 || (pass.Pass == 1 && !pass.Running)) {
+		r.opts.Observer.PassCompleted(pass.CompletedAt)
+	}
+	r.told = true
+	if !pass.Running {
+		if wait := time.Until(pass.CompletedAt.Add(r.opts.Every)); wait > 0 {
+			sleep(ctx, min(wait, time.Minute)) // look again: another instance may have walked
+			return nil
+		}
+	}
+	if !r.opts.MayWrite() {
+		sleep(ctx, 5*time.Second)
+		return nil
+	}
+	if !pass.Running {
+		if pass, err = r.position.Start(ctx); err != nil {
+			return err
+		}
+		r.opts.Log.WithField("pass", pass.Pass).Info("reconcile: pass started: reading every linked contact back from HubSpot")
+	}
+	return r.pageOf(ctx, pass)
+}
+
+// pageOf checks the next page of the pass, or finishes the pass when no page is left.
+func (r *Reconciler) pageOf(ctx context.Context, pass state.ReconcilePass) error {
+	links, err := r.position.Page(ctx, pass.After, PageSize)
+	if err != nil {
+		return err
+	}
+	if len(links) == 0 {
+		return r.finish(ctx, pass)
+	}
+	if err := r.limiter.Wait(ctx); err != nil {
+		return err
+	}
+	found, err := r.compare(ctx, links)
+	if err != nil {
+		return err
+	}
+	if err := r.repair(ctx, found); err != nil {
+		return err
+	}
+	pass.After = links[len(links)-1].StudentID
+	pass.ContactsRead += found.read
+	pass.StudentsDifferent += len(found.drifted)
+	for _, props := range found.drifted {
+		for _, name := range props {
+			pass.Differed[name]++
+			if r.opts.Observer != nil {
+				r.opts.Observer.Drifted(name, 1)
+			}
+		}
+	}
+	return r.position.Advance(ctx, pass, found.drifted)
+}
+
+// findings is what one page turned up.
+type findings struct {
+	read int
+	// queue are the students to push again: their contact differs, or their link is stale.
+	queue []uuid.UUID
+	// unsettle are the differing properties per contact: the record of what was pushed no
+	// longer holds for them.
+	unsettle map[string][]string
+	// drifted are the differing properties of contacts whose student was not waiting for a
+	// push anyway: changed behind the sync's back.
+	drifted map[string][]string
+	// vanished are contacts HubSpot no longer has (deleted, or merged away).
+	vanished []string
+}
+
+// compare reads a page of linked contacts and finds those that differ from the database.
+func (r *Reconciler) compare(ctx context.Context, links []state.LinkedStudent) (findings, error) {
+	f := findings{unsettle: map[string][]string{}, drifted: map[string][]string{}}
+	current := map[uuid.UUID]state.LinkedStudent{}
+	var ids []uuid.UUID
+	var contacts []string
+	for _, l := range links {
+		if l.Gone || l.Current != l.Email {
+			f.queue = append(f.queue, l.StudentID) // the flush lets go of the contact left
+			continue
+		}
+		current[l.StudentID] = l
+		ids = append(ids, l.StudentID)
+		contacts = append(contacts, l.ContactID)
+	}
+	if len(ids) == 0 {
+		return f, nil
+	}
+	students, err := r.source.ForStudents(ctx, ids)
+	if err != nil {
+		return f, fmt.Errorf("compute metrics: %w", err)
+	}
+	skip, err := r.notOwned(ctx, ids)
+	if err != nil {
+		return f, err
+	}
+	held, err := r.hs.ReadByID(ctx, contacts, r.props)
+	if err != nil {
+		return f, fmt.Errorf("read contacts: %w", err)
+	}
+	f.read = len(held)
+	waiting := r.queue.Waiting(ids)
+	for _, s := range students {
+		l := current[s.ID]
+		c, ok := held[l.ContactID]
+		switch {
+		case skip[s.ID]:
+		case !ok:
+			f.vanished = append(f.vanished, l.ContactID)
+			f.queue = append(f.queue, s.ID)
+		default:
+			r.diff(&f, s, c, waiting[s.ID])
+		}
+	}
+	return f, nil
+}
+
+// diff notes the properties on which contact c differs from student s.
+func (r *Reconciler) diff(f *findings, s metrics.Student, c hubspot.Contact, waiting bool) {
+	var differ []string
+	for _, name := range r.props {
+		if metrics.Canonical(name, c.Properties[name]) != s.Values[name] {
+			differ = append(differ, name)
+		}
+	}
+	if len(differ) == 0 {
+		return
+	}
+	f.unsettle[c.ID] = differ
+	f.queue = append(f.queue, s.ID)
+	if !waiting {
+		f.drifted[c.ID] = differ
+	}
+}
+
+// notOwned lists the students whose contact the sync does not write as they are: in conflict
+// over it with another student, or holding values HubSpot refused (they wait for a change).
+func (r *Reconciler) notOwned(ctx context.Context, ids []uuid.UUID) (map[uuid.UUID]bool, error) {
+	problems, err := r.store.ProblemsOf(ctx, ids)
+	if err != nil {
+		return nil, err
+	}
+	out := map[uuid.UUID]bool{}
+	for id, p := range problems {
+		if p.Kind == state.Conflict || p.Kind == state.Rejected {
+			out[id] = true
+		}
+	}
+	return out, nil
+}
+
+// repair makes the flush write what differs: it forgets the record of the differing values
+// (so the diff against it sends them) before it queues the students. Forgetting only ever
+// makes a push send more, never less, whatever a push running meanwhile records.
+func (r *Reconciler) repair(ctx context.Context, f findings) error {
+	if len(f.vanished) > 0 {
+		if err := r.store.Record(ctx, state.Outcome{DropLinks: f.vanished}); err != nil {
+			return err
+		}
+	}
+	if err := r.store.Unsettle(ctx, f.unsettle); err != nil {
+		return err
+	}
+	if len(f.queue) == 0 {
+		return nil
+	}
+	return r.queue.Add(ctx, f.queue, 0)
+}
+
+// finish completes a pass: one log line with what it found, and a warning for each property
+// that was changed again on contacts the pass before had repaired.
+func (r *Reconciler) finish(ctx context.Context, pass state.ReconcilePass) error {
+	recurring, err := r.position.Finish(ctx, pass)
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	fields := logrus.Fields{"pass": pass.Pass, "contacts_read": pass.ContactsRead, "students_different": pass.StudentsDifferent,
+		"took": now.Sub(pass.StartedAt).Round(time.Second).String()}
+	for name, n := range pass.Differed {
+		fields["different_"+name] = n
+	}
+	r.opts.Log.WithFields(fields).Info("reconcile: pass complete")
+	names := make([]string, 0, len(recurring))
+	for name := range recurring {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		r.opts.Log.WithFields(logrus.Fields{"property": name, "contacts": recurring[name]}).
+			Warn(fmt.Sprintf("reconcile: %s was changed in HubSpot again on %d contacts the last pass had repaired: "+
+				"a workflow, import or integration keeps overwriting it (docs/runbook.md, \"A workflow fights the sync\")", name, recurring[name]))
+	}
+	if r.opts.Observer != nil {
+		r.opts.Observer.PassCompleted(now)
+	}
+	return nil
+}
+
+// sleep waits for d or until ctx ends.
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
