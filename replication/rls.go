@@ -332,3 +332,19 @@ func (v CompleteView) Page(ctx context.Context, after uuid.UUID, limit int) (out
 	})
 	return out, err
 }
+
+// Explain is metrics.ForStudents and metrics.InputsOf for one student, read together over a
+// complete view. It returns metrics.ErrNoStudent for an id public.users does not have.
+func (v CompleteView) Explain(ctx context.Context, id uuid.UUID) (student metrics.Student, in metrics.Inputs, err error) {
+	err = ReadComplete(ctx, v.DB, func(tx pgx.Tx) error {
+		if in, err = metrics.InputsOf(ctx, tx, id); err != nil {
+			return err
+		}
+		students, err := metrics.ForStudents(ctx, tx, []uuid.UUID{id})
+		if err == nil && len(students) == 1 {
+			student = students[0]
+		}
+		return err
+	})
+	return student, in, err
+}

@@ -17,7 +17,9 @@ import (
 // the sync's back, one property each: numbers, dates, the enumeration, a cleared value.
 var driftEdits = []func(i int) map[string]string{
 	func(i int) map[string]string { return map[string]string{metrics.StudyStreak: "777"} },
-	func(i int) map[string]string { return map[string]string{metrics.TotalStudyTime: fmt.Sprint(100000 + i)} },
+	func(i int) map[string]string {
+		return map[string]string{metrics.TotalStudyTime: fmt.Sprint(100000 + i)}
+	},
 	func(i int) map[string]string { return map[string]string{metrics.LastActivityDate: "2001-01-01"} },
 	func(i int) map[string]string { return map[string]string{metrics.CourseCompletedDate: "2002-02-02"} },
 	func(i int) map[string]string { return map[string]string{metrics.CourseStatus: "completed"} },

@@ -96,7 +96,7 @@ func newRoot(stdout, stderr io.Writer, getenv func(string) (string, bool)) *cobr
 	root.PersistentFlags().DurationVar(&a.hubspotTimeout, "hubspot-timeout", 30*time.Second, "give up on a HubSpot request after this long (it is retried)")
 	root.PersistentFlags().BoolVar(&a.showEmails, "show-emails", false, "log email addresses in full (by default logs mask them: a***@example.com)")
 	a.root = root
-	root.AddCommand(a.runCmd(), a.setupCmd(), a.provisionCmd(), a.backfillCmd(), a.replayCmd(), a.statusCmd(), a.teardownCmd(), a.checkCmd())
+	root.AddCommand(a.runCmd(), a.setupCmd(), a.provisionCmd(), a.backfillCmd(), a.explainCmd(), a.replayCmd(), a.statusCmd(), a.teardownCmd(), a.checkCmd())
 	return root
 }
 

@@ -80,8 +80,8 @@ type Options struct {
 	Pause time.Duration
 	// DailyLimitPause is how long it waits when HubSpot's daily limit is spent. Default 15 min.
 	DailyLimitPause time.Duration
-	Log      *logrus.Entry
-	Observer Observer // optional
+	Log             *logrus.Entry
+	Observer        Observer // optional
 }
 
 // Reconciler runs the passes.

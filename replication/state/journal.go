@@ -65,6 +65,23 @@ func (j *Journal) Load(ctx context.Context) (Checkpoint, []PendingStudent, error
 	return cp, out, nil
 }
 
+// PendingOf reads one student's entry in the buffer, if it has one. It writes nothing.
+func (s *Store) PendingOf(ctx context.Context, id uuid.UUID) (PendingStudent, bool, error) {
+	p := PendingStudent{ID: id}
+	if s.absent {
+		return p, false, nil
+	}
+	err := s.db.QueryRow(ctx, `SELECT first_change_at, last_change_at, version FROM `+Schema+`.pending WHERE student_id = $1`, id).
+		Scan(&p.First, &p.Last, &p.Version)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return p, false, nil
+	}
+	if err != nil {
+		return p, false, fmt.Errorf("read the pending student: %w", err)
+	}
+	return p, true, nil
+}
+
 // RecordChanges records, in one transaction, that students changed at the given time (their
 // new version) and that the stream has got to end (0 leaves the checkpoint alone). Only after
 // it returns may end be confirmed to the slot. Rows are written in key order, so two writers
