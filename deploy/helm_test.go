@@ -270,6 +270,7 @@ func TestHelmDefaults(t *testing.T) {
 		"PROGRESS_SYNC_DEBOUNCE":    "3s",
 		"PROGRESS_SYNC_MAX_DELAY":   "30s",
 		"PROGRESS_SYNC_RATE_LIMIT":  "100/10s",
+		"PROGRESS_SYNC_RECONCILE":   "24h",
 		"LOG_LEVEL":                 "info",
 		"LOG_FORMAT":                "json",
 	} {
@@ -370,14 +371,16 @@ func checkAlerts(t *testing.T, pr *prometheusRule) {
 	}
 	sel := fmt.Sprintf(`namespace=%q, job=%q`, releaseNS, fullname)
 	want := map[string][]string{
-		"ProgressSyncDown":                     {"up{" + sel + "}"},
-		"ProgressSyncSlotLagHigh":              {"progress_sync_slot_lag_bytes{" + sel + "} > 268435456"},
-		"ProgressSyncSlotWALNotReserved":       {"progress_sync_slot_wal_status{" + sel + `, status!="reserved"} == 1`},
-		"ProgressSyncSlotLost":                 {`progress_sync_slot_wal_status{` + sel + `, status=~"unreserved|lost"} == 1`},
-		"ProgressSyncNoRecentFlush":            {"progress_sync_last_flush_timestamp_seconds{" + sel + "} > 900", "progress_sync_pending_students{" + sel + "} > 0"},
-		"ProgressSyncUnmatchedGrowing":         {"delta(progress_sync_problem_students{" + sel + `, kind="unmatched"}[6h]) > 25`},
-		"ProgressSyncHubSpotDailyLimitReached": {`increase(progress_sync_hubspot_rate_limited_total{` + sel + `, policy="DAILY"}[30m]) > 0`},
-		"ProgressSyncCommitToHubSpotSlow":      {"progress_sync_commit_to_hubspot_seconds_bucket{" + sel + "}"},
+		"ProgressSyncDown":                          {"up{" + sel + "}"},
+		"ProgressSyncSlotLagHigh":                   {"progress_sync_slot_lag_bytes{" + sel + "} > 268435456"},
+		"ProgressSyncSlotWALNotReserved":            {"progress_sync_slot_wal_status{" + sel + `, status!="reserved"} == 1`},
+		"ProgressSyncSlotLost":                      {`progress_sync_slot_wal_status{` + sel + `, status=~"unreserved|lost"} == 1`},
+		"ProgressSyncNoRecentFlush":                 {"progress_sync_last_flush_timestamp_seconds{" + sel + "} > 900", "progress_sync_pending_students{" + sel + "} > 0"},
+		"ProgressSyncUnmatchedGrowing":              {"delta(progress_sync_problem_students{" + sel + `, kind="unmatched"}[6h]) > 25`},
+		"ProgressSyncHubSpotDailyLimitReached":      {`increase(progress_sync_hubspot_rate_limited_total{` + sel + `, policy="DAILY"}[30m]) > 0`},
+		"ProgressSyncCommitToHubSpotSlow":           {"progress_sync_commit_to_hubspot_seconds_bucket{" + sel + "}"},
+		"ProgressSyncHubSpotOverwritesSyncedValues": {"increase(progress_sync_reconcile_drift_total{" + sel + "}[3d])) > 50"},
+		"ProgressSyncReconcileOverdue":              {"time() - progress_sync_reconcile_last_complete_timestamp_seconds{" + sel + "} > 259200"},
 	}
 	for name, parts := range want {
 		r, ok := rules[name]
