@@ -675,7 +675,7 @@ type streaming struct {
 // startStreaming seeds students (all with contacts), starts `progress-sync run` with the
 // given debounce and waits until the first-start backfill has filled every contact. The
 // caller closes conn and stops svc.
-func (h *harness) startStreaming(ctx context.Context, students int, debounce time.Duration) (*streaming, error) {
+func (h *harness) startStreaming(ctx context.Context, students int, debounce time.Duration, env ...string) (*streaming, error) {
 	seeded, err := h.seed(ctx, students, 0, true)
 	if err != nil {
 		return nil, err
@@ -684,7 +684,7 @@ func (h *harness) startStreaming(ctx context.Context, students int, debounce tim
 	if st.conn, err = h.connect(ctx); err != nil {
 		return nil, err
 	}
-	if st.svc, err = h.startService("run", []string{"PROGRESS_SYNC_DEBOUNCE=" + debounce.String()}, "--status-interval", "1s"); err != nil {
+	if st.svc, err = h.startService("run", append([]string{"PROGRESS_SYNC_DEBOUNCE=" + debounce.String()}, env...), "--status-interval", "1s"); err != nil {
 		st.conn.Close(context.Background())
 		return nil, err
 	}

@@ -342,17 +342,20 @@ func (b *Buffer) Len() int {
 	return len(b.entries)
 }
 
-// Waiting reports which of the students are in the buffer: changed and not yet pushed.
-func (b *Buffer) Waiting(students []uuid.UUID) map[uuid.UUID]bool {
+// Waiting reports which of the students are in the buffer, changed and not yet pushed: queued
+// (a push to come will compute them afresh) or in flight (a push is under way).
+func (b *Buffer) Waiting(students []uuid.UUID) (queued, inFlight map[uuid.UUID]bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	out := map[uuid.UUID]bool{}
+	queued, inFlight = map[uuid.UUID]bool{}, map[uuid.UUID]bool{}
 	for _, id := range students {
-		if _, ok := b.entries[id]; ok {
-			out[id] = true
+		if e, ok := b.entries[id]; ok && e.inFlight {
+			inFlight[id] = true
+		} else if ok {
+			queued[id] = true
 		}
 	}
-	return out
+	return queued, inFlight
 }
 
 func (b *Buffer) signal() {

@@ -42,7 +42,9 @@ type Source interface {
 // Queue is the keyed buffer: the reconcile puts the students it finds different there.
 type Queue interface {
 	Add(ctx context.Context, students []uuid.UUID, end pglogrepl.LSN) error
-	Waiting(students []uuid.UUID) map[uuid.UUID]bool
+	// Waiting splits the students in the buffer into those queued for a push and those in
+	// flight.
+	Waiting(students []uuid.UUID) (queued, inFlight map[uuid.UUID]bool)
 }
 
 // Store is the part of the sync state the walk reads and writes besides its own position.
@@ -252,7 +254,7 @@ func (r *Reconciler) compare(ctx context.Context, links []state.LinkedStudent) (
 		return f, fmt.Errorf("read contacts: %w", err)
 	}
 	f.read = len(held)
-	waiting := r.queue.Waiting(ids)
+	queued, inFlight := r.queue.Waiting(ids)
 	for _, s := range students {
 		l := current[s.ID]
 		c, ok := held[l.ContactID]
@@ -262,14 +264,17 @@ func (r *Reconciler) compare(ctx context.Context, links []state.LinkedStudent) (
 			f.vanished = append(f.vanished, l.ContactID)
 			f.queue = append(f.queue, s.ID)
 		default:
-			r.diff(&f, s, c, waiting[s.ID])
+			r.diff(&f, s, c, queued[s.ID], inFlight[s.ID])
 		}
 	}
 	return f, nil
 }
 
-// diff notes the properties on which contact c differs from student s.
-func (r *Reconciler) diff(f *findings, s metrics.Student, c hubspot.Contact, waiting bool) {
+// diff notes the properties on which contact c differs from student s. A student queued for a
+// push is not queued again (that would put its push off by another debounce): the push to come
+// reads the record after the walk forgot the differing values. One in flight may have read it
+// before, so it goes again.
+func (r *Reconciler) diff(f *findings, s metrics.Student, c hubspot.Contact, queued, inFlight bool) {
 	var differ []string
 	for _, name := range r.props {
 		if metrics.Canonical(name, c.Properties[name]) != s.Values[name] {
@@ -280,8 +285,10 @@ func (r *Reconciler) diff(f *findings, s metrics.Student, c hubspot.Contact, wai
 		return
 	}
 	f.unsettle[c.ID] = differ
-	f.queue = append(f.queue, s.ID)
-	if !waiting {
+	if !queued {
+		f.queue = append(f.queue, s.ID)
+	}
+	if !queued && !inFlight {
 		f.drifted[c.ID] = differ
 	}
 }

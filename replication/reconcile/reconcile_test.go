@@ -31,8 +31,9 @@ func TestMain(m *testing.M) { pgtest.Main(m, &pg) }
 // queue is the buffer as the walk sees it: what it was given, and who waits already.
 type queue struct {
 	mu      sync.Mutex
-	added   map[uuid.UUID]int
-	waiting map[uuid.UUID]bool
+	added    map[uuid.UUID]int
+	waiting  map[uuid.UUID]bool
+	inFlight map[uuid.UUID]bool
 }
 
 func (q *queue) Add(_ context.Context, ids []uuid.UUID, _ pglogrepl.LSN) error {
@@ -44,16 +45,19 @@ func (q *queue) Add(_ context.Context, ids []uuid.UUID, _ pglogrepl.LSN) error {
 	return nil
 }
 
-func (q *queue) Waiting(ids []uuid.UUID) map[uuid.UUID]bool {
+func (q *queue) Waiting(ids []uuid.UUID) (queued, inFlight map[uuid.UUID]bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	out := map[uuid.UUID]bool{}
+	queued, inFlight = map[uuid.UUID]bool{}, map[uuid.UUID]bool{}
 	for _, id := range ids {
 		if q.waiting[id] {
-			out[id] = true
+			queued[id] = true
+		}
+		if q.inFlight[id] {
+			inFlight[id] = true
 		}
 	}
-	return out
+	return queued, inFlight
 }
 
 // env is a database of students pushed once to the emulator, and a walk over them.
@@ -98,7 +102,7 @@ func newEnv(t *testing.T, students int) *env {
 		t.Fatal(err)
 	}
 	e := &env{t: t, emu: emu, store: store, students: seeded, contact: map[uuid.UUID]string{}, logs: hook, log: logrus.NewEntry(logger), hs: hs,
-		queue: &queue{added: map[uuid.UUID]int{}, waiting: map[uuid.UUID]bool{}}, view: replication.CompleteView{DB: db}, db: db}
+		queue: &queue{added: map[uuid.UUID]int{}, waiting: map[uuid.UUID]bool{}, inFlight: map[uuid.UUID]bool{}}, view: replication.CompleteView{DB: db}, db: db}
 	for _, d := range metrics.Definitions() {
 		p := hubspottest.Property{Name: d.Name, Label: d.Label, GroupName: metrics.GroupName, Type: d.Type, FieldType: d.FieldType}
 		for _, o := range d.Options {
@@ -179,10 +183,12 @@ func TestAPassWithNothingChangedReadsEachPageOnceAndQueuesNobody(t *testing.T) {
 
 func TestAPassQueuesWhatDiffersAndCountsOnlyDrift(t *testing.T) {
 	e := newEnv(t, 120)
-	drifted, pending, gone, moved := e.students[3].ID, e.students[4].ID, e.students[5].ID, e.students[110].ID
+	drifted, pending, pushing, gone, moved := e.students[3].ID, e.students[4].ID, e.students[6].ID, e.students[5].ID, e.students[110].ID
 	e.emu.EditContact(e.contact[drifted], map[string]string{metrics.StudyStreak: "777", "firstname": "X"})
 	e.emu.EditContact(e.contact[pending], map[string]string{metrics.TotalXP: "1"})
+	e.emu.EditContact(e.contact[pushing], map[string]string{metrics.TotalXP: "1"})
 	e.queue.waiting[pending] = true
+	e.queue.inFlight[pushing] = true
 	e.emu.DeleteContact(e.contact[gone])
 	if _, err := e.db.Exec(context.Background(), `UPDATE users SET email = 'moved@example.com' WHERE id = $1`, moved); err != nil {
 		t.Fatal(err)
@@ -191,13 +197,17 @@ func TestAPassQueuesWhatDiffersAndCountsOnlyDrift(t *testing.T) {
 	if p.StudentsDifferent != 1 || p.Differed[metrics.StudyStreak] != 1 || len(p.Differed) != 1 {
 		t.Fatalf("pass found %d different, by property %v; want the one drifted study_streak", p.StudentsDifferent, p.Differed)
 	}
-	for _, id := range []uuid.UUID{drifted, pending, gone, moved} {
-		if e.queue.added[id] != 1 {
-			t.Errorf("student %s queued %d times, want once", id, e.queue.added[id])
+	// A student queued already is not queued again: that would put its push off.
+	for id, want := range map[uuid.UUID]int{drifted: 1, pushing: 1, gone: 1, moved: 1, pending: 0} {
+		if e.queue.added[id] != want {
+			t.Errorf("student %s queued %d times, want %d", id, e.queue.added[id], want)
 		}
 	}
 	if len(e.queue.added) != 4 {
 		t.Errorf("queued %d students, want 4", len(e.queue.added))
+	}
+	if u := e.unsettled(pending); len(u) != 1 || u[0] != metrics.TotalXP {
+		t.Errorf("the queued student's record forgets %v, want [total_xp]: its push must send it", u)
 	}
 	if u := e.unsettled(drifted); len(u) != 1 || u[0] != metrics.StudyStreak {
 		t.Errorf("the drifted contact's record forgets %v, want [study_streak]", u)
