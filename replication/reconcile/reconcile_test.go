@@ -30,7 +30,7 @@ func TestMain(m *testing.M) { pgtest.Main(m, &pg) }
 
 // queue is the buffer as the walk sees it: what it was given, and who waits already.
 type queue struct {
-	mu      sync.Mutex
+	mu       sync.Mutex
 	added    map[uuid.UUID]int
 	waiting  map[uuid.UUID]bool
 	inFlight map[uuid.UUID]bool
