@@ -154,3 +154,59 @@ func (w *world) waitEqualReady(svc *service, timeout time.Duration) {
 	}
 	w.checkContacts()
 }
+
+func TestAStudentWhoLeavesAContactLeavesItClearedByTheService(t *testing.T) {
+	w, svc := syncedWorld(t)
+	var movers []uuid.UUID
+	for _, s := range w.students[60:] {
+		if cid, ok := w.contactIDs[s.ID]; ok && s.ID != w.owner {
+			if c, _ := w.emu.Contact(cid); c.Properties[metrics.CourseStatus] != "" {
+				movers = append(movers, s.ID)
+			}
+		}
+		if len(movers) == 3 {
+			break
+		}
+	}
+	toOther, toNobody, deleted := movers[0], movers[1], movers[2]
+	left := map[uuid.UUID]string{toOther: w.contactIDs[toOther], toNobody: w.contactIDs[toNobody], deleted: w.contactIDs[deleted]}
+	newContact := w.addContact("moved-here@example.com")
+	w.exec(`UPDATE users SET email = 'moved-here@example.com' WHERE id = $1`, toOther)
+	w.exec(`UPDATE users SET email = 'no-contact-here@example.com' WHERE id = $1`, toNobody)
+	w.exec(`DELETE FROM users WHERE id = $1`, deleted)
+	for id := range left {
+		delete(w.contactIDs, id) // these contacts are no student's now
+	}
+	w.contactIDs[toOther] = newContact
+
+	deadline := time.Now().Add(time.Minute)
+	for {
+		cleared := 0
+		for _, cid := range left {
+			c, _ := w.emu.Contact(cid)
+			empty := true
+			for _, name := range metrics.Names() {
+				empty = empty && c.Properties[name] == ""
+			}
+			if empty && strings.HasPrefix(c.Properties["firstname"], "Student ") {
+				cleared++
+			}
+		}
+		if cleared == len(left) && len(w.diff()) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after a minute %d of %d left contacts are cleared (firstname kept); %d values differ", cleared, len(left), len(w.diff()))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	w.checkContacts()
+	svc.waitLog("cleared the synced properties on a contact its student no longer has", 10*time.Second)
+	if p := w.problems()[toNobody]; p.kind != "unmatched" {
+		t.Fatalf("the student whose new email has no contact: %+v", p)
+	}
+	if _, ok := w.problems()[deleted]; ok {
+		t.Fatalf("a deleted student keeps a problem")
+	}
+	svc.mustStop()
+}
