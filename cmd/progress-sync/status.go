@@ -70,7 +70,25 @@ func printStatus(ctx context.Context, db *pgxpool.Pool, cfg config.Config, out i
 	}
 	fmt.Fprintf(out, "pending students: %d (%s)\nunmatched: %d, rejected: %d, conflicts: %d (see %s.problems)\n",
 		sum.Pending, lag, sum.Problems[state.Unmatched], sum.Problems[state.Rejected], sum.Problems[state.Conflict], state.Schema)
+	printReconcile(out, sum.Reconcile)
 	return nil
+}
+
+// printReconcile says when HubSpot was last read back in full, and how far a pass has got.
+func printReconcile(out io.Writer, rp *state.ReconcilePass) {
+	switch {
+	case rp == nil:
+		fmt.Fprintln(out, "reconcile: never run")
+		return
+	case rp.Pass == 0 || (rp.Pass == 1 && rp.Running):
+		fmt.Fprintf(out, "reconcile: no complete pass yet (reconciling since %s)", utc(rp.CompletedAt))
+	default:
+		fmt.Fprintf(out, "reconcile: last complete pass ended %s", utc(rp.CompletedAt))
+	}
+	if rp.Running {
+		fmt.Fprintf(out, "; pass %d under way since %s: %d contacts read, %d students found different", rp.Pass, utc(rp.StartedAt), rp.ContactsRead, rp.StudentsDifferent)
+	}
+	fmt.Fprintln(out)
 }
 
 func utc(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05Z") }

@@ -188,6 +188,9 @@ type Summary struct {
 	Pending    int
 	OldestWait time.Duration // how long the oldest pending change has waited; 0 when none
 	Problems   map[Kind]int  // every kind present, 0 when none
+	// Reconcile is where the slot's reconcile stands; nil before the first run that
+	// reconciles (or on a schema from before reconciling).
+	Reconcile *ReconcilePass
 }
 
 // Summarize reads the Summary of slot's state. It writes nothing and needs no migration.
@@ -217,6 +220,11 @@ func Summarize(ctx context.Context, db RowQuerier, slot string) (Summary, error)
 		sum.OldestWait = time.Duration(*oldest * float64(time.Second))
 	}
 	sum.Problems[Unmatched], sum.Problems[Rejected], sum.Problems[Conflict] = unmatched, rejected, conflicts
+	if rp, err := readReconcile(ctx, db, slot); err == nil {
+		sum.Reconcile = &rp
+	} else if !errors.Is(err, pgx.ErrNoRows) && !isUndefinedTable(err) {
+		return sum, fmt.Errorf("read the reconcile state: %w", err)
+	}
 	return sum, nil
 }
 
