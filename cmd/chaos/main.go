@@ -169,7 +169,7 @@ func soak(ctx context.Context, o options, out io.Writer) (bool, error) {
 	u, _ := url.Parse(dbURL)
 	u.User = url.UserPassword("postgres", dbPassword) // trust auth ignores it; the logs must not show it
 	env := append(os.Environ(), "DATABASE_URL="+u.String(), "HUBSPOT_ACCESS_TOKEN="+token, "HUBSPOT_BASE_URL="+emu.URL(),
-		"PROGRESS_SYNC_DEBOUNCE=500ms", "PROGRESS_SYNC_MAX_DELAY=3s", "LOG_FORMAT=json", "LOG_LEVEL=info")
+		"PROGRESS_SYNC_DEBOUNCE=500ms", "PROGRESS_SYNC_MAX_DELAY=3s", "PROGRESS_SYNC_RECONCILE=10s", "LOG_FORMAT=json", "LOG_LEVEL=info")
 	if o.mode == "handover" {
 		// Students must be pending at every kill: a debounce longer than the kills' spacing.
 		env = append(env, fmt.Sprintf("PROGRESS_SYNC_DEBOUNCE=%s", max(2*time.Second, o.every)), "PROGRESS_SYNC_MAX_DELAY=30s")
@@ -201,7 +201,7 @@ func soak(ctx context.Context, o options, out io.Writer) (bool, error) {
 	// thirds of the way; the rest rotate through walsender cuts and the emulator's faults,
 	// each emulator fault lasting until the next event.
 	rng := rand.New(rand.NewPCG(o.seed, 7))
-	others := []string{"walsender", "429 storm", "5xx burst", "slow replies", "daily limit"}
+	others := []string{"walsender", "429 storm", "5xx burst", "slow replies", "daily limit", "drift"}
 	restartsAt := []time.Duration{o.duration / 3, 2 * o.duration / 3}
 	deadline := started.Add(o.duration)
 	for i := 0; time.Now().Before(deadline) && ctx.Err() == nil; i++ {
@@ -249,6 +249,8 @@ func soak(ctx context.Context, o options, out io.Writer) (bool, error) {
 				emu.SetFaults(hubspottest.Faults{Latency: 3 * time.Second}) // past --hubspot-timeout 2s
 			case "daily limit":
 				emu.SetFaults(hubspottest.Faults{DailyExhausted: true})
+			case "drift":
+				driftContacts(emu, contactOf, rng, 20)
 			}
 		}
 	}
@@ -376,6 +378,20 @@ func soak(ctx context.Context, o options, out io.Writer) (bool, error) {
 }
 
 // study makes changes at the chosen rate, reconnecting when PostgreSQL restarts.
+// driftContacts changes a synced property on n random contacts behind the sync's back, as a
+// person or a workflow would; the reconcile must write them back.
+func driftContacts(emu *hubspottest.Server, contactOf map[uuid.UUID]string, rng *rand.Rand, n int) {
+	ids := make([]string, 0, len(contactOf))
+	for _, id := range contactOf {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	edits := []map[string]string{{"study_streak": "777"}, {"course_status": "completed"}, {"last_activity_date": "2001-01-01"}, {"lessons_completed": ""}}
+	for i := 0; i < n && len(ids) > 0; i++ {
+		emu.EditContact(ids[rng.IntN(len(ids))], edits[rng.IntN(len(edits))])
+	}
+}
+
 func study(ctx context.Context, dbURL string, ids []uuid.UUID, o options, c *counters) {
 	studier := pgtest.NewStudier(ids, o.seed+1)
 	limit := rate.NewLimiter(rate.Limit(o.rate), 1)
