@@ -49,6 +49,7 @@ type Queue interface {
 
 // Store is the part of the sync state the walk reads and writes besides its own position.
 type Store interface {
+	Records(ctx context.Context, contactIDs []string) (map[string]state.Record, time.Time, error)
 	ProblemsOf(ctx context.Context, students []uuid.UUID) (map[uuid.UUID]state.Problem, error)
 	Unsettle(ctx context.Context, properties map[string][]string) error
 	Record(ctx context.Context, o state.Outcome) error
@@ -96,8 +97,8 @@ type Reconciler struct {
 	opts     Options
 	limiter  *rate.Limiter
 	props    []string
-	// told is set once the last complete pass of an earlier run was reported.
-	told bool
+	// told is the end of the last complete pass reported to the observer.
+	told time.Time
 }
 
 // New returns a Reconciler.
@@ -152,10 +153,11 @@ func (r *Reconciler) step(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if !r.told && r.opts.Observer != nil && (pass.Pass > 1 || (pass.Pass == 1 && !pass.Running)) {
+	// Also a standby reports the passes the holder completes.
+	if complete := pass.Pass > 1 || (pass.Pass == 1 && !pass.Running); complete && r.opts.Observer != nil && !pass.CompletedAt.Equal(r.told) {
 		r.opts.Observer.PassCompleted(pass.CompletedAt)
+		r.told = pass.CompletedAt
 	}
-	r.told = true
 	if !pass.Running {
 		if wait := time.Until(pass.CompletedAt.Add(r.opts.Every)); wait > 0 {
 			sleep(ctx, min(wait, time.Minute)) // look again: another instance may have walked
@@ -224,28 +226,17 @@ type findings struct {
 }
 
 // compare reads a page of linked contacts and finds those that differ from the database.
+//
+// The reads go record, HubSpot, database, in that order, so that a change on its way cannot
+// pass for drift: a push landing after the record was read finds the record's value unequal
+// to the database's, and a change made after HubSpot was read leaves the record unequal too.
 func (r *Reconciler) compare(ctx context.Context, links []state.LinkedStudent) (findings, error) {
 	f := findings{unsettle: map[string][]string{}, drifted: map[string][]string{}}
-	current := map[uuid.UUID]state.LinkedStudent{}
-	var ids []uuid.UUID
-	var contacts []string
-	for _, l := range links {
-		if l.Gone || l.Current != l.Email {
-			f.queue = append(f.queue, l.StudentID) // the flush lets go of the contact left
-			continue
-		}
-		current[l.StudentID] = l
-		ids = append(ids, l.StudentID)
-		contacts = append(contacts, l.ContactID)
-	}
+	current, ids, contacts := f.stillLinked(links)
 	if len(ids) == 0 {
 		return f, nil
 	}
-	students, err := r.source.ForStudents(ctx, ids)
-	if err != nil {
-		return f, fmt.Errorf("compute metrics: %w", err)
-	}
-	skip, err := r.notOwned(ctx, ids)
+	records, readAt, err := r.store.Records(ctx, contacts)
 	if err != nil {
 		return f, err
 	}
@@ -254,7 +245,15 @@ func (r *Reconciler) compare(ctx context.Context, links []state.LinkedStudent) (
 		return f, fmt.Errorf("read contacts: %w", err)
 	}
 	f.read = len(held)
-	queued, inFlight := r.queue.Waiting(ids)
+	students, err := r.source.ForStudents(ctx, ids)
+	if err != nil {
+		return f, fmt.Errorf("compute metrics: %w", err)
+	}
+	skip, err := r.notOwned(ctx, ids)
+	if err != nil {
+		return f, err
+	}
+	queued, _ := r.queue.Waiting(ids) // one in flight is queued again: its push may have read the record already
 	for _, s := range students {
 		l := current[s.ID]
 		c, ok := held[l.ContactID]
@@ -264,21 +263,46 @@ func (r *Reconciler) compare(ctx context.Context, links []state.LinkedStudent) (
 			f.vanished = append(f.vanished, l.ContactID)
 			f.queue = append(f.queue, s.ID)
 		default:
-			r.diff(&f, s, c, queued[s.ID], inFlight[s.ID])
+			r.diff(&f, s, c, queued[s.ID], records[c.ID], readAt)
 		}
 	}
 	return f, nil
 }
 
-// diff notes the properties on which contact c differs from student s. A student queued for a
-// push is not queued again (that would put its push off by another debounce): the push to come
-// reads the record after the walk forgot the differing values. One in flight may have read it
-// before, so it goes again.
-func (r *Reconciler) diff(f *findings, s metrics.Student, c hubspot.Contact, queued, inFlight bool) {
-	var differ []string
+// stillLinked keeps the links whose student still has the linked email, and queues the others:
+// the flush lets go of the contact a student left.
+func (f *findings) stillLinked(links []state.LinkedStudent) (map[uuid.UUID]state.LinkedStudent, []uuid.UUID, []string) {
+	current := map[uuid.UUID]state.LinkedStudent{}
+	var ids []uuid.UUID
+	var contacts []string
+	for _, l := range links {
+		if l.Gone || l.Current != l.Email {
+			f.queue = append(f.queue, l.StudentID)
+			continue
+		}
+		current[l.StudentID] = l
+		ids = append(ids, l.StudentID)
+		contacts = append(contacts, l.ContactID)
+	}
+	return current, ids, contacts
+}
+
+// diff notes the properties on which contact c differs from student s: all are repaired. A
+// student queued for a push is not queued again (that would put its push off by another
+// debounce): the push to come reads the record after the walk forgot the differing values.
+//
+// Only some count as drift, changed in HubSpot behind the sync's back: those the record says
+// the sync wrote with the database's value, in a record last written before HubSpot was read.
+// Anything else is a change on its way (in the slot, the buffer or a push under way).
+func (r *Reconciler) diff(f *findings, s metrics.Student, c hubspot.Contact, queued bool, rec state.Record, readAt time.Time) {
+	var differ, drifted []string
 	for _, name := range r.props {
-		if metrics.Canonical(name, c.Properties[name]) != s.Values[name] {
-			differ = append(differ, name)
+		if metrics.Canonical(name, c.Properties[name]) == s.Values[name] {
+			continue
+		}
+		differ = append(differ, name)
+		if wrote, ok := rec.Properties[name]; ok && wrote == s.Values[name] && rec.At.Before(readAt) {
+			drifted = append(drifted, name)
 		}
 	}
 	if len(differ) == 0 {
@@ -288,8 +312,8 @@ func (r *Reconciler) diff(f *findings, s metrics.Student, c hubspot.Contact, que
 	if !queued {
 		f.queue = append(f.queue, s.ID)
 	}
-	if !queued && !inFlight {
-		f.drifted[c.ID] = differ
+	if len(drifted) > 0 {
+		f.drifted[c.ID] = drifted
 	}
 }
 

@@ -73,6 +73,7 @@ type env struct {
 	hs       *hubspot.Client
 	view     replication.CompleteView
 	db       *pgxpool.Pool
+	pusher   *push.Pusher
 }
 
 func newEnv(t *testing.T, students int) *env {
@@ -115,18 +116,35 @@ func newEnv(t *testing.T, students int) *env {
 		e.contact[s.ID] = emu.AddContact(s.Email, nil, nil)
 		ids[i] = s.ID
 	}
-	p := push.New(hs, store, logrus.NewEntry(logger), push.Options{})
+	e.pusher = push.New(hs, store, logrus.NewEntry(logger), push.Options{})
+	e.push(ids)
+	emu.ResetStats()
+	return e
+}
+
+// push writes the students as the flush would.
+func (e *env) push(ids []uuid.UUID) {
+	e.t.Helper()
+	ctx := context.Background()
 	for start := 0; start < len(ids); start += push.MaxBatch {
 		batch, err := e.view.ForStudents(ctx, ids[start:min(start+push.MaxBatch, len(ids))])
 		if err != nil {
-			t.Fatal(err)
+			e.t.Fatal(err)
 		}
-		if _, err := p.Push(ctx, batch); err != nil {
-			t.Fatal(err)
+		if _, err := e.pusher.Push(ctx, batch); err != nil {
+			e.t.Fatal(err)
 		}
 	}
-	emu.ResetStats()
-	return e
+}
+
+// flushQueued pushes what the walk queued and empties the queue.
+func (e *env) flushQueued() {
+	var ids []uuid.UUID
+	for id := range e.queue.added {
+		ids = append(ids, id)
+	}
+	e.queue.added = map[uuid.UUID]int{}
+	e.push(ids)
 }
 
 func (e *env) reconciler(mayWrite func() bool) *Reconciler {
@@ -185,8 +203,13 @@ func TestAPassQueuesWhatDiffersAndCountsOnlyDrift(t *testing.T) {
 	e := newEnv(t, 120)
 	drifted, pending, pushing, gone, moved := e.students[3].ID, e.students[4].ID, e.students[6].ID, e.students[5].ID, e.students[110].ID
 	e.emu.EditContact(e.contact[drifted], map[string]string{metrics.StudyStreak: "777", "firstname": "X"})
-	e.emu.EditContact(e.contact[pending], map[string]string{metrics.TotalXP: "1"})
-	e.emu.EditContact(e.contact[pushing], map[string]string{metrics.TotalXP: "1"})
+	// Changes on their way: in the database, not yet in HubSpot.
+	for _, id := range []uuid.UUID{pending, pushing} {
+		if _, err := e.db.Exec(context.Background(), `INSERT INTO user_xp (user_id, total_xp) VALUES ($1, 31337)
+			ON CONFLICT (user_id) DO UPDATE SET total_xp = 31337`, id); err != nil {
+			t.Fatal(err)
+		}
+	}
 	e.queue.waiting[pending] = true
 	e.queue.inFlight[pushing] = true
 	e.emu.DeleteContact(e.contact[gone])
@@ -256,9 +279,8 @@ func TestAPropertyOverwrittenPassAfterPassIsNamed(t *testing.T) {
 			e.emu.EditContact(e.contact[s.ID], map[string]string{metrics.StudyStreak: "777"})
 		}
 		e.logs.Reset()
-		// The flush would repair them; here the record stays forgotten, which is all the
-		// walk needs to find them again.
 		e.pass(r, 5)
+		e.flushQueued()
 		var warned string
 		for _, entry := range e.logs.AllEntries() {
 			if entry.Level == logrus.WarnLevel {
@@ -290,5 +312,40 @@ func TestBudgetIsATenthOfTheRateLimit(t *testing.T) {
 		if got := Budget(tc.rate); got != tc.want {
 			t.Errorf("Budget(%v) = %v, want %v", tc.rate, got, tc.want)
 		}
+	}
+}
+
+// landing is HubSpot with a push landing just before each read answers.
+type landing struct {
+	HubSpot
+	before func()
+}
+
+func (l landing) ReadByID(ctx context.Context, ids []string, props []string) (map[string]hubspot.Contact, error) {
+	l.before()
+	return l.HubSpot.ReadByID(ctx, ids, props)
+}
+
+func TestAChangeOnItsWayIsNotTakenForDrift(t *testing.T) {
+	e := newEnv(t, 50)
+	ctx := context.Background()
+	xp := 1000
+	r := e.reconciler(nil)
+	// While the walk reads each page, ten students change and their pushes land.
+	r.hs = landing{HubSpot: e.hs, before: func() {
+		var ids []uuid.UUID
+		for _, s := range e.students[:10] {
+			xp++
+			if _, err := e.db.Exec(ctx, `INSERT INTO user_xp (user_id, total_xp) VALUES ($1, $2)
+				ON CONFLICT (user_id) DO UPDATE SET total_xp = $2`, s.ID, xp); err != nil {
+				t.Error(err)
+			}
+			ids = append(ids, s.ID)
+		}
+		e.push(ids)
+	}}
+	p := e.pass(r, 5)
+	if p.StudentsDifferent != 0 || len(p.Differed) != 0 {
+		t.Fatalf("pushes landing during the walk counted as drift: %d students, %v", p.StudentsDifferent, p.Differed)
 	}
 }

@@ -269,6 +269,40 @@ func (s *Store) Pushed(ctx context.Context, contactIDs []string) (map[string]map
 	return out, nil
 }
 
+// Record is what the sync state holds about one contact's values: the values last known to be
+// on it, and when that was last written (on the database's clock).
+type Record struct {
+	Properties map[string]string
+	At         time.Time
+}
+
+// Records returns the Record of each of the given contacts, and the database's clock now.
+func (s *Store) Records(ctx context.Context, contactIDs []string) (map[string]Record, time.Time, error) {
+	out := map[string]Record{}
+	var now time.Time
+	if err := s.db.QueryRow(ctx, `SELECT clock_timestamp()`).Scan(&now); err != nil {
+		return nil, now, fmt.Errorf("read the database clock: %w", err)
+	}
+	if s.absent {
+		return out, now, nil
+	}
+	rows, err := s.db.Query(ctx, `SELECT contact_id, properties, pushed_at FROM `+Schema+`.pushed_values WHERE contact_id = ANY($1)`, contactIDs)
+	if err != nil {
+		return nil, now, fmt.Errorf("read pushed values: %w", err)
+	}
+	var id string
+	var r Record
+	_, err = pgx.ForEachRow(rows, []any{&id, &r.Properties, &r.At}, func() error {
+		out[id] = r
+		r.Properties = nil
+		return nil
+	})
+	if err != nil {
+		return nil, now, fmt.Errorf("read pushed values: %w", err)
+	}
+	return out, now, nil
+}
+
 // Unsettle forgets, for each contact, the recorded values of the properties about to be
 // written (contact id -> property names). A write HubSpot applied but that was never recorded
 // (a crash, a timeout after HubSpot took it) must not leave the record claiming the old
