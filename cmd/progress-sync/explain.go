@@ -60,7 +60,8 @@ Exit status 0 when HubSpot equals the database, 1 otherwise.`,
 			if err != nil {
 				return err
 			}
-			hs, err := a.newHubSpot(cfg, log)
+			// A question asked by a person: give up on HubSpot within seconds, not minutes.
+			hs, err := a.newHubSpot(cfg, log, func(c *hubspot.Config) { c.MaxRetryElapsed = 15 * time.Second })
 			if err != nil {
 				return err
 			}
@@ -154,7 +155,11 @@ type explainedLink struct {
 type explainedWait struct {
 	Since time.Time `json:"since"`
 	Last  time.Time `json:"last_change"`
-	Due   time.Time `json:"due"`
+	// Due is when the student falls due under the debounce and max delay this command was
+	// given; the service goes by its own.
+	Due      time.Time `json:"due"`
+	Debounce string    `json:"due_assumes_debounce"`
+	MaxDelay string    `json:"due_assumes_max_delay"`
 }
 
 type explainedIssue struct {
@@ -223,7 +228,7 @@ func (x *explanation) readSyncState(ctx context.Context, store *state.Store, cfg
 		if latest := p.First.Add(cfg.MaxDelay); latest.Before(due) {
 			due = latest
 		}
-		x.Pending = &explainedWait{Since: p.First, Last: p.Last, Due: due}
+		x.Pending = &explainedWait{Since: p.First, Last: p.Last, Due: due, Debounce: cfg.Debounce.String(), MaxDelay: cfg.MaxDelay.String()}
 	}
 	problems, err := store.ProblemsOf(ctx, []uuid.UUID{x.StudentID})
 	if err != nil {
@@ -270,12 +275,16 @@ func (x *explanation) readContact(ctx context.Context, store *state.Store, hs *h
 		x.Contact = &explainedLink{ID: l.ContactID, Linked: found, Primary: l.Primary}
 	}
 	if !found {
+		gone := ""
+		if x.Contact != nil {
+			gone = fmt.Sprintf(" (contact %s, linked before, is gone from HubSpot: deleted or merged)", x.Contact.ID)
+		}
 		got, err := hs.ReadByEmail(ctx, []string{email}, metrics.Names())
 		if err != nil {
 			return nil, nil, err
 		}
 		if c, found = got[email]; !found {
-			x.Contact, x.Unmatched = nil, "no HubSpot contact has this email"
+			x.Contact, x.Unmatched = nil, "no HubSpot contact has this email"+gone
 			return nil, nil, nil
 		}
 		x.Contact = &explainedLink{ID: c.ID, Primary: c.Email == email}
@@ -321,7 +330,7 @@ func (x *explanation) stateOf(v explainedValue) (string, string) {
 	case pr != nil && pr.Kind == string(state.Rejected):
 		return stateRejected, pr.Reason + " (tried " + pr.LastTried.UTC().Format(time.RFC3339) + "; tried again when the value changes)"
 	case x.Pending != nil:
-		return statePending, fmt.Sprintf("changed since %s, due by %s", x.Pending.Since.UTC().Format(time.RFC3339), x.Pending.Due.UTC().Format(time.RFC3339))
+		return statePending, "changed since " + x.Pending.Since.UTC().Format(time.RFC3339) + ", " + x.Pending.dueText()
 	case pr != nil && pr.Kind == string(state.Unmatched):
 		return stateUnmatched, "had no contact when last tried (" + pr.Reason + "); a contact has the email now: the hourly recheck or `backfill --email` writes it"
 	case v.LastPushed != nil && *v.LastPushed == *v.HubSpot:
@@ -359,7 +368,7 @@ func (x *explanation) print(out io.Writer) {
 		fmt.Fprintf(out, "contact %s <%s>, found by email now (not linked yet)\n", x.Contact.ID, x.Contact.Email)
 	}
 	if x.Pending != nil {
-		fmt.Fprintf(out, "pending: changed since %s, due by %s\n", x.Pending.Since.UTC().Format(time.RFC3339), x.Pending.Due.UTC().Format(time.RFC3339))
+		fmt.Fprintf(out, "pending: changed since %s, %s\n", x.Pending.Since.UTC().Format(time.RFC3339), x.Pending.dueText())
 	}
 	if x.Problem != nil {
 		fmt.Fprintf(out, "problem: %s: %s\n", x.Problem.Kind, x.Problem.Reason)
@@ -378,6 +387,11 @@ func (x *explanation) print(out io.Writer) {
 	if n := x.differing(); n == 0 {
 		fmt.Fprintln(out, "HubSpot equals the database.")
 	}
+}
+
+func (w *explainedWait) dueText() string {
+	return fmt.Sprintf("due by %s if the service runs with debounce %s and max delay %s, as given here",
+		w.Due.UTC().Format(time.RFC3339), w.Debounce, w.MaxDelay)
 }
 
 func yesNo(b bool) string {

@@ -258,8 +258,12 @@ func report(out io.Writer, res push.Result, dryRun bool) {
 	fmt.Fprintf(out, "backfill: %d students, %s %d contacts, %d already up to date, %d unmatched, %d rejected, %d conflicts",
 		res.Students, verb, n, res.Unchanged,
 		res.Count(state.Unmatched), res.Count(state.Rejected), res.Count(state.Conflict))
+	cleared := "cleared"
+	if dryRun {
+		cleared = "would clear"
+	}
 	if released > 0 {
-		fmt.Fprintf(out, ", %s %d contacts their students left (email changed or deleted)", strings.Replace(verb, "update", "clear", 1), released)
+		fmt.Fprintf(out, ", %s %d contacts their students left (email changed or deleted)", cleared, released)
 	}
 	fmt.Fprintln(out)
 }

@@ -91,7 +91,10 @@ type Result struct {
 	Released  int             // contacts no longer any student's, whose synced values were cleared
 	Unchanged int             // matched students whose contact already held every value
 	Changes   []Change        // what a dry run would send (empty otherwise: a backfill of 100,000 students need not hold them)
-	Problems  []state.Problem // unmatched, rejected and conflicting students
+	Problems  []state.Problem // unmatched, rejected and conflicting students, each once
+	// problemAt indexes Problems by student, so that adding up batches keeps one problem per
+	// student (a rival is reported by each batch that meets its contact).
+	problemAt map[uuid.UUID]int
 }
 
 // Add accumulates another Result into r.
@@ -101,7 +104,20 @@ func (r *Result) Add(o Result) {
 	r.Released += o.Released
 	r.Unchanged += o.Unchanged
 	r.Changes = append(r.Changes, o.Changes...)
-	r.Problems = append(r.Problems, o.Problems...)
+	if r.problemAt == nil {
+		r.problemAt = map[uuid.UUID]int{}
+		for i, p := range r.Problems {
+			r.problemAt[p.StudentID] = i
+		}
+	}
+	for _, p := range o.Problems {
+		if i, ok := r.problemAt[p.StudentID]; ok {
+			r.Problems[i] = p // the later verdict
+			continue
+		}
+		r.problemAt[p.StudentID] = len(r.Problems)
+		r.Problems = append(r.Problems, p)
+	}
 }
 
 // Count returns how many problems of kind k the result holds.

@@ -368,3 +368,13 @@ func TestATransientPerInputErrorIsRetriedNotRejected(t *testing.T) {
 		t.Fatalf("after the retry average_score = %q", c.Properties[metrics.AverageScore])
 	}
 }
+
+func TestAddingUpBatchesKeepsOneProblemPerStudent(t *testing.T) {
+	a, b := uuid.New(), uuid.New()
+	var total Result
+	total.Add(Result{Students: 1, Problems: []state.Problem{{StudentID: a, Kind: state.Conflict}, {StudentID: b, Kind: state.Conflict}}})
+	total.Add(Result{Students: 1, Problems: []state.Problem{{StudentID: b, Kind: state.Conflict, Reason: "later"}}})
+	if total.Count(state.Conflict) != 2 || total.Problems[1].Reason != "later" || total.Students != 2 {
+		t.Fatalf("total %+v", total)
+	}
+}
