@@ -75,7 +75,7 @@ func New() *Metrics {
 	m.problems = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "progress_sync_problem_students",
 		Help: "Students that could not be written, by kind (unmatched, rejected, conflict)."}, []string{"kind"})
 	m.drift = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "progress_sync_reconcile_drift_total",
-		Help: "Contacts the reconcile found holding another value than the database's, not waiting for a push: changed in HubSpot behind the sync's back, by property."}, []string{"property"})
+		Help: "Contacts the reconcile found holding another value than the one the sync last wrote there (still the database's): changed in HubSpot behind the sync's back, by property."}, []string{"property"})
 	m.reconciled = prometheus.NewGauge(prometheus.GaugeOpts{Name: "progress_sync_reconcile_last_complete_timestamp_seconds",
 		Help: "Unix time the last complete reconcile pass ended (0: none yet)."})
 	for _, name := range metrics.Names() {
