@@ -375,6 +375,25 @@ func (s *Store) Record(ctx context.Context, o Outcome) error {
 		return errors.New("record sync outcome: the store is read-only (dry run)")
 	}
 	b := &pgx.Batch{}
+	queueLinks(b, o)
+	if err := queueValues(b, o); err != nil {
+		return err
+	}
+	if b.Len() == 0 {
+		return nil
+	}
+	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+		return tx.SendBatch(ctx, b).Close()
+	})
+	if err != nil {
+		return fmt.Errorf("record sync outcome: %w", err)
+	}
+	return nil
+}
+
+// queueLinks queues the outcome's changes to the contact links: removals first, so that a
+// link re-made to the same contact survives.
+func queueLinks(b *pgx.Batch, o Outcome) {
 	if len(o.DropLinks) > 0 {
 		b.Queue(`DELETE FROM `+Schema+`.contact_links WHERE contact_id = ANY($1)`, o.DropLinks)
 		b.Queue(`DELETE FROM `+Schema+`.pushed_values WHERE contact_id = ANY($1)`, o.DropLinks)
@@ -391,6 +410,10 @@ func (s *Store) Record(ctx context.Context, o Outcome) error {
 			ON CONFLICT (student_id) DO UPDATE SET email = excluded.email, contact_id = excluded.contact_id,
 				is_primary = excluded.is_primary, resolved_at = now()`, l.StudentID, l.Email, l.ContactID, l.Primary)
 	}
+}
+
+// queueValues queues the values now on contacts and the students' problems.
+func queueValues(b *pgx.Batch, o Outcome) error {
 	for _, p := range o.Pushed {
 		props, err := json.Marshal(p.Properties)
 		if err != nil {
@@ -418,15 +441,6 @@ func (s *Store) Record(ctx context.Context, o Outcome) error {
 				first_seen_at = CASE WHEN problems.kind = excluded.kind THEN problems.first_seen_at ELSE now() END,
 				last_tried_at = now(), attempts = problems.attempts + 1`,
 			p.StudentID, p.Email, string(p.Kind), p.Reason, p.ContactID, props)
-	}
-	if b.Len() == 0 {
-		return nil
-	}
-	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
-		return tx.SendBatch(ctx, b).Close()
-	})
-	if err != nil {
-		return fmt.Errorf("record sync outcome: %w", err)
 	}
 	return nil
 }
