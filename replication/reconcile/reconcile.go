@@ -12,6 +12,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"sort"
 	"time"
 
@@ -227,9 +228,9 @@ type findings struct {
 
 // compare reads a page of linked contacts and finds those that differ from the database.
 //
-// The reads go record, HubSpot, database, in that order, so that a change on its way cannot
-// pass for drift: a push landing after the record was read finds the record's value unequal
-// to the database's, and a change made after HubSpot was read leaves the record unequal too.
+// The reads go record, HubSpot, record again, database, so that a change on its way cannot
+// pass for drift: a push that lands while HubSpot is read changes the record between its two
+// reads, and a change made after HubSpot was read leaves the record unequal to the database.
 func (r *Reconciler) compare(ctx context.Context, links []state.LinkedStudent) (findings, error) {
 	f := findings{unsettle: map[string][]string{}, drifted: map[string][]string{}}
 	current, ids, contacts := f.stillLinked(links)
@@ -245,6 +246,15 @@ func (r *Reconciler) compare(ctx context.Context, links []state.LinkedStudent) (
 		return f, fmt.Errorf("read contacts: %w", err)
 	}
 	f.read = len(held)
+	after, _, err := r.store.Records(ctx, contacts)
+	if err != nil {
+		return f, err
+	}
+	for id, rec := range records {
+		if !sameRecord(rec, after[id]) {
+			delete(records, id) // a push landed meanwhile: nothing here can be called drift
+		}
+	}
 	students, err := r.source.ForStudents(ctx, ids)
 	if err != nil {
 		return f, fmt.Errorf("compute metrics: %w", err)
@@ -267,6 +277,10 @@ func (r *Reconciler) compare(ctx context.Context, links []state.LinkedStudent) (
 		}
 	}
 	return f, nil
+}
+
+func sameRecord(a, b state.Record) bool {
+	return a.At.Equal(b.At) && maps.Equal(a.Properties, b.Properties)
 }
 
 // stillLinked keeps the links whose student still has the linked email, and queues the others:

@@ -349,3 +349,39 @@ func TestAChangeOnItsWayIsNotTakenForDrift(t *testing.T) {
 		t.Fatalf("pushes landing during the walk counted as drift: %d students, %v", p.StudentsDifferent, p.Differed)
 	}
 }
+
+func TestAValueThatChangesBackWhileHubSpotIsReadIsNotDrift(t *testing.T) {
+	e := newEnv(t, 50)
+	ctx := context.Background()
+	setXP := func(ids []uuid.UUID, xp int) {
+		for _, id := range ids {
+			if _, err := e.db.Exec(ctx, `INSERT INTO user_xp (user_id, total_xp) VALUES ($1, $2)
+				ON CONFLICT (user_id) DO UPDATE SET total_xp = $2`, id, xp); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	var flipped []uuid.UUID
+	for _, s := range e.students[:10] {
+		flipped = append(flipped, s.ID)
+	}
+	setXP(flipped, 5000)
+	e.push(flipped)
+	r := e.reconciler(nil)
+	// While HubSpot is read, the students go to 5001 (pushed: HubSpot and the record say so)
+	// and back to 5000 (not pushed yet).
+	r.hs = landing{HubSpot: e.hs, before: func() {
+		setXP(flipped, 5001)
+		e.push(flipped)
+		setXP(flipped, 5000)
+	}}
+	p := e.pass(r, 5)
+	if p.StudentsDifferent != 0 || len(p.Differed) != 0 {
+		t.Fatalf("a value that changed back while HubSpot was read counted as drift: %d students, %v", p.StudentsDifferent, p.Differed)
+	}
+	for _, id := range flipped {
+		if e.queue.added[id] != 1 {
+			t.Fatalf("student %s queued %d times: HubSpot holds 5001 and must be repaired", id, e.queue.added[id])
+		}
+	}
+}
