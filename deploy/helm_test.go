@@ -265,6 +265,7 @@ func TestHelmDefaults(t *testing.T) {
 	for name, want := range map[string]string{
 		"PROGRESS_SYNC_LISTEN":      "0.0.0.0:9187",
 		"HUBSPOT_BASE_URL":          "https://api.hubapi.com",
+		"HUBSPOT_API_VERSION":       "2026-09",
 		"PROGRESS_SYNC_SLOT":        "progress_sync",
 		"PROGRESS_SYNC_PUBLICATION": "progress_sync",
 		"PROGRESS_SYNC_DEBOUNCE":    "3s",

@@ -1,5 +1,6 @@
 // Package hubspot writes learning metrics into existing HubSpot contacts over
-// the CRM v3 API, and provisions the contact properties that hold them. It
+// HubSpot's CRM API (the date version 2026-09 by default, or the legacy v3
+// paths), and provisions the contact properties that hold them. It
 // never creates contacts: it only calls batch/read, batch/update and the
 // properties endpoints.
 package hubspot
@@ -44,6 +45,7 @@ type Config struct {
 	BaseURL         string        // API root; default DefaultBaseURL (tests and the demo point it at an emulator)
 	Token           string        // private app access token; never logged
 	RateLimit       Rate          // HubSpot's burst allowance for the app; default 100/10s (the lowest tier)
+	APIVersion      string        // DefaultAPIVersion when empty; see ParseAPIVersion
 	HTTPClient      *http.Client  // optional; default has a 30s Timeout
 	Log             *logrus.Entry // optional; default discards
 	MaxRetryElapsed time.Duration // stop retrying a request after this long; default 10m
@@ -94,6 +96,9 @@ func ParseRate(s string) (Rate, error) {
 	return Rate{Requests: n, Per: d}, nil
 }
 
+// APIVersion is the API version the client's paths are built from.
+func (c *Client) APIVersion() string { return c.version }
+
 // pacer is the part of *rate.Limiter the client uses; tests swap in a counter.
 type pacer interface {
 	Wait(ctx context.Context) error
@@ -111,6 +116,8 @@ type Client struct {
 	initialBackoff time.Duration
 	observer       Observer
 	writeFence     func(ctx context.Context) error
+	paths          paths
+	version        string
 
 	// Tests replace the backoff clock and timer so retry waits are recorded
 	// instead of slept.
@@ -143,6 +150,13 @@ func New(cfg Config) (*Client, error) {
 	if u.User != nil {
 		return nil, errors.New("hubspot: base URL must not contain credentials")
 	}
+	version := cfg.APIVersion
+	if version == "" {
+		version = DefaultAPIVersion
+	}
+	if _, err := ParseAPIVersion(version); err != nil {
+		return nil, fmt.Errorf("hubspot: %w", err)
+	}
 	r := cfg.RateLimit
 	if r == (Rate{}) {
 		r = Rate{Requests: 100, Per: 10 * time.Second}
@@ -170,6 +184,8 @@ func New(cfg Config) (*Client, error) {
 		initialBackoff: cfg.InitialBackoff,
 		observer:       cfg.Observer,
 		writeFence:     cfg.WriteFence,
+		paths:          pathsFor(version),
+		version:        version,
 		clock:          backoff.SystemClock,
 	}
 	if c.maxElapsed <= 0 {

@@ -172,7 +172,7 @@ func TestEveryAttemptIsPaced(t *testing.T) {
 	env := newTestClient(t, srv.URL)
 	p := &countingPacer{}
 	env.client.pace = p
-	if _, _, err := env.client.do(context.Background(), call{method: http.MethodGet, path: pathProperties}); err != nil {
+	if _, _, err := env.client.do(context.Background(), call{method: http.MethodGet, path: apiPaths.properties}); err != nil {
 		t.Fatal(err)
 	}
 	mu.Lock()
@@ -277,7 +277,7 @@ func TestRetries(t *testing.T) {
 					c.MaxRetryElapsed = tt.maxElapsed
 				}
 			})
-			_, body, err := env.client.do(context.Background(), call{method: http.MethodGet, path: pathProperties})
+			_, body, err := env.client.do(context.Background(), call{method: http.MethodGet, path: apiPaths.properties})
 			if tt.wantErr == "" {
 				if err != nil || string(body) != okBody {
 					t.Fatalf("do() = %q, %v; want success", body, err)
@@ -330,7 +330,7 @@ func TestRetryReplaysBody(t *testing.T) {
 	})
 	env := newTestClient(t, srv.URL)
 	in := batchUpdateRequest{Inputs: []updateInput{{ID: "1", Properties: map[string]string{"total_xp": "5"}}}}
-	if _, _, err := env.client.do(context.Background(), call{method: http.MethodPost, path: pathBatchUpdate, body: in}); err != nil {
+	if _, _, err := env.client.do(context.Background(), call{method: http.MethodPost, path: apiPaths.batchUpdate, body: in}); err != nil {
 		t.Fatal(err)
 	}
 	mu.Lock()
@@ -350,7 +350,7 @@ func TestRetriesConnectionRefused(t *testing.T) {
 	env := newTestClient(t, "http://"+addr, func(c *Config) { c.MaxRetryElapsed = 20 * time.Second })
 	p := &countingPacer{}
 	env.client.pace = p
-	_, _, err = env.client.do(context.Background(), call{method: http.MethodGet, path: pathProperties})
+	_, _, err = env.client.do(context.Background(), call{method: http.MethodGet, path: apiPaths.properties})
 	if !errors.Is(err, syscall.ECONNREFUSED) {
 		t.Fatalf("error = %v, want connection refused", err)
 	}
@@ -362,7 +362,7 @@ func TestRetriesConnectionRefused(t *testing.T) {
 func TestRetriesTimeout(t *testing.T) {
 	url, attempts := scripted(t, []step{{hang: true}, {status: 200, body: okBody}})
 	env := newTestClient(t, url, func(c *Config) { c.HTTPClient = &http.Client{Timeout: 200 * time.Millisecond} })
-	_, body, err := env.client.do(context.Background(), call{method: http.MethodGet, path: pathProperties})
+	_, body, err := env.client.do(context.Background(), call{method: http.MethodGet, path: apiPaths.properties})
 	if err != nil || string(body) != okBody {
 		t.Fatalf("do() = %q, %v; want success after a timeout", body, err)
 	}
@@ -381,7 +381,7 @@ func TestCancelledContextStopsRetrying(t *testing.T) {
 		}
 		return ctx.Err()
 	})
-	_, _, err := env.client.do(ctx, call{method: http.MethodGet, path: pathProperties})
+	_, _, err := env.client.do(ctx, call{method: http.MethodGet, path: apiPaths.properties})
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("error = %v, want context.Canceled", err)
 	}

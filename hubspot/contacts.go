@@ -11,9 +11,6 @@ import (
 )
 
 const (
-	pathBatchRead   = "/crm/v3/objects/contacts/batch/read"
-	pathBatchUpdate = "/crm/v3/objects/contacts/batch/update"
-
 	// maxBatch is HubSpot's input limit for contacts batch endpoints.
 	maxBatch = 100
 
@@ -142,7 +139,7 @@ func (c *Client) batchRead(ctx context.Context, idProperty string, chunk, props 
 		req.Inputs[i] = idInput{ID: e}
 	}
 	var resp batchResponse
-	_, body, err := c.do(ctx, call{method: http.MethodPost, path: pathBatchRead, body: req})
+	_, body, err := c.do(ctx, call{method: http.MethodPost, path: c.paths.batchRead, body: req})
 	if err != nil {
 		return resp, err
 	}

@@ -80,9 +80,9 @@ func (f *fakeCRM) serve(w http.ResponseWriter, r *http.Request, body []byte) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	switch r.URL.Path {
-	case pathBatchRead:
+	case apiPaths.batchRead:
 		f.read(w, body)
-	case pathBatchUpdate:
+	case apiPaths.batchUpdate:
 		f.update(w, body)
 	default:
 		f.t.Errorf("fakeCRM: unexpected %s %s", r.Method, r.URL.Path)

@@ -43,12 +43,13 @@ func (r *recorder) all() []recorded {
 
 // allowedRequests is every endpoint this package may call. Anything else,
 // and above all the three endpoints that create contacts, fails the test.
+// Both families: /crm/v3/... and the date versions' /crm/objects/2026-09/...
 var allowedRequests = []*regexp.Regexp{
-	regexp.MustCompile(`^POST /crm/v3/objects/contacts/batch/(read|update)$`),
-	regexp.MustCompile(`^(GET|POST) /crm/v3/properties/contacts(/groups)?$`),
-	regexp.MustCompile(`^GET /crm/v3/properties/contacts/groups/[^/]+$`),
-	regexp.MustCompile(`^POST /crm/v3/properties/contacts/batch/create$`),
-	regexp.MustCompile(`^(GET|PATCH) /crm/v3/properties/contacts/[^/]+$`),
+	regexp.MustCompile(`^POST /crm/(v3/objects|objects/20[0-9]{2}-[0-9]{2})/contacts/batch/(read|update)$`),
+	regexp.MustCompile(`^(GET|POST) /crm/(v3/properties|properties/20[0-9]{2}-[0-9]{2})/contacts(/groups)?$`),
+	regexp.MustCompile(`^GET /crm/(v3/properties|properties/20[0-9]{2}-[0-9]{2})/contacts/groups/[^/]+$`),
+	regexp.MustCompile(`^POST /crm/(v3/properties|properties/20[0-9]{2}-[0-9]{2})/contacts/batch/create$`),
+	regexp.MustCompile(`^(GET|PATCH) /crm/(v3/properties|properties/20[0-9]{2}-[0-9]{2})/contacts/[^/]+$`),
 }
 
 func allowed(method, path string) bool {
@@ -190,3 +191,6 @@ func newTestClient(t *testing.T, baseURL string, mods ...func(*Config)) testEnv 
 	c.newTimer = ft.newTimer
 	return testEnv{client: c, log: buf, time: ft}
 }
+
+// apiPaths are the paths of the version the test clients speak: the default one.
+var apiPaths = pathsFor(DefaultAPIVersion)

@@ -38,12 +38,12 @@ func TestObserverSeesEveryAttempt(t *testing.T) {
 	})
 	obs := &countingObserver{requests: map[string]int{}, limited: map[string]int{}}
 	env := newTestClient(t, srv.URL, func(c *Config) { c.Observer = obs })
-	if _, _, err := env.client.do(context.Background(), call{method: http.MethodGet, path: pathProperties + "/total_xp", route: pathProperties + "/{propertyName}"}); err != nil {
+	if _, _, err := env.client.do(context.Background(), call{method: http.MethodGet, path: apiPaths.properties + "/total_xp", route: apiPaths.properties + "/{propertyName}"}); err != nil {
 		t.Fatal(err)
 	}
 	want := map[string]int{
-		"GET /crm/v3/properties/contacts/{propertyName} Too Many Requests": 1,
-		"GET /crm/v3/properties/contacts/{propertyName} OK":                1,
+		"GET " + apiPaths.properties + "/{propertyName} Too Many Requests": 1,
+		"GET " + apiPaths.properties + "/{propertyName} OK":                1,
 	}
 	for k, n := range want {
 		if obs.requests[k] != n {

@@ -12,12 +12,6 @@ import (
 	"github.com/sirupsen/logrus"
 )
 
-const (
-	pathProperties      = "/crm/v3/properties/contacts"
-	pathPropertyGroups  = "/crm/v3/properties/contacts/groups"
-	pathPropertiesBatch = "/crm/v3/properties/contacts/batch/create"
-)
-
 // PropertyGroup is a contact property group.
 type PropertyGroup struct {
 	Name         string
@@ -226,7 +220,7 @@ func (c *Client) ensureGroup(ctx context.Context, g PropertyGroup) (bool, error)
 	if g.Name == "" {
 		return false, errors.New("hubspot: property group needs a name")
 	}
-	_, _, err := c.do(ctx, call{method: http.MethodGet, path: pathPropertyGroups + "/" + url.PathEscape(g.Name), route: pathPropertyGroups + "/{groupName}"})
+	_, _, err := c.do(ctx, call{method: http.MethodGet, path: c.paths.propertyGroups + "/" + url.PathEscape(g.Name), route: c.paths.propertyGroups + "/{groupName}"})
 	if err == nil {
 		return false, nil
 	}
@@ -237,7 +231,7 @@ func (c *Client) ensureGroup(ctx context.Context, g PropertyGroup) (bool, error)
 	if label == "" {
 		label = g.Name
 	}
-	_, _, err = c.do(ctx, call{method: http.MethodPost, path: pathPropertyGroups,
+	_, _, err = c.do(ctx, call{method: http.MethodPost, path: c.paths.propertyGroups,
 		body: groupJSON{Name: g.Name, Label: label, DisplayOrder: g.DisplayOrder}})
 	switch {
 	case err == nil:
@@ -250,7 +244,7 @@ func (c *Client) ensureGroup(ctx context.Context, g PropertyGroup) (bool, error)
 }
 
 func (c *Client) listProperties(ctx context.Context) (map[string]propertyJSON, error) {
-	_, body, err := c.do(ctx, call{method: http.MethodGet, path: pathProperties})
+	_, body, err := c.do(ctx, call{method: http.MethodGet, path: c.paths.properties})
 	if err != nil {
 		return nil, fmt.Errorf("hubspot: list contact properties: %w", err)
 	}
@@ -329,7 +323,7 @@ func (c *Client) addMissingOptions(ctx context.Context, want Property, got prope
 	body := struct {
 		Options []optionJSON `json:"options"`
 	}{opts}
-	if _, _, err := c.do(ctx, call{method: http.MethodPatch, path: pathProperties + "/" + url.PathEscape(want.Name), route: pathProperties + "/{propertyName}", body: body}); err != nil {
+	if _, _, err := c.do(ctx, call{method: http.MethodPatch, path: c.paths.properties + "/" + url.PathEscape(want.Name), route: c.paths.properties + "/{propertyName}", body: body}); err != nil {
 		return fmt.Errorf("hubspot: add options to property %q: %w", want.Name, err)
 	}
 	report.OptionsAdded = append(report.OptionsAdded, want.Name)
@@ -361,7 +355,7 @@ func (c *Client) createProperties(ctx context.Context, props []Property, report 
 		inputs[i] = toCreateJSON(p)
 	}
 	done := map[string]bool{}
-	_, body, err := c.do(ctx, call{method: http.MethodPost, path: pathPropertiesBatch, body: struct {
+	_, body, err := c.do(ctx, call{method: http.MethodPost, path: c.paths.propsCreate, body: struct {
 		Inputs []propertyJSON `json:"inputs"`
 	}{inputs}})
 	switch {
@@ -402,7 +396,7 @@ func (c *Client) createProperties(ctx context.Context, props []Property, report 
 }
 
 func (c *Client) createOne(ctx context.Context, p Property, report *ProvisionReport, mismatches *[]Mismatch) error {
-	_, _, err := c.do(ctx, call{method: http.MethodPost, path: pathProperties, body: toCreateJSON(p)})
+	_, _, err := c.do(ctx, call{method: http.MethodPost, path: c.paths.properties, body: toCreateJSON(p)})
 	if err == nil {
 		report.Created = append(report.Created, p.Name)
 		return nil
@@ -410,7 +404,7 @@ func (c *Client) createOne(ctx context.Context, p Property, report *ProvisionRep
 	if !isStatus(err, http.StatusConflict) {
 		return fmt.Errorf("hubspot: create property %q: %w", p.Name, err)
 	}
-	_, body, err := c.do(ctx, call{method: http.MethodGet, path: pathProperties + "/" + url.PathEscape(p.Name), route: pathProperties + "/{propertyName}"})
+	_, body, err := c.do(ctx, call{method: http.MethodGet, path: c.paths.properties + "/" + url.PathEscape(p.Name), route: c.paths.properties + "/{propertyName}"})
 	if err != nil {
 		return fmt.Errorf("hubspot: read property %q after a create conflict: %w", p.Name, err)
 	}

@@ -53,8 +53,8 @@ func (f *fakeProps) serve(w http.ResponseWriter, r *http.Request, body []byte) {
 	defer f.mu.Unlock()
 	path := r.URL.Path
 	f.calls = append(f.calls, r.Method+" "+path)
-	const groups = pathPropertyGroups + "/"
-	const props = pathProperties + "/"
+	groups := apiPaths.propertyGroups + "/"
+	props := apiPaths.properties + "/"
 	notFound := map[string]string{"status": "error", "category": "OBJECT_NOT_FOUND", "message": "not found"}
 	conflict := map[string]string{"status": "error", "category": "CONFLICT", "message": "already exists"}
 	switch {
@@ -65,7 +65,7 @@ func (f *fakeProps) serve(w http.ResponseWriter, r *http.Request, body []byte) {
 			return
 		}
 		writeJSON(w, 200, map[string]any{"name": name, "label": name, "displayOrder": -1, "archived": false})
-	case r.Method == http.MethodPost && path == pathPropertyGroups:
+	case r.Method == http.MethodPost && path == apiPaths.propertyGroups:
 		var g groupJSON
 		_ = json.Unmarshal(body, &g)
 		if f.groupConflict || f.groups[g.Name] {
@@ -74,13 +74,13 @@ func (f *fakeProps) serve(w http.ResponseWriter, r *http.Request, body []byte) {
 		}
 		f.groups[g.Name] = true
 		writeJSON(w, 201, g)
-	case r.Method == http.MethodGet && path == pathProperties:
+	case r.Method == http.MethodGet && path == apiPaths.properties:
 		var list []propertyJSON
 		for _, p := range f.props {
 			list = append(list, p)
 		}
 		writeJSON(w, 200, map[string]any{"results": list})
-	case r.Method == http.MethodPost && path == pathPropertiesBatch:
+	case r.Method == http.MethodPost && path == apiPaths.propsCreate:
 		var req struct {
 			Inputs []propertyJSON `json:"inputs"`
 		}
@@ -107,7 +107,7 @@ func (f *fakeProps) serve(w http.ResponseWriter, r *http.Request, body []byte) {
 			status, resp["errors"] = 207, errs
 		}
 		writeJSON(w, status, resp)
-	case r.Method == http.MethodPost && path == pathProperties:
+	case r.Method == http.MethodPost && path == apiPaths.properties:
 		var p propertyJSON
 		_ = json.Unmarshal(body, &p)
 		if f.exists(p.Name) {
@@ -200,10 +200,10 @@ func TestProvision(t *testing.T) {
 			name: "empty portal: create group and all properties in one batch",
 			want: ProvisionReport{GroupCreated: true, Created: names(props)},
 			wantCalls: []string{
-				"GET " + pathPropertyGroups + "/progresstracking",
-				"POST " + pathPropertyGroups,
-				"GET " + pathProperties,
-				"POST " + pathPropertiesBatch,
+				"GET " + apiPaths.propertyGroups + "/progresstracking",
+				"POST " + apiPaths.propertyGroups,
+				"GET " + apiPaths.properties,
+				"POST " + apiPaths.propsCreate,
 			},
 			check: func(t *testing.T, f *fakeProps) {
 				p := f.prop("course_status")
@@ -222,9 +222,9 @@ func TestProvision(t *testing.T) {
 			},
 			want: ProvisionReport{Created: names(props[8:]), Existing: names(props[:8])},
 			wantCalls: []string{
-				"GET " + pathPropertyGroups + "/progresstracking",
-				"GET " + pathProperties,
-				"POST " + pathPropertiesBatch,
+				"GET " + apiPaths.propertyGroups + "/progresstracking",
+				"GET " + apiPaths.properties,
+				"POST " + apiPaths.propsCreate,
 			},
 		},
 		{
@@ -236,7 +236,7 @@ func TestProvision(t *testing.T) {
 				}
 			},
 			want:      ProvisionReport{Existing: names(props)},
-			wantCalls: []string{"GET " + pathPropertyGroups + "/progresstracking", "GET " + pathProperties},
+			wantCalls: []string{"GET " + apiPaths.propertyGroups + "/progresstracking", "GET " + apiPaths.properties},
 		},
 		{
 			name: "different type is reported and left alone",
@@ -292,9 +292,9 @@ func TestProvision(t *testing.T) {
 			},
 			want: ProvisionReport{Existing: names(props), OptionsAdded: []string{"course_status"}},
 			wantCalls: []string{
-				"GET " + pathPropertyGroups + "/progresstracking",
-				"GET " + pathProperties,
-				"PATCH " + pathProperties + "/course_status",
+				"GET " + apiPaths.propertyGroups + "/progresstracking",
+				"GET " + apiPaths.properties,
+				"PATCH " + apiPaths.properties + "/course_status",
 			},
 			check: func(t *testing.T, f *fakeProps) {
 				want := []optionJSON{

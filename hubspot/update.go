@@ -218,7 +218,7 @@ func (u *updater) send(ctx context.Context, batch []Update) (*APIError, error) {
 		req.Inputs[i] = updateInput{ID: in.ContactID, Properties: props}
 	}
 	u.requests++
-	_, body, err := u.c.do(ctx, call{method: http.MethodPost, path: pathBatchUpdate, body: req, writes: true})
+	_, body, err := u.c.do(ctx, call{method: http.MethodPost, path: u.c.paths.batchUpdate, body: req, writes: true})
 	if err != nil {
 		var ae *APIError
 		if errors.As(err, &ae) && ae.StatusCode == http.StatusBadRequest {

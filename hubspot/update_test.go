@@ -289,7 +289,7 @@ func TestOnlyAllowedEndpoints(t *testing.T) {
 	for _, r := range rec.all() {
 		paths[r.Method+" "+r.Path] = true
 	}
-	want := map[string]bool{"POST " + pathBatchRead: true, "POST " + pathBatchUpdate: true}
+	want := map[string]bool{"POST " + apiPaths.batchRead: true, "POST " + apiPaths.batchUpdate: true}
 	if !reflect.DeepEqual(paths, want) {
 		t.Fatalf("endpoints called = %v, want only %v", paths, want)
 	}

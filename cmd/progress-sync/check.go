@@ -201,7 +201,7 @@ func checkHubSpot(ctx context.Context, hs *hubspot.Client) []finding {
 		return []finding{{item: "HubSpot token", detail: err.Error(),
 			fix: "create a private app with scopes " + strings.Join(hubspot.RequiredScopes(), ", ") + " and set HUBSPOT_ACCESS_TOKEN to its token"}}
 	}
-	fs := []finding{{item: "HubSpot token", ok: true, detail: "accepted (property schemas readable)"}}
+	fs := []finding{{item: "HubSpot token", ok: true, detail: fmt.Sprintf("accepted on API version %s (property schemas readable)", hs.APIVersion())}}
 	if _, err := hs.ReadByEmail(ctx, []string{"progress-sync-check@example.invalid"}, []string{"email"}); err != nil {
 		fs = append(fs, finding{item: "HubSpot contacts scope", detail: err.Error(), fix: "add crm.objects.contacts.read and crm.objects.contacts.write to the private app"})
 	} else {

@@ -18,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/focusenglish/progress-sync/hubspot"
 	"github.com/focusenglish/progress-sync/hubspot/hubspottest"
 	"github.com/focusenglish/progress-sync/metrics"
 	"github.com/focusenglish/progress-sync/replication/pgtest"
@@ -159,6 +160,21 @@ func newWorldOn(t *testing.T, srv *pgtest.Server, total int) *world {
 		cli: cli{t: t, env: map[string]string{
 			"DATABASE_URL": dbURL, "HUBSPOT_ACCESS_TOKEN": token, "HUBSPOT_BASE_URL": emu.URL(), "LOG_FORMAT": "json",
 		}}}
+
+	// PROGRESS_SYNC_TEST_HUBSPOT_API_VERSION runs the tests on another API version (CI: v3);
+	// every request of a test must use the one chosen.
+	family := hubspot.DefaultAPIVersion
+	if v := os.Getenv("PROGRESS_SYNC_TEST_HUBSPOT_API_VERSION"); v != "" {
+		family = v
+		w.cli.env["HUBSPOT_API_VERSION"] = v
+	}
+	t.Cleanup(func() {
+		for f, n := range emu.Stats().ByFamily {
+			if f != family && w.cli.env["HUBSPOT_API_VERSION"] != f {
+				t.Errorf("%d requests went to the %s paths, the test runs on %s", n, f, family)
+			}
+		}
+	})
 
 	exec := func(sql string, args ...any) {
 		t.Helper()
@@ -396,7 +412,7 @@ func TestBackfillEndToEnd(t *testing.T) {
 			// Nothing changed in the database: a second backfill writes nothing.
 			w.emu.ResetStats()
 			again := w.cli.mustRun("backfill")
-			if st := w.emu.Stats(); st.BatchUpdates != 0 || st.ByEndpoint["POST /crm/v3/objects/contacts/batch/update"] != 0 {
+			if st := w.emu.Stats(); st.BatchUpdates != 0 || st.ByEndpoint["POST /crm/objects/"+hubspot.DefaultAPIVersion+"/contacts/batch/update"] != 0 {
 				t.Fatalf("second backfill sent batch/update: %+v\n%s", st.ByEndpoint, again.stdout)
 			}
 			w.checkContacts()

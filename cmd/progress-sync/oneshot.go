@@ -271,6 +271,7 @@ func report(out io.Writer, res push.Result, dryRun bool) {
 func (a *app) newHubSpot(cfg config.Config, log *logrus.Entry, opts ...func(*hubspot.Config)) (*hubspot.Client, error) {
 	hc := hubspot.Config{
 		BaseURL:    cfg.HubSpotBaseURL,
+		APIVersion: cfg.HubSpotAPIVersion,
 		Token:      cfg.HubSpotToken,
 		RateLimit:  cfg.RateLimit,
 		HTTPClient: &http.Client{Timeout: a.hubspotTimeout},

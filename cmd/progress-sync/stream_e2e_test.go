@@ -699,9 +699,23 @@ func TestCheck(t *testing.T) {
 	w.cli.mustRun("setup")
 	w.cli.mustRun("provision")
 	good := w.cli.mustRun("check")
-	if !strings.Contains(good.stdout, "all ") {
+	if !strings.Contains(good.stdout, "all ") || !strings.Contains(good.stdout, "accepted on API version 2026-09") {
 		t.Fatalf("correct setup:\n%s", good.stdout)
 	}
+	// Every request went to the date version's paths.
+	if st := w.emu.Stats(); st.ByFamily["2026-09"] == 0 || st.ByFamily["v3"] != 0 {
+		t.Fatalf("requests by path family %v, want all on 2026-09", st.ByFamily)
+	}
+	w.cli.env["HUBSPOT_API_VERSION"] = "v3"
+	w.emu.ResetStats()
+	if out := w.cli.mustRun("check").stdout; !strings.Contains(out, "accepted on API version v3") {
+		t.Fatalf("check on v3:\n%s", out)
+	}
+	if st := w.emu.Stats(); st.ByFamily["v3"] == 0 || st.ByFamily["2026-09"] != 0 {
+		t.Fatalf("HUBSPOT_API_VERSION=v3: requests by path family %v", st.ByFamily)
+	}
+	delete(w.cli.env, "HUBSPOT_API_VERSION")
+	w.emu.ResetStats()
 	t.Logf("check on the test database:\n%s", good.stdout)
 	bad := cli{t: t, env: map[string]string{"DATABASE_URL": w.dbURL, "HUBSPOT_ACCESS_TOKEN": "not-the-token", "HUBSPOT_BASE_URL": w.emu.URL()}}
 	if r := bad.run("check"); r.code != 1 || !strings.Contains(r.stdout, "PROBLEM  HubSpot token") {

@@ -96,7 +96,8 @@ func (f Faults) Validate() error {
 type Stats struct {
 	Requests          int            `json:"requests"`          // every API request received
 	Served            int            `json:"served"`            // answered by the API (incl. 401 and other 4xx): not an injected fault, not rate-limited
-	ByEndpoint        map[string]int `json:"byEndpoint"`        // "POST /crm/v3/objects/contacts/batch/read" -> count (all statuses)
+	ByEndpoint        map[string]int `json:"byEndpoint"`        // "POST /crm/objects/2026-09/contacts/batch/read" -> count (all statuses)
+	ByFamily          map[string]int `json:"byFamily"`          // path family ("v3", "2026-09") -> count
 	ByStatus          map[int]int    `json:"byStatus"`          // 499 = client gave up during injected latency
 	BatchUpdates      int            `json:"batchUpdates"`      // batch/update requests applied (200/207)
 	BatchUpdateInputs []int          `json:"batchUpdateInputs"` // inputs of each decodable batch/update request that got past faults and limits
@@ -111,6 +112,10 @@ func (st Stats) clone() Stats {
 	for k, v := range st.ByEndpoint {
 		out.ByEndpoint[k] = v
 	}
+	out.ByFamily = make(map[string]int, len(st.ByFamily))
+	for k, v := range st.ByFamily {
+		out.ByFamily[k] = v
+	}
 	out.ByStatus = make(map[int]int, len(st.ByStatus))
 	for k, v := range st.ByStatus {
 		out.ByStatus[k] = v
@@ -120,11 +125,12 @@ func (st Stats) clone() Stats {
 }
 
 func newStats() Stats {
-	return Stats{ByEndpoint: map[string]int{}, ByStatus: map[int]int{}, BatchUpdateInputs: []int{}}
+	return Stats{ByEndpoint: map[string]int{}, ByFamily: map[string]int{}, ByStatus: map[int]int{}, BatchUpdateInputs: []int{}}
 }
 
-// Server is an emulated HubSpot portal serving the CRM v3 contacts and
-// contact-properties API over real HTTP, modelled on httptest.Server:
+// Server is an emulated HubSpot portal serving the CRM contacts and
+// contact-properties API, in both path families (/crm/v3/... and the date
+// versions' /crm/objects/2026-09/...), over real HTTP, modelled on httptest.Server:
 // NewServer listens on a loopback port and URL replaces
 // https://api.hubapi.com. Request and response shapes, status codes, error
 // bodies and rate limits follow HubSpot; endpoints that would create (or
@@ -357,7 +363,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 
 	_, pattern := s.api.Handler(r)
-	endpoint := pattern
+	family := pathFamily(r.URL.Path)
+	endpoint := strings.Replace(pattern, "{version}", family, 1)
 	if endpoint == "" {
 		endpoint = r.Method + " " + r.URL.Path
 	}
@@ -370,6 +377,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	s.stats.Requests++
 	s.stats.ByEndpoint[endpoint]++
+	if family != "" {
+		s.stats.ByFamily[family]++
+	}
 	s.inspect(r, pattern, body)
 	faults := s.faults
 	s.mu.Unlock()
@@ -467,7 +477,7 @@ func (s *Server) inspect(r *http.Request, pattern string, body []byte) {
 	if json.Unmarshal(body, &req) != nil {
 		return
 	}
-	update := strings.HasSuffix(pattern, "/objects/contacts/batch/update") || strings.HasSuffix(pattern, "/objects/0-1/batch/update")
+	update := strings.HasSuffix(pattern, "/contacts/batch/update") || strings.HasSuffix(pattern, "/0-1/batch/update")
 	if update && req.Inputs != nil {
 		s.stats.BatchUpdateInputs = append(s.stats.BatchUpdateInputs, len(req.Inputs))
 	}

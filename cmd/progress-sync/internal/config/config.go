@@ -23,11 +23,13 @@ type Config struct {
 	DatabaseURL    string
 	HubSpotToken   string
 	HubSpotBaseURL string
-	Slot           string
-	Publication    string
-	Debounce       time.Duration
-	MaxDelay       time.Duration
-	RateLimit      hubspot.Rate
+	// HubSpotAPIVersion is the API version the paths are built from: a date version, or v3.
+	HubSpotAPIVersion string
+	Slot              string
+	Publication       string
+	Debounce          time.Duration
+	MaxDelay          time.Duration
+	RateLimit         hubspot.Rate
 	// Reconcile is how often run reads every linked contact back from HubSpot; 0: never.
 	Reconcile time.Duration
 	Listen    string
@@ -53,6 +55,7 @@ func settings() []setting {
 		{"DATABASE_URL", "database-url", "", "direct PostgreSQL connection string (Supabase: the direct connection, not the pooler)"},
 		{"HUBSPOT_ACCESS_TOKEN", "hubspot-access-token", "", "HubSpot private app access token (prefer the environment: flags show in ps)"},
 		{"HUBSPOT_BASE_URL", "hubspot-base-url", "https://api.hubapi.com", "HubSpot API root"},
+		{"HUBSPOT_API_VERSION", "hubspot-api-version", hubspot.DefaultAPIVersion, "HubSpot API version: a date version such as 2026-09, or v3 for the legacy /crm/v3 paths"},
 		{"PROGRESS_SYNC_SLOT", "slot", "progress_sync", "replication slot name"},
 		{"PROGRESS_SYNC_PUBLICATION", "publication", "progress_sync", "publication name"},
 		{"PROGRESS_SYNC_DEBOUNCE", "debounce", "3s", "quiet period per student before a push"},
@@ -127,6 +130,11 @@ func Load(fs *pflag.FlagSet, getenv func(string) (string, bool), needs Needs) (C
 			bad("HUBSPOT_BASE_URL", "must not contain a user name or password; the token goes in HUBSPOT_ACCESS_TOKEN")
 		} else if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			bad("HUBSPOT_BASE_URL", "%q is not an http(s) URL such as https://api.hubapi.com", raw["HUBSPOT_BASE_URL"])
+		}
+		if v, err := hubspot.ParseAPIVersion(raw["HUBSPOT_API_VERSION"]); err != nil {
+			bad("HUBSPOT_API_VERSION", "%v", err)
+		} else {
+			c.HubSpotAPIVersion = v
 		}
 		r, err := hubspot.ParseRate(raw["PROGRESS_SYNC_RATE_LIMIT"])
 		if err != nil {

@@ -42,7 +42,7 @@ func TestLoad(t *testing.T) {
 			if c.Slot != "progress_sync" || c.Publication != "progress_sync" || c.Debounce != 3*time.Second ||
 				c.MaxDelay != 30*time.Second || c.RateLimit.Requests != 100 || c.RateLimit.Per != 10*time.Second ||
 				c.Listen != "127.0.0.1:9187" || c.HubSpotBaseURL != "https://api.hubapi.com" || c.LogFormat != "json" ||
-				c.Reconcile != 24*time.Hour {
+				c.Reconcile != 24*time.Hour || c.HubSpotAPIVersion != "2026-09" {
 				t.Errorf("defaults = %+v", c)
 			}
 		}},
@@ -65,6 +65,14 @@ func TestLoad(t *testing.T) {
 			"LOG_LEVEL": "loud", "LOG_FORMAT": "xml", "HUBSPOT_BASE_URL": "api.hubapi.com"}), needs: all,
 			want: []string{"HUBSPOT_BASE_URL", "PROGRESS_SYNC_RATE_LIMIT", "PROGRESS_SYNC_SLOT", "PROGRESS_SYNC_PUBLICATION",
 				"PROGRESS_SYNC_DEBOUNCE", "PROGRESS_SYNC_MAX_DELAY", "PROGRESS_SYNC_LISTEN", "LOG_LEVEL", "LOG_FORMAT"}},
+		{name: "legacy API paths", env: with(map[string]string{"HUBSPOT_API_VERSION": "v3"}), needs: all,
+			check: func(t *testing.T, c Config) {
+				if c.HubSpotAPIVersion != "v3" {
+					t.Errorf("api version = %q", c.HubSpotAPIVersion)
+				}
+			}},
+		{name: "API version not a version", env: with(map[string]string{"HUBSPOT_API_VERSION": "v4"}), needs: all, want: []string{"HUBSPOT_API_VERSION: \"v4\" is not a HubSpot API version"}},
+		{name: "API version before date versions", env: with(map[string]string{"HUBSPOT_API_VERSION": "2025-09"}), needs: all, want: []string{"HUBSPOT_API_VERSION: \"2025-09\" is older than"}},
 		{name: "reconcile turned off", env: with(map[string]string{"PROGRESS_SYNC_RECONCILE": "0"}), needs: all,
 			check: func(t *testing.T, c Config) {
 				if c.Reconcile != 0 {
