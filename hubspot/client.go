@@ -43,7 +43,7 @@ const (
 // Config configures a Client. Only Token is required.
 type Config struct {
 	BaseURL         string        // API root; default DefaultBaseURL (tests and the demo point it at an emulator)
-	Token           string        // private app access token; never logged
+	Token           string        // a service key or private app access token; never logged
 	RateLimit       Rate          // HubSpot's burst allowance for the app; default 100/10s (the lowest tier)
 	APIVersion      string        // DefaultAPIVersion when empty; see ParseAPIVersion
 	HTTPClient      *http.Client  // optional; default has a 30s Timeout

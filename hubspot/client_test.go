@@ -259,7 +259,7 @@ func TestRetries(t *testing.T) {
 		{name: "400 not retried", steps: []step{{status: 400, body: badReqBody}, ok}, wantAttempts: 1, wantErr: "HTTP 400 VALIDATION_ERROR: Invalid input JSON"},
 		{name: "404 not retried", steps: []step{{status: 404, body: notFoundMsg}, ok}, wantAttempts: 1, wantErr: "HTTP 404"},
 		{name: "401 not retried", steps: []step{{status: 401, body: authBody}, ok}, wantAttempts: 1,
-			wantErr: "check that the private app access token", wantIs: ErrUnauthorized},
+			wantErr: "check that the service key or private app token", wantIs: ErrUnauthorized},
 		{name: "403 not retried", steps: []step{{status: 403, body: scopesBody}, ok}, wantAttempts: 1,
 			wantErr: "crm.objects.contacts.read, crm.objects.contacts.write, crm.schemas.contacts.read, crm.schemas.contacts.write", wantIs: ErrMissingScopes},
 		{name: "429 daily stops at once", steps: []step{{status: 429, body: dailyBody}, ok}, wantAttempts: 1,

@@ -15,10 +15,10 @@ import (
 var ErrDailyLimit = errors.New("hubspot: daily API request limit reached; it resets at midnight in the HubSpot account's time zone")
 
 // ErrUnauthorized reports a 401: HubSpot did not accept the access token.
-var ErrUnauthorized = errors.New("hubspot: access token rejected (401); check that the private app access token is correct and has not been rotated or revoked")
+var ErrUnauthorized = errors.New("hubspot: access token rejected (401); check that the service key or private app token is correct and has not been rotated or revoked")
 
 // ErrMissingScopes reports a 403: the token is valid but lacks a scope.
-var ErrMissingScopes = errors.New("hubspot: access denied (403); check the private app's scopes: " + scopeList)
+var ErrMissingScopes = errors.New("hubspot: access denied (403); check the scopes of the service key or private app: " + scopeList)
 
 const scopeList = "crm.objects.contacts.read, crm.objects.contacts.write, crm.schemas.contacts.read, crm.schemas.contacts.write"
 
@@ -65,9 +65,9 @@ func (e *APIError) Error() string {
 	case e.isDailyLimit():
 		b.WriteString("; the daily API limit resets at midnight in the HubSpot account's time zone")
 	case e.StatusCode == 401:
-		b.WriteString("; check that the private app access token is correct and has not been rotated or revoked")
+		b.WriteString("; check that the service key or private app token is correct and has not been rotated or revoked")
 	case e.StatusCode == 403:
-		b.WriteString("; check the private app's scopes: " + scopeList)
+		b.WriteString("; check the scopes of the service key or private app: " + scopeList)
 	}
 	if e.CorrelationID != "" {
 		b.WriteString(" (correlation id " + e.CorrelationID + ")")

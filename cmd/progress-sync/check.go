@@ -199,11 +199,11 @@ func checkHubSpot(ctx context.Context, hs *hubspot.Client) []finding {
 	mismatches, err := hs.CheckProperties(ctx, properties())
 	if err != nil {
 		return []finding{{item: "HubSpot token", detail: err.Error(),
-			fix: "create a private app with scopes " + strings.Join(hubspot.RequiredScopes(), ", ") + " and set HUBSPOT_ACCESS_TOKEN to its token"}}
+			fix: "create a service key (Settings > Integrations > Service Keys; or a legacy private app) with scopes " + strings.Join(hubspot.RequiredScopes(), ", ") + " and set HUBSPOT_ACCESS_TOKEN to it"}}
 	}
 	fs := []finding{{item: "HubSpot token", ok: true, detail: fmt.Sprintf("accepted on API version %s (property schemas readable)", hs.APIVersion())}}
 	if _, err := hs.ReadByEmail(ctx, []string{"progress-sync-check@example.invalid"}, []string{"email"}); err != nil {
-		fs = append(fs, finding{item: "HubSpot contacts scope", detail: err.Error(), fix: "add crm.objects.contacts.read and crm.objects.contacts.write to the private app"})
+		fs = append(fs, finding{item: "HubSpot contacts scope", detail: err.Error(), fix: "add crm.objects.contacts.read and crm.objects.contacts.write to the service key (or private app)"})
 	} else {
 		fs = append(fs, finding{item: "HubSpot contacts scope", ok: true, detail: "contacts readable (write access is proven by the first push)"})
 	}

@@ -53,7 +53,7 @@ type setting struct {
 func settings() []setting {
 	return []setting{
 		{"DATABASE_URL", "database-url", "", "direct PostgreSQL connection string (Supabase: the direct connection, not the pooler)"},
-		{"HUBSPOT_ACCESS_TOKEN", "hubspot-access-token", "", "HubSpot private app access token (prefer the environment: flags show in ps)"},
+		{"HUBSPOT_ACCESS_TOKEN", "hubspot-access-token", "", "HubSpot service key or private app token (prefer the environment: flags show in ps)"},
 		{"HUBSPOT_BASE_URL", "hubspot-base-url", "https://api.hubapi.com", "HubSpot API root"},
 		{"HUBSPOT_API_VERSION", "hubspot-api-version", hubspot.DefaultAPIVersion, "HubSpot API version: a date version such as 2026-09, or v3 for the legacy /crm/v3 paths"},
 		{"PROGRESS_SYNC_SLOT", "slot", "progress_sync", "replication slot name"},
@@ -119,7 +119,7 @@ func Load(fs *pflag.FlagSet, getenv func(string) (string, bool), needs Needs) (C
 		c.HubSpotToken = raw["HUBSPOT_ACCESS_TOKEN"]
 		switch {
 		case c.HubSpotToken == "":
-			bad("HUBSPOT_ACCESS_TOKEN", "not set; create a HubSpot private app with scopes crm.objects.contacts.read, crm.objects.contacts.write, crm.schemas.contacts.read, crm.schemas.contacts.write and use its access token")
+			bad("HUBSPOT_ACCESS_TOKEN", "not set; create a HubSpot service key (Settings > Integrations > Service Keys; or a legacy private app) with scopes crm.objects.contacts.read, crm.objects.contacts.write, crm.schemas.contacts.read, crm.schemas.contacts.write and use it")
 		case strings.IndexFunc(c.HubSpotToken, func(r rune) bool { return r <= ' ' || r >= 0x7f }) >= 0:
 			// As hubspot.New checks: such a token cannot go in an Authorization header.
 			bad("HUBSPOT_ACCESS_TOKEN", "contains whitespace or non-printable characters; paste the token alone")
