@@ -44,6 +44,10 @@ const (
 type Config struct {
 	BaseURL         string        // API root; default DefaultBaseURL (tests and the demo point it at an emulator)
 	Token           string        // a service key or private app access token; never logged
+	// ReloadToken, when set, is asked for the token again when HubSpot answers 401 (a key
+	// rotated in the file it came from); a different token is taken and the request sent
+	// again, once.
+	ReloadToken func() (string, error)
 	RateLimit       Rate          // HubSpot's burst allowance for the app; default 100/10s (the lowest tier)
 	APIVersion      string        // DefaultAPIVersion when empty; see ParseAPIVersion
 	HTTPClient      *http.Client  // optional; default has a 30s Timeout
@@ -108,7 +112,7 @@ type pacer interface {
 // goroutines share one pacer, since HubSpot counts requests per app.
 type Client struct {
 	baseURL        string
-	token          string
+	creds          *credentials
 	http           *http.Client
 	log            *logrus.Entry
 	pace           pacer
@@ -130,14 +134,9 @@ func New(cfg Config) (*Client, error) {
 	// Tokens mounted from files often end in a newline; anything else outside
 	// printable ASCII would make an invalid header, so refuse it here rather
 	// than let net/http fail on every request.
-	token := strings.TrimSpace(cfg.Token)
-	if token == "" {
-		return nil, errors.New("hubspot: access token is empty")
-	}
-	for i := 0; i < len(token); i++ {
-		if token[i] <= ' ' || token[i] >= 0x7f {
-			return nil, errors.New("hubspot: access token contains whitespace or non-printable characters")
-		}
+	token, err := checkToken(cfg.Token)
+	if err != nil {
+		return nil, err
 	}
 	base := cfg.BaseURL
 	if base == "" {
@@ -176,7 +175,7 @@ func New(cfg Config) (*Client, error) {
 	}
 	c := &Client{
 		baseURL:        strings.TrimRight(u.String(), "/"),
-		token:          token,
+		creds:          &credentials{current: token, reload: cfg.ReloadToken},
 		http:           hc,
 		log:            log,
 		pace:           newLimiter(r),
@@ -269,6 +268,7 @@ func (c *Client) do(ctx context.Context, cl call) (int, []byte, error) {
 	b := backoff.WithContext(ra, ctx)
 
 	attempts := 0
+	renewed := false
 	op := func() (response, error) {
 		attempts++
 		if cl.writes && c.writeFence != nil {
@@ -276,9 +276,14 @@ func (c *Client) do(ctx context.Context, cl call) (int, []byte, error) {
 				return response{}, backoff.Permanent(fmt.Errorf("hubspot: %s: not sent: %w", cl, err))
 			}
 		}
-		resp, err := c.attempt(ctx, cl, payload)
+		token := c.creds.token()
+		resp, err := c.attempt(ctx, cl, payload, token)
 		if err == nil {
 			return resp, nil
+		}
+		if errors.Is(err, ErrUnauthorized) && !renewed && c.creds.renew(token, c.log) {
+			renewed = true
+			return response{}, &retryableError{err: err}
 		}
 		var re *retryableError
 		if errors.As(err, &re) {
@@ -335,7 +340,7 @@ func (r *retryableError) Unwrap() error { return r.err }
 
 // attempt sends cl once. The body is rebuilt from payload on every attempt so
 // a retry never sends a drained reader.
-func (c *Client) attempt(ctx context.Context, cl call, payload []byte) (response, error) {
+func (c *Client) attempt(ctx context.Context, cl call, payload []byte, token string) (response, error) {
 	if err := c.pace.Wait(ctx); err != nil {
 		return response{}, fmt.Errorf("waiting for the rate limiter: %w", err)
 	}
@@ -349,9 +354,9 @@ func (c *Client) attempt(ctx context.Context, cl call, payload []byte) (response
 	}
 	req, err := http.NewRequestWithContext(ctx, cl.method, u, body)
 	if err != nil {
-		return response{}, &redactedError{err: err, token: c.token}
+		return response{}, &redactedError{err: err, sec: c.creds.secrets()}
 	}
-	req.Header.Set("Authorization", "Bearer "+c.token)
+	req.Header.Set("Authorization", "Bearer "+token)
 	req.Header.Set("Accept", "application/json")
 	req.Header.Set("User-Agent", userAgent)
 	if payload != nil {
@@ -381,7 +386,7 @@ func (c *Client) attempt(ctx context.Context, cl call, payload []byte) (response
 		c.observe(cl, res.StatusCode, started, nil)
 		return response{status: res.StatusCode, body: data}, nil
 	}
-	apiErr := newAPIError(res.StatusCode, data, c.token)
+	apiErr := newAPIError(res.StatusCode, data, c.creds.secrets())
 	c.observe(cl, res.StatusCode, started, apiErr)
 	if retryableStatus(apiErr) {
 		return response{}, &retryableError{err: apiErr, retryAfter: parseRetryAfter(res.Header.Get("Retry-After"), time.Now())}
@@ -422,7 +427,7 @@ func retryableStatus(e *APIError) bool {
 // retry. Timeouts, refused and reset connections and early EOFs do; a
 // cancelled context and certificate problems do not.
 func (c *Client) classifyTransportError(ctx context.Context, err error) error {
-	safe := &redactedError{err: err, token: c.token}
+	safe := &redactedError{err: err, sec: c.creds.secrets()}
 	if ctx.Err() != nil {
 		return safe
 	}

@@ -79,7 +79,7 @@ func TestNewValidatesConfig(t *testing.T) {
 	if err != nil {
 		t.Fatalf("New with padded token: %v", err)
 	}
-	if c.token != testToken || c.baseURL != DefaultBaseURL || c.http.Timeout != defaultHTTPTimeout ||
+	if c.creds.token() != testToken || c.baseURL != DefaultBaseURL || c.http.Timeout != defaultHTTPTimeout ||
 		c.maxElapsed != defaultMaxElapsed || c.initialBackoff != defaultInitialBackoff {
 		t.Fatalf("defaults not applied: %+v", c)
 	}

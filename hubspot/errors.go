@@ -138,27 +138,27 @@ type errorBody struct {
 // answer with HTML, so a body that is not JSON becomes a short message.
 // Everything taken from the body is scrubbed of the token: a misbehaving proxy
 // or fake could echo the Authorization header back.
-func newAPIError(status int, body []byte, token string) *APIError {
+func newAPIError(status int, body []byte, sec secrets) *APIError {
 	e := &APIError{StatusCode: status}
 	var eb errorBody
 	if err := json.Unmarshal(body, &eb); err != nil {
 		// Redact before cutting: a token across the cut would leave its first part.
-		e.Message = snippet([]byte(redact(string(body), token)))
+		e.Message = snippet([]byte(sec.redact(string(body))))
 		return e
 	}
-	e.Message = redact(eb.Message, token)
-	e.Category = redact(eb.Category, token)
+	e.Message = sec.redact(eb.Message)
+	e.Category = sec.redact(eb.Category)
 	if e.Category == "" {
-		e.Category = redact(eb.ErrorType, token)
+		e.Category = sec.redact(eb.ErrorType)
 	}
-	e.CorrelationID = redact(eb.CorrelationID, token)
-	e.PolicyName = redact(eb.PolicyName, token)
-	e.Context = redactLists(eb.Context, token)
+	e.CorrelationID = sec.redact(eb.CorrelationID)
+	e.PolicyName = sec.redact(eb.PolicyName)
+	e.Context = redactLists(eb.Context, sec)
 	for _, d := range eb.Errors {
 		e.Errors = append(e.Errors, ErrorDetail{
-			Message: redact(d.Message, token),
-			Code:    redact(d.Code, token),
-			Context: redactLists(d.Context, token),
+			Message: sec.redact(d.Message),
+			Code:    sec.redact(d.Code),
+			Context: redactLists(d.Context, sec),
 		})
 	}
 	return e
@@ -179,14 +179,20 @@ func snippet(body []byte) string {
 
 const redacted = "[REDACTED]"
 
-func redact(s, token string) string {
-	if token == "" || !strings.Contains(s, token) {
-		return s
+// secrets are the tokens the client has used: the current one and those rotated away, none of
+// which may appear in an error or a log line.
+type secrets []string
+
+func (sec secrets) redact(s string) string {
+	for _, token := range sec {
+		if token != "" && strings.Contains(s, token) {
+			s = strings.ReplaceAll(s, token, redacted)
+		}
 	}
-	return strings.ReplaceAll(s, token, redacted)
+	return s
 }
 
-func redactLists(m map[string][]string, token string) map[string][]string {
+func redactLists(m map[string][]string, sec secrets) map[string][]string {
 	if len(m) == 0 {
 		return nil
 	}
@@ -194,7 +200,7 @@ func redactLists(m map[string][]string, token string) map[string][]string {
 	for k, list := range m {
 		cp := make([]string, len(list))
 		for i, v := range list {
-			cp[i] = redact(v, token)
+			cp[i] = sec.redact(v)
 		}
 		out[k] = cp
 	}
@@ -204,9 +210,9 @@ func redactLists(m map[string][]string, token string) map[string][]string {
 // redactedError keeps errors.Is/As working on transport errors while making
 // sure their text cannot carry the token.
 type redactedError struct {
-	err   error
-	token string
+	err error
+	sec secrets
 }
 
-func (r *redactedError) Error() string { return redact(r.err.Error(), r.token) }
+func (r *redactedError) Error() string { return r.sec.redact(r.err.Error()) }
 func (r *redactedError) Unwrap() error { return r.err }

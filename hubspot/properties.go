@@ -371,7 +371,7 @@ func (c *Client) createProperties(ctx context.Context, props []Property, report 
 			done[r.Name] = true
 		}
 		for _, e := range resp.Errors {
-			c.log.WithFields(logrus.Fields{"category": e.Category, "message": redact(e.Message, c.token)}).
+			c.log.WithFields(logrus.Fields{"category": e.Category, "message": c.creds.secrets().redact(e.Message)}).
 				Warn("hubspot batch property create reported an error; creating the rest one by one")
 		}
 	case isStatus(err, http.StatusConflict):

@@ -59,7 +59,7 @@ func FuzzResponses(f *testing.F) {
 		}
 
 		// Error and 429 bodies.
-		e := newAPIError(status, body, token)
+		e := newAPIError(status, body, secrets{token})
 		if e.StatusCode != status {
 			t.Fatalf("status %d became %d", status, e.StatusCode)
 		}

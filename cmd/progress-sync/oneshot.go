@@ -277,6 +277,10 @@ func (a *app) newHubSpot(cfg config.Config, log *logrus.Entry, opts ...func(*hub
 		HTTPClient: &http.Client{Timeout: a.hubspotTimeout},
 		Log:        log.WithField("component", "hubspot"),
 	}
+	if file := cfg.HubSpotTokenFile; file != "" {
+		// A key rotated in the file is taken at HubSpot's next 401, without a restart.
+		hc.ReloadToken = func() (string, error) { return config.ReadTokenFile(file) }
+	}
 	for _, o := range opts {
 		o(&hc)
 	}

@@ -545,7 +545,18 @@ func (s *Server) authorized(r *http.Request) bool {
 	if len(h) < len(prefix) || !strings.EqualFold(h[:len(prefix)], prefix) {
 		return false
 	}
-	return subtle.ConstantTimeCompare([]byte(strings.TrimSpace(h[len(prefix):])), []byte(s.opts.Token)) == 1
+	s.mu.Lock()
+	token := s.opts.Token
+	s.mu.Unlock()
+	return subtle.ConstantTimeCompare([]byte(strings.TrimSpace(h[len(prefix):])), []byte(token)) == 1
+}
+
+// SetToken makes the portal take another token from now on, and refuse the one before (401),
+// as rotating a service key does.
+func (s *Server) SetToken(token string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.opts.Token = token
 }
 
 func (s *Server) dailyBody() rateLimitError {

@@ -5,8 +5,10 @@ package config
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/url"
+	"os"
 	"regexp"
 	"strings"
 	"time"
@@ -20,9 +22,12 @@ import (
 
 // Config is the validated configuration of one command.
 type Config struct {
-	DatabaseURL    string
-	HubSpotToken   string
-	HubSpotBaseURL string
+	DatabaseURL  string
+	HubSpotToken string
+	// HubSpotTokenFile is where the token was read from (HUBSPOT_ACCESS_TOKEN_FILE), to read
+	// it again when HubSpot refuses it; "" when it came from HUBSPOT_ACCESS_TOKEN.
+	HubSpotTokenFile string
+	HubSpotBaseURL   string
 	// HubSpotAPIVersion is the API version the paths are built from: a date version, or v3.
 	HubSpotAPIVersion string
 	Slot              string
@@ -54,6 +59,7 @@ func settings() []setting {
 	return []setting{
 		{"DATABASE_URL", "database-url", "", "direct PostgreSQL connection string (Supabase: the direct connection, not the pooler)"},
 		{"HUBSPOT_ACCESS_TOKEN", "hubspot-access-token", "", "HubSpot service key or private app token (prefer the environment: flags show in ps)"},
+		{"HUBSPOT_ACCESS_TOKEN_FILE", "hubspot-access-token-file", "", "a file holding the token (systemd LoadCredential=, a mounted Kubernetes secret), read again when HubSpot answers 401"},
 		{"HUBSPOT_BASE_URL", "hubspot-base-url", "https://api.hubapi.com", "HubSpot API root"},
 		{"HUBSPOT_API_VERSION", "hubspot-api-version", hubspot.DefaultAPIVersion, "HubSpot API version: a date version such as 2026-09, or v3 for the legacy /crm/v3 paths"},
 		{"PROGRESS_SYNC_SLOT", "slot", "progress_sync", "replication slot name"},
@@ -117,7 +123,18 @@ func Load(fs *pflag.FlagSet, getenv func(string) (string, bool), needs Needs) (C
 	}
 	if needs.HubSpot {
 		c.HubSpotToken = raw["HUBSPOT_ACCESS_TOKEN"]
+		if file := raw["HUBSPOT_ACCESS_TOKEN_FILE"]; file != "" {
+			if c.HubSpotToken != "" {
+				bad("HUBSPOT_ACCESS_TOKEN_FILE", "set together with HUBSPOT_ACCESS_TOKEN; set one of them")
+			}
+			token, err := ReadTokenFile(file)
+			if err != nil {
+				bad("HUBSPOT_ACCESS_TOKEN_FILE", "%v", err)
+			}
+			c.HubSpotToken, c.HubSpotTokenFile = token, file
+		}
 		switch {
+		case c.HubSpotToken == "" && c.HubSpotTokenFile != "":
 		case c.HubSpotToken == "":
 			bad("HUBSPOT_ACCESS_TOKEN", "not set; create a HubSpot service key (Settings > Integrations > Service Keys; or a legacy private app) with scopes crm.objects.contacts.read, crm.objects.contacts.write, crm.schemas.contacts.read, crm.schemas.contacts.write and use it")
 		case strings.IndexFunc(c.HubSpotToken, func(r rune) bool { return r <= ' ' || r >= 0x7f }) >= 0:
@@ -177,6 +194,27 @@ func Load(fs *pflag.FlagSet, getenv func(string) (string, bool), needs Needs) (C
 		return c, &Error{Problems: problems}
 	}
 	return c, nil
+}
+
+// ReadTokenFile reads a HubSpot token from a file: one line, surrounding blanks ignored. Its
+// errors name the file, never what it holds.
+func ReadTokenFile(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			return "", fmt.Errorf("cannot read %s: %v", path, pe.Err)
+		}
+		return "", fmt.Errorf("cannot read %s", path)
+	}
+	token := strings.TrimSpace(string(b))
+	if token == "" {
+		return "", fmt.Errorf("%s is empty; it must hold the service key (or private app token)", path)
+	}
+	if strings.IndexFunc(token, func(r rune) bool { return r <= ' ' || r >= 0x7f }) >= 0 {
+		return "", fmt.Errorf("%s holds more than one token, or whitespace or non-printable characters inside it; it must hold the key alone", path)
+	}
+	return token, nil
 }
 
 var lineBreaks = strings.NewReplacer("\r", `\r`, "\n", `\n`)

@@ -1,6 +1,8 @@
 package config
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -121,5 +123,55 @@ func TestLoad(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestTokenFile(t *testing.T) {
+	const secret = "svc-key-na1-0123456789abcdef"
+	dir := t.TempDir()
+	write := func(name, content string, mode os.FileMode) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), mode); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	good := write("good", secret+"\n", 0o600)
+	unreadable := write("unreadable", secret, 0o000)
+	for _, tc := range []struct {
+		name string
+		env  map[string]string
+		want string // "" = loads, with the token from the file
+	}{
+		{name: "a file with a trailing newline", env: map[string]string{"HUBSPOT_ACCESS_TOKEN_FILE": good}},
+		{name: "missing", env: map[string]string{"HUBSPOT_ACCESS_TOKEN_FILE": filepath.Join(dir, "nope")}, want: "HUBSPOT_ACCESS_TOKEN_FILE: cannot read " + filepath.Join(dir, "nope") + ": no such file or directory"},
+		{name: "empty", env: map[string]string{"HUBSPOT_ACCESS_TOKEN_FILE": write("empty", "\n \n", 0o600)}, want: "is empty"},
+		{name: "two tokens", env: map[string]string{"HUBSPOT_ACCESS_TOKEN_FILE": write("two", secret+"\n"+secret+"\n", 0o600)}, want: "holds more than one token"},
+		{name: "both ways at once", env: map[string]string{"HUBSPOT_ACCESS_TOKEN_FILE": good, "HUBSPOT_ACCESS_TOKEN": secret}, want: "set one of them"},
+		{name: "a directory", env: map[string]string{"HUBSPOT_ACCESS_TOKEN_FILE": dir}, want: "cannot read " + dir},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fs := pflag.NewFlagSet("test", pflag.ContinueOnError)
+			Register(fs)
+			tc.env["DATABASE_URL"] = "postgres://u@db.example.com/app"
+			c, err := Load(fs, env(tc.env), Needs{Database: true, HubSpot: true})
+			if tc.want == "" {
+				if err != nil || c.HubSpotToken != secret || c.HubSpotTokenFile != good {
+					t.Fatalf("token %q from %q, err %v", c.HubSpotToken, c.HubSpotTokenFile, err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want %q", err, tc.want)
+			}
+			if strings.Contains(err.Error(), secret) {
+				t.Fatalf("the error shows the token: %v", err)
+			}
+		})
+	}
+	if os.Geteuid() != 0 { // root reads a file of mode 000
+		if _, err := ReadTokenFile(unreadable); err == nil || !strings.Contains(err.Error(), "permission denied") {
+			t.Errorf("unreadable file: %v", err)
+		}
 	}
 }
