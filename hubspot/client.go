@@ -42,12 +42,12 @@ const (
 
 // Config configures a Client. Only Token is required.
 type Config struct {
-	BaseURL         string        // API root; default DefaultBaseURL (tests and the demo point it at an emulator)
-	Token           string        // a service key or private app access token; never logged
+	BaseURL string // API root; default DefaultBaseURL (tests and the demo point it at an emulator)
+	Token   string // a service key or private app access token; never logged
 	// ReloadToken, when set, is asked for the token again when HubSpot answers 401 (a key
 	// rotated in the file it came from); a different token is taken and the request sent
 	// again, once.
-	ReloadToken func() (string, error)
+	ReloadToken     func() (string, error)
 	RateLimit       Rate          // HubSpot's burst allowance for the app; default 100/10s (the lowest tier)
 	APIVersion      string        // DefaultAPIVersion when empty; see ParseAPIVersion
 	HTTPClient      *http.Client  // optional; default has a 30s Timeout
