@@ -250,7 +250,7 @@ func TestHelmDefaults(t *testing.T) {
 	}
 	c := container(t, d)
 	checkSecretRef(t, c, "DATABASE_URL", fullname, "DATABASE_URL")
-	checkSecretRef(t, c, "HUBSPOT_ACCESS_TOKEN", fullname, "HUBSPOT_ACCESS_TOKEN")
+	checkTokenFile(t, d, fullname, "HUBSPOT_ACCESS_TOKEN")
 	if d.Spec.Template.Annotations["checksum/secret"] == "" {
 		t.Error("no checksum/secret annotation: a changed secret would not roll the pod")
 	}
@@ -258,7 +258,7 @@ func TestHelmDefaults(t *testing.T) {
 	// Every setting of the binary is wired, with the defaults of docs/contract.md §4.
 	env := envMap(c)
 	for _, name := range settingEnvs(t) {
-		if _, ok := env[name]; !ok {
+		if _, ok := env[name]; !ok && name != "HUBSPOT_ACCESS_TOKEN" { // it comes as HUBSPOT_ACCESS_TOKEN_FILE
 			t.Errorf("the container does not set %s", name)
 		}
 	}
@@ -306,7 +306,7 @@ func TestHelmCustomValues(t *testing.T) {
 	checkService(t, m.service, d)
 	c := container(t, d)
 	checkSecretRef(t, c, "DATABASE_URL", "progress-sync-credentials", "database-url")
-	checkSecretRef(t, c, "HUBSPOT_ACCESS_TOKEN", "progress-sync-credentials", "hubspot-token")
+	checkTokenFile(t, d, "progress-sync-credentials", "hubspot-token")
 
 	if want := "registry.example.com/focus/progress-sync@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"; c.Image != want {
 		t.Errorf("image %q, want %q", c.Image, want)
@@ -549,6 +549,39 @@ func checkSecretRef(t *testing.T, c corev1.Container, env, secret, key string) {
 	if ref.Name != secret || ref.Key != key || (ref.Optional != nil && *ref.Optional) {
 		t.Errorf("%s from secret %s key %s (optional %v), want secret %s key %s", env, ref.Name, ref.Key, ref.Optional, secret, key)
 	}
+}
+
+// checkTokenFile asserts that the HubSpot key reaches the container as a file from the Secret's
+// key, mounted read-only and named by HUBSPOT_ACCESS_TOKEN_FILE, and never as a variable.
+func checkTokenFile(t *testing.T, d *appsv1.Deployment, secret, key string) {
+	t.Helper()
+	c := container(t, d)
+	env := envMap(c)
+	if _, ok := env["HUBSPOT_ACCESS_TOKEN"]; ok {
+		t.Error("HUBSPOT_ACCESS_TOKEN is set: the key must come as a file")
+	}
+	path := env["HUBSPOT_ACCESS_TOKEN_FILE"].Value
+	var mount *corev1.VolumeMount
+	for i, vm := range c.VolumeMounts {
+		if strings.HasPrefix(path, vm.MountPath+"/") {
+			mount = &c.VolumeMounts[i]
+		}
+	}
+	if mount == nil || !mount.ReadOnly || mount.SubPath != "" {
+		t.Fatalf("HUBSPOT_ACCESS_TOKEN_FILE=%q is not in a read-only mount without subPath (which kubelet would never update): %+v", path, c.VolumeMounts)
+	}
+	for _, v := range d.Spec.Template.Spec.Volumes {
+		if v.Name != mount.Name {
+			continue
+		}
+		s := v.Secret
+		if s == nil || s.SecretName != secret || len(s.Items) != 1 || s.Items[0].Key != key ||
+			mount.MountPath+"/"+s.Items[0].Path != path || s.DefaultMode == nil || *s.DefaultMode&0o007 != 0 {
+			t.Errorf("volume %s: %+v, want secret %s key %s at %s, not world-readable", v.Name, s, secret, key, path)
+		}
+		return
+	}
+	t.Errorf("no volume %s", mount.Name)
 }
 
 // TestHelmRefusesBadValues: an install that cannot work stops with one clear line.

@@ -108,6 +108,9 @@ func TestSystemdUnitDirectives(t *testing.T) {
 		"CapabilityBoundingSet":    "", // empty: no capability at all
 		"AmbientCapabilities":      "",
 		"RestartPreventExitStatus": "2", // a wrong setting does not fix itself
+		// The key as a credential, never in the environment.
+		"LoadCredential": "hubspot-token:/etc/progress-sync/hubspot-token",
+		"Environment":    "HUBSPOT_ACCESS_TOKEN_FILE=%d/hubspot-token",
 	}
 	for k, v := range want {
 		got, ok := u.last("Service", k)
