@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"time"
@@ -123,7 +124,14 @@ func Load(fs *pflag.FlagSet, getenv func(string) (string, bool), needs Needs) (C
 	}
 	if needs.HubSpot {
 		c.HubSpotToken = raw["HUBSPOT_ACCESS_TOKEN"]
-		if file := raw["HUBSPOT_ACCESS_TOKEN_FILE"]; file != "" {
+		file := raw["HUBSPOT_ACCESS_TOKEN_FILE"]
+		if dir, ok := getenv("CREDENTIALS_DIRECTORY"); ok && file == "" && c.HubSpotToken == "" {
+			// Started by systemd with LoadCredential=hubspot-token:...
+			if p := filepath.Join(dir, "hubspot-token"); fileExists(p) {
+				file = p
+			}
+		}
+		if file != "" {
 			if c.HubSpotToken != "" {
 				bad("HUBSPOT_ACCESS_TOKEN_FILE", "set together with HUBSPOT_ACCESS_TOKEN; set one of them")
 			}
@@ -194,6 +202,11 @@ func Load(fs *pflag.FlagSet, getenv func(string) (string, bool), needs Needs) (C
 		return c, &Error{Problems: problems}
 	}
 	return c, nil
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }
 
 // ReadTokenFile reads a HubSpot token from a file: one line, surrounding blanks ignored. Its

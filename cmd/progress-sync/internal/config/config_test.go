@@ -169,6 +169,14 @@ func TestTokenFile(t *testing.T) {
 			}
 		})
 	}
+	// Under systemd's LoadCredential=hubspot-token:..., with nothing else set.
+	fs := pflag.NewFlagSet("test", pflag.ContinueOnError)
+	Register(fs)
+	credDir := filepath.Dir(write("hubspot-token", secret, 0o400))
+	c, err := Load(fs, env(map[string]string{"DATABASE_URL": "postgres://u@db.example.com/app", "CREDENTIALS_DIRECTORY": credDir}), Needs{Database: true, HubSpot: true})
+	if err != nil || c.HubSpotToken != secret || c.HubSpotTokenFile != filepath.Join(credDir, "hubspot-token") {
+		t.Errorf("credentials directory: token %q from %q, err %v", c.HubSpotToken, c.HubSpotTokenFile, err)
+	}
 	if os.Geteuid() != 0 { // root reads a file of mode 000
 		if _, err := ReadTokenFile(unreadable); err == nil || !strings.Contains(err.Error(), "permission denied") {
 			t.Errorf("unreadable file: %v", err)
