@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strconv"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/focusenglish/progress-sync/cmd/progress-sync/internal/config"
 	"github.com/focusenglish/progress-sync/hubspot"
+	"github.com/focusenglish/progress-sync/metrics"
 	"github.com/focusenglish/progress-sync/replication"
 )
 
@@ -197,15 +199,16 @@ func checkSlot(name string, slot replication.Slot) finding {
 
 func checkHubSpot(ctx context.Context, hs *hubspot.Client) []finding {
 	mismatches, err := hs.CheckProperties(ctx, properties())
-	if err != nil {
+	if err != nil && !errors.Is(err, hubspot.ErrMissingScopes) {
 		return []finding{{item: "HubSpot token", detail: err.Error(),
-			fix: "create a service key (Settings > Integrations > Service Keys; or a legacy private app) with scopes " + strings.Join(hubspot.RequiredScopes(), ", ") + " and set HUBSPOT_ACCESS_TOKEN to it"}}
+			fix: "create a service key (Settings > Integrations > Service Keys; or a legacy private app) with scopes " + strings.Join(hubspot.RequiredScopes(), ", ") + " and set HUBSPOT_ACCESS_TOKEN_FILE or HUBSPOT_ACCESS_TOKEN to it"}}
 	}
-	fs := []finding{{item: "HubSpot token", ok: true, detail: fmt.Sprintf("accepted on API version %s (property schemas readable)", hs.APIVersion())}}
-	if _, err := hs.ReadByEmail(ctx, []string{"progress-sync-check@example.invalid"}, []string{"email"}); err != nil {
-		fs = append(fs, finding{item: "HubSpot contacts scope", detail: err.Error(), fix: "add crm.objects.contacts.read and crm.objects.contacts.write to the service key (or private app)"})
-	} else {
-		fs = append(fs, finding{item: "HubSpot contacts scope", ok: true, detail: "contacts readable (write access is proven by the first push)"})
+	fs := []finding{{item: "HubSpot token", ok: true, detail: fmt.Sprintf("accepted on API version %s", hs.APIVersion())}}
+	for _, a := range hs.CheckAccess(ctx, metrics.GroupName, metrics.LessonsCompleted) {
+		fs = append(fs, accessFinding(a))
+	}
+	if err != nil {
+		return fs // the properties cannot be read: the access item above says why
 	}
 	var lines []string
 	for _, m := range mismatches {
@@ -214,6 +217,24 @@ func checkHubSpot(ctx context.Context, hs *hubspot.Client) []finding {
 	fs = append(fs, finding{item: "HubSpot properties", ok: len(mismatches) == 0, detail: orText(strings.Join(lines, "; "), "all 10 present with the right types"),
 		fix: "run `progress-sync provision`; a property of another type must be renamed or deleted in HubSpot first"})
 	return fs
+}
+
+// accessFinding reports one kind of HubSpot access, with where to add a missing scope.
+func accessFinding(a hubspot.Access) finding {
+	f := finding{item: fmt.Sprintf("HubSpot access: %s (%s)", a.What, a.Scope)}
+	switch {
+	case a.OK:
+		f.ok, f.detail = true, "allowed (tried without changing anything)"
+	case a.Untested != "":
+		f.ok, f.detail = true, "not tried: "+a.Untested
+	case a.Missing:
+		f.detail = "HubSpot refuses it (403): the key lacks the scope " + a.Scope
+		f.fix = "add the scope " + a.Scope + " to the service key (Settings > Integrations > Service Keys, progress-sync, Scopes) or to the private app (its Scopes tab); a key only gets scopes its creator has"
+	default:
+		f.detail = a.Err.Error()
+		f.fix = "see the error; `progress-sync check` again once HubSpot answers"
+	}
+	return f
 }
 
 func keepOK(v string) bool {

@@ -40,3 +40,39 @@ func TestAKeyRotatedOnDiskIsTakenWithoutARestart(t *testing.T) {
 	}
 	svc.mustStop()
 }
+
+func TestCheckNamesAMissingScopeAndChangesNothing(t *testing.T) {
+	w := newWorld(t, 300)
+	w.cli.mustRun("setup")
+	w.cli.mustRun("provision")
+	all := []string{"crm.objects.contacts.read", "crm.objects.contacts.write", "crm.schemas.contacts.read", "crm.schemas.contacts.write"}
+	before := w.emu.Contacts()
+	out := w.cli.mustRun("check").stdout
+	for _, scope := range all {
+		if !strings.Contains(out, "ok       HubSpot access: ") || !strings.Contains(out, "("+scope+"): allowed") {
+			t.Fatalf("check with every scope does not show %s allowed:\n%s", scope, out)
+		}
+	}
+	for _, missing := range all {
+		t.Run(missing, func(t *testing.T) {
+			var granted []string
+			for _, s := range all {
+				if s != missing {
+					granted = append(granted, s)
+				}
+			}
+			w.emu.SetScopes(granted...)
+			r := w.cli.run("check")
+			if r.code != 1 || !strings.Contains(r.stdout, "PROBLEM  HubSpot access: ") || !strings.Contains(r.stdout, "("+missing+"): HubSpot refuses it (403)") ||
+				!strings.Contains(r.stdout, "add the scope "+missing+" to the service key") {
+				t.Fatalf("exit %d\n%s", r.code, r.stdout)
+			}
+			if n := strings.Count(r.stdout, "PROBLEM  HubSpot access"); n != 1 {
+				t.Fatalf("%d access problems, want the one scope:\n%s", n, r.stdout)
+			}
+		})
+	}
+	if !sameContacts(before, w.emu.Contacts()) || len(w.emu.Violations()) > 0 {
+		t.Fatalf("check changed contacts or broke HubSpot's contract: %v", w.emu.Violations())
+	}
+}

@@ -142,6 +142,9 @@ type Server struct {
 	now   func() time.Time
 	api   *http.ServeMux
 	admin *http.ServeMux
+	// scopes are the token's scopes once SetScopes was called (scoped); before, all.
+	scopes []string
+	scoped bool
 	// forbiddenPatterns maps route patterns the sync must never call to
 	// "creating" or "deleting"; set up by routes(), read-only afterwards.
 	forbiddenPatterns map[string]string
@@ -446,6 +449,9 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request, pattern string
 	}
 	if s.limit(w, isSearch(pattern)) {
 		return outcomeLimited
+	}
+	if pattern != "" && s.missingScope(w, r, pattern) {
+		return outcomeServed
 	}
 	if pattern == "" {
 		writeError(w, http.StatusNotFound, newAPIError(categoryNotFound,
