@@ -251,7 +251,7 @@ type invalidEntry struct {
 }
 
 // validateWrites checks the values of one input; the caller holds s.mu.
-func (s *Server) validateWrites(c *contact, props map[string]flexString) ([]propertyWrite, []*invalidValue) {
+func (s *Server) validateWrites(c *contact, props map[string]flexString, rules bool) ([]propertyWrite, []*invalidValue) {
 	var writes []propertyWrite
 	var bad []*invalidValue
 	for _, name := range sortedKeys(props) {
@@ -266,7 +266,7 @@ func (s *Server) validateWrites(c *contact, props map[string]flexString) ([]prop
 		if c != nil {
 			current = c.props[name]
 		}
-		v, invalid := s.normalizeValue(p, raw, current)
+		v, invalid := s.normalizeValue(p, raw, current, rules)
 		if invalid != nil {
 			bad = append(bad, invalid)
 			continue
@@ -305,9 +305,26 @@ func (s *Server) invalidValuesError(bad []*invalidValue) *apiError {
 			Context: map[string][]string{"propertyName": {b.name}}})
 	}
 	e := newAPIError(categoryValidation, "Property values were not valid: "+string(marshal(entries)))
-	e.Errors = details
+	if !onlyRules(bad) {
+		e.Errors = details
+	}
 	return e
 }
+
+// onlyRules reports whether every refusal comes from a portal validation rule: HubSpot then
+// answers with the message alone, without errors[].
+func onlyRules(bad []*invalidValue) bool {
+	for _, b := range bad {
+		if !b.rule {
+			return false
+		}
+	}
+	return len(bad) > 0
+}
+
+// enforcesRules reports whether HubSpot enforces the portal's validation rules on this write:
+// from the 2026-09 API version on, not on the legacy v3 paths.
+func enforcesRules(r *http.Request) bool { return pathFamily(r.URL.Path) != "v3" }
 
 // emailConflict reports a write of an email owned by another contact; the
 // caller holds s.mu. claimed collects emails written earlier in the batch.
@@ -412,7 +429,7 @@ func (s *Server) handleBatchUpdate(w http.ResponseWriter, r *http.Request) {
 	for i, in := range req.Inputs {
 		targets[i] = s.resolve(in.IDProperty, string(in.ID))
 		var b []*invalidValue
-		writes[i], b = s.validateWrites(targets[i], in.Properties)
+		writes[i], b = s.validateWrites(targets[i], in.Properties, enforcesRules(r))
 		bad = append(bad, b...)
 	}
 	if len(bad) > 0 {
@@ -528,7 +545,7 @@ func (s *Server) handlePatchContact(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c := s.resolve(idProperty, r.PathValue("contactId"))
-	writes, bad := s.validateWrites(c, req.Properties)
+	writes, bad := s.validateWrites(c, req.Properties, enforcesRules(r))
 	if len(bad) > 0 {
 		writeError(w, http.StatusBadRequest, s.invalidValuesError(bad))
 		return

@@ -124,12 +124,13 @@ func api(t *testing.T, s *Server, method, path string, body any) reply {
 	return call(t, s, testToken, method, path, body)
 }
 
+// The paths of the 2026-09 version; the legacy v3 paths are tested where they differ.
 const (
-	readPath   = "/crm/v3/objects/contacts/batch/read"
-	updatePath = "/crm/v3/objects/contacts/batch/update"
-	propsPath  = "/crm/v3/properties/contacts"
-	groupsPath = "/crm/v3/properties/contacts/groups"
-	searchPath = "/crm/v3/objects/contacts/search"
+	readPath   = "/crm/objects/2026-09/contacts/batch/read"
+	updatePath = "/crm/objects/2026-09/contacts/batch/update"
+	propsPath  = "/crm/properties/2026-09/contacts"
+	groupsPath = "/crm/properties/2026-09/contacts/groups"
+	searchPath = "/crm/objects/2026-09/contacts/search"
 )
 
 func readByEmail(emails []string, props ...string) map[string]any {

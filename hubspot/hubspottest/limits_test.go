@@ -82,7 +82,7 @@ func TestRollingRateLimit(t *testing.T) {
 	if st.Requests != 7 || st.Served != 5 || st.RateLimited != 2 || st.ByStatus[429] != 2 || st.ByStatus[200] != 5 {
 		t.Errorf("stats = %+v", st)
 	}
-	if st.ByEndpoint["GET /crm/v3/properties/contacts/{propertyName}"] != 7 {
+	if st.ByEndpoint["GET /crm/properties/2026-09/contacts/{propertyName}"] != 7 {
 		t.Errorf("ByEndpoint = %v", st.ByEndpoint)
 	}
 }

@@ -18,6 +18,7 @@ type invalidValue struct {
 	hasValue bool // echo propertyValue (HubSpot omits it for unknown properties)
 	code     string
 	message  string
+	rule     bool // refused by a portal validation rule, not by the property's type
 }
 
 var numberRE = regexp.MustCompile(`^-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)$`)
@@ -28,11 +29,11 @@ func invalid(p *Property, raw, code, format string, args ...any) *invalidValue {
 	return &invalidValue{name: p.Name, value: raw, hasValue: true, code: code, message: fmt.Sprintf(format, args...)}
 }
 
-// normalizeValue checks raw against the definition and the validation rules
-// of p and returns the value to store ("" clears). current is the value
-// stored now; it matters for multi-select appends (";a").
-// The caller holds s.mu.
-func (s *Server) normalizeValue(p *Property, raw, current string) (string, *invalidValue) {
+// normalizeValue checks raw against the definition of p, and its validation rules when rules
+// is set (HubSpot enforces them on API writes from the 2026-09 version on), and returns the
+// value to store ("" clears). current is the value stored now; it matters for multi-select
+// appends (";a"). The caller holds s.mu.
+func (s *Server) normalizeValue(p *Property, raw, current string, rules bool) (string, *invalidValue) {
 	if p.ReadOnlyValue || p.Calculated {
 		return "", invalid(p, raw, "READ_ONLY_VALUE", "%s is a read only property; its value cannot be set.", p.Name)
 	}
@@ -60,8 +61,12 @@ func (s *Server) normalizeValue(p *Property, raw, current string) (string, *inva
 	if bad != nil {
 		return "", bad
 	}
+	if !rules {
+		return out, nil
+	}
 	for _, rule := range s.rules[p.Name] {
 		if bad := checkRule(p, rule, out); bad != nil {
+			bad.rule = true
 			return "", bad
 		}
 	}

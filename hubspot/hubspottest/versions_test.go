@@ -13,7 +13,7 @@ func TestBothPathFamiliesServeTheSamePortal(t *testing.T) {
 	for _, tc := range []struct {
 		family, read, props string
 	}{
-		{"v3", readPath, propsPath},
+		{"v3", "/crm/v3/objects/contacts/batch/read", "/crm/v3/properties/contacts"},
 		{"2026-09", "/crm/objects/2026-09/contacts/batch/read", "/crm/properties/2026-09/contacts"},
 		{"2026-03", "/crm/objects/2026-03/0-1/batch/read", "/crm/properties/2026-03/0-1"},
 	} {
@@ -38,5 +38,26 @@ func TestBothPathFamiliesServeTheSamePortal(t *testing.T) {
 	api(t, s, http.MethodPost, "/crm/objects/2026-09/contacts/batch/upsert", map[string]any{"inputs": []any{}})
 	if v := s.Violations(); len(v) != 1 || !strings.Contains(v[0], "creat") {
 		t.Errorf("violations %v", v)
+	}
+}
+
+func TestValidationRulesAreEnforcedFrom2026_09Only(t *testing.T) {
+	s, _ := newTestServer(t, Options{})
+	s.DefineProperty(Property{Name: "stu_score", Type: "number", FieldType: "number"})
+	s.AddValidationRule("stu_score", MaxNumber(100))
+	id := s.AddContact("ada@example.com", nil, nil)
+	body := map[string]any{"inputs": []map[string]any{{"id": id, "properties": map[string]string{"stu_score": "150"}}}}
+	if r := api(t, s, http.MethodPost, updatePath, body); r.status != http.StatusBadRequest ||
+		!strings.Contains(string(r.body), "greater than the maximum") || strings.Contains(string(r.body), `"errors"`) {
+		t.Errorf("2026-09: %s, want a 400 with the message alone", r)
+	}
+	if c, _ := s.Contact(id); c.Properties["stu_score"] != "" {
+		t.Fatalf("a refused value was stored: %v", c.Properties)
+	}
+	if r := api(t, s, http.MethodPost, "/crm/v3/objects/contacts/batch/update", body); r.status != http.StatusOK {
+		t.Errorf("v3: %s, want the value taken (rules were not enforced on API writes)", r)
+	}
+	if c, _ := s.Contact(id); c.Properties["stu_score"] != "150" {
+		t.Fatalf("v3 write not applied: %v", c.Properties)
 	}
 }
