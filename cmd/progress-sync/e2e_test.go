@@ -123,16 +123,16 @@ type world struct {
 	cli      cli
 	students []pgtest.SeededStudent
 	// roles of particular students
-	unmatched  []uuid.UUID
-	noEmail    uuid.UUID
-	badEmail   uuid.UUID
-	owner      uuid.UUID // primary email of a shared contact
-	rival      uuid.UUID // an additional email of the same contact
-	rejected   uuid.UUID // average score above the portal's validation rule
+	unmatched []uuid.UUID
+	noEmail   uuid.UUID
+	badEmail  uuid.UUID
+	owner     uuid.UUID // primary email of a shared contact
+	rival     uuid.UUID // an additional email of the same contact
+	rejected  uuid.UUID // average score above the portal's validation rule
 	// rulesEnforced: HubSpot enforces the portal's validation rules on API writes (from the
 	// 2026-09 version on; not on v3, where the rejected student's value is taken).
 	rulesEnforced bool
-	contactIDs map[uuid.UUID]string
+	contactIDs    map[uuid.UUID]string
 	// contactsMade counts the contacts the test created, to prove the sync created none.
 	contactsMade int
 }
