@@ -107,7 +107,7 @@ func TestSystemdUnitDirectives(t *testing.T) {
 		"SystemCallArchitectures":  "native",
 		"CapabilityBoundingSet":    "", // empty: no capability at all
 		"AmbientCapabilities":      "",
-		"RestartPreventExitStatus": "2", // a wrong setting does not fix itself
+		"RestartPreventExitStatus": "2 243", // a wrong setting, or a missing credential, does not fix itself
 		// The key as a credential, never in the environment.
 		"LoadCredential": "hubspot-token:/etc/progress-sync/hubspot-token",
 		"Environment":    "HUBSPOT_ACCESS_TOKEN_FILE=%d/hubspot-token",

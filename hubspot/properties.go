@@ -127,16 +127,16 @@ func (c *Client) Provision(ctx context.Context, group PropertyGroup, props []Pro
 	if err := validateProperties(props); err != nil {
 		return report, err
 	}
+	// The list first: it tells an API version HubSpot does not serve from a missing group.
+	existing, err := c.listProperties(ctx)
+	if err != nil {
+		return report, err
+	}
 	created, err := c.ensureGroup(ctx, group)
 	if err != nil {
 		return report, err
 	}
 	report.GroupCreated = created
-
-	existing, err := c.listProperties(ctx)
-	if err != nil {
-		return report, err
-	}
 	var mismatches []Mismatch
 	var missing []Property
 	for _, p := range props {
@@ -245,6 +245,11 @@ func (c *Client) ensureGroup(ctx context.Context, g PropertyGroup) (bool, error)
 
 func (c *Client) listProperties(ctx context.Context) (map[string]propertyJSON, error) {
 	_, body, err := c.do(ctx, call{method: http.MethodGet, path: c.paths.properties})
+	if isStatus(err, http.StatusNotFound) {
+		// The list of contact properties always exists: a 404 is the version's.
+		return nil, fmt.Errorf("hubspot: %w %s (404 on %s); set HUBSPOT_API_VERSION to one it serves, such as %s, or %s for the legacy paths: %w",
+			ErrUnknownAPIVersion, c.version, c.paths.properties, DefaultAPIVersion, LegacyAPIVersion, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("hubspot: list contact properties: %w", err)
 	}

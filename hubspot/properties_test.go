@@ -200,9 +200,9 @@ func TestProvision(t *testing.T) {
 			name: "empty portal: create group and all properties in one batch",
 			want: ProvisionReport{GroupCreated: true, Created: names(props)},
 			wantCalls: []string{
+				"GET " + apiPaths.properties,
 				"GET " + apiPaths.propertyGroups + "/progresstracking",
 				"POST " + apiPaths.propertyGroups,
-				"GET " + apiPaths.properties,
 				"POST " + apiPaths.propsCreate,
 			},
 			check: func(t *testing.T, f *fakeProps) {
@@ -222,8 +222,8 @@ func TestProvision(t *testing.T) {
 			},
 			want: ProvisionReport{Created: names(props[8:]), Existing: names(props[:8])},
 			wantCalls: []string{
-				"GET " + apiPaths.propertyGroups + "/progresstracking",
 				"GET " + apiPaths.properties,
+				"GET " + apiPaths.propertyGroups + "/progresstracking",
 				"POST " + apiPaths.propsCreate,
 			},
 		},
@@ -236,7 +236,7 @@ func TestProvision(t *testing.T) {
 				}
 			},
 			want:      ProvisionReport{Existing: names(props)},
-			wantCalls: []string{"GET " + apiPaths.propertyGroups + "/progresstracking", "GET " + apiPaths.properties},
+			wantCalls: []string{"GET " + apiPaths.properties, "GET " + apiPaths.propertyGroups + "/progresstracking"},
 		},
 		{
 			name: "different type is reported and left alone",
@@ -292,8 +292,8 @@ func TestProvision(t *testing.T) {
 			},
 			want: ProvisionReport{Existing: names(props), OptionsAdded: []string{"course_status"}},
 			wantCalls: []string{
-				"GET " + apiPaths.propertyGroups + "/progresstracking",
 				"GET " + apiPaths.properties,
+				"GET " + apiPaths.propertyGroups + "/progresstracking",
 				"PATCH " + apiPaths.properties + "/course_status",
 			},
 			check: func(t *testing.T, f *fakeProps) {

@@ -1,6 +1,7 @@
 package hubspot
 
 import (
+	"errors"
 	"fmt"
 	"regexp"
 	"strconv"
@@ -34,6 +35,10 @@ func ParseAPIVersion(s string) (string, error) {
 	}
 	return s, nil
 }
+
+// ErrUnknownAPIVersion reports that HubSpot answers 404 on the version's own paths: the portal
+// does not serve HUBSPOT_API_VERSION (a typo, or a version not released yet).
+var ErrUnknownAPIVersion = errors.New("HubSpot does not serve this API version")
 
 // paths are the endpoints the client calls, for one API version.
 type paths struct {

@@ -199,6 +199,10 @@ func checkSlot(name string, slot replication.Slot) finding {
 
 func checkHubSpot(ctx context.Context, hs *hubspot.Client) []finding {
 	mismatches, err := hs.CheckProperties(ctx, properties())
+	if errors.Is(err, hubspot.ErrUnknownAPIVersion) {
+		return []finding{{item: "HubSpot API version", detail: err.Error(),
+			fix: "set HUBSPOT_API_VERSION to a version HubSpot serves (" + hubspot.DefaultAPIVersion + ", or " + hubspot.LegacyAPIVersion + " for the legacy paths)"}}
+	}
 	if err != nil && !errors.Is(err, hubspot.ErrMissingScopes) {
 		return []finding{{item: "HubSpot token", detail: err.Error(),
 			fix: "create a service key (Settings > Integrations > Service Keys; or a legacy private app) with scopes " + strings.Join(hubspot.RequiredScopes(), ", ") + " and set HUBSPOT_ACCESS_TOKEN_FILE or HUBSPOT_ACCESS_TOKEN to it"}}
@@ -226,7 +230,9 @@ func accessFinding(a hubspot.Access) finding {
 	case a.OK:
 		f.ok, f.detail = true, "allowed (tried without changing anything)"
 	case a.Untested != "":
-		f.ok, f.detail = true, "not tried: "+a.Untested
+		// Not proven: a key without the scope must not pass for one with it.
+		f.detail = "not tried: " + a.Untested
+		f.fix = "run `progress-sync provision` (it needs crm.schemas.contacts.read and .write), then `progress-sync check` again"
 	case a.Missing:
 		f.detail = "HubSpot refuses it (403): the key lacks the scope " + a.Scope
 		f.fix = "add the scope " + a.Scope + " to the service key (Settings > Integrations > Service Keys, progress-sync, Scopes) or to the private app (its Scopes tab); a key only gets scopes its creator has"

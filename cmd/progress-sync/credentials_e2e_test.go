@@ -67,12 +67,30 @@ func TestCheckNamesAMissingScopeAndChangesNothing(t *testing.T) {
 				!strings.Contains(r.stdout, "add the scope "+missing+" to the service key") {
 				t.Fatalf("exit %d\n%s", r.code, r.stdout)
 			}
-			if n := strings.Count(r.stdout, "PROBLEM  HubSpot access"); n != 1 {
-				t.Fatalf("%d access problems, want the one scope:\n%s", n, r.stdout)
+			// One scope refused; what could not be told without it is not passed as ok either.
+			if n := strings.Count(r.stdout, "HubSpot refuses it (403)"); n != 1 {
+				t.Fatalf("%d refused scopes, want the one:\n%s", n, r.stdout)
 			}
 		})
 	}
 	if !sameContacts(before, w.emu.Contacts()) || len(w.emu.Violations()) > 0 {
 		t.Fatalf("check changed contacts or broke HubSpot's contract: %v", w.emu.Violations())
 	}
+}
+
+func TestAnAPIVersionHubSpotDoesNotServeIsAClearStop(t *testing.T) {
+	w := newWorld(t, 300)
+	w.cli.env["HUBSPOT_API_VERSION"] = "2031-01" // well formed, but not served
+	w.emu.ResetStats()
+	for _, command := range []string{"provision", "backfill", "run"} {
+		r := w.cli.run(command)
+		if r.code != 2 || !strings.Contains(r.stderr, "HubSpot does not serve this API version 2031-01") || !strings.Contains(r.stderr, "set HUBSPOT_API_VERSION") {
+			t.Fatalf("%s: exit %d\n%s", command, r.code, tail(r.stderr, 2000))
+		}
+	}
+	r := w.cli.run("check")
+	if r.code != 1 || !strings.Contains(r.stdout, "PROBLEM  HubSpot API version") || strings.Contains(r.stdout, "create a service key") {
+		t.Fatalf("check: exit %d\n%s", r.code, r.stdout)
+	}
+	w.emu.ResetStats() // the requests went to a family the cleanup would not expect
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/focusenglish/progress-sync/cmd/progress-sync/internal/config"
+	"github.com/focusenglish/progress-sync/hubspot"
 	"github.com/focusenglish/progress-sync/replication"
 )
 
@@ -51,6 +52,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	var hidden *replication.HiddenRowsError
 	var misconfigured *replication.MisconfiguredError
 	switch {
+	case errors.Is(err, hubspot.ErrUnknownAPIVersion):
+		// No retry fixes a version HubSpot does not serve.
+		fmt.Fprintln(stderr, "progress-sync: "+err.Error())
+		return exitUsage
 	case errors.As(err, &misconfigured):
 		fmt.Fprintln(stderr, "progress-sync: "+misconfigured.Problem)
 		return exitUsage

@@ -290,8 +290,11 @@ func (p *pipeline) observe(tm *telemetry.Metrics) *telemetry.Health {
 		DailyPaused: p.flusher.DailyLimitPaused, RowsHidden: p.rowsHidden, StallAfter: 3*p.flags.statusInterval + 30*time.Second}
 }
 
-// run streams until ctx ends, then pushes what is due for the grace period.
+// run streams until ctx ends, then pushes what is due for the grace period. A HubSpot setting
+// no retry can fix (an API version HubSpot does not serve) stops it with that error.
 func (p *pipeline) run(ctx context.Context, from pglogrepl.LSN) error {
+	ctx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
 	flushCtx, stopFlushing := context.WithCancel(ctx)
 	defer stopFlushing()
 	flushed := make(chan struct{})
@@ -300,7 +303,8 @@ func (p *pipeline) run(ctx context.Context, from pglogrepl.LSN) error {
 		defer close(flushed)
 		// HubSpot being down, out of daily calls or misconfigured must not stop the stream:
 		// the slot would keep WAL. Changes are buffered until the properties are in place.
-		if !provisionUntilDone(ctx, p.hs, p.log) {
+		if err := provisionUntilDone(ctx, p.hs, p.log); err != nil {
+			stop(err)
 			return
 		}
 		close(provisioned)
@@ -312,6 +316,9 @@ func (p *pipeline) run(ctx context.Context, from pglogrepl.LSN) error {
 	streamErr := p.consumer.Run(ctx, from)
 	stopFlushing()
 	<-flushed
+	if cause := context.Cause(ctx); errors.Is(cause, hubspot.ErrUnknownAPIVersion) {
+		return cause
+	}
 	if streamErr != nil {
 		return streamErr
 	}
@@ -348,25 +355,25 @@ func serveTelemetry(addr string, h http.Handler, log *logrus.Entry) (func(), err
 	}, nil
 }
 
-// provisionUntilDone provisions the HubSpot properties, retrying until it works or ctx ends;
-// it reports whether it worked.
-func provisionUntilDone(ctx context.Context, hs *hubspot.Client, log *logrus.Entry) bool {
+// provisionUntilDone provisions the HubSpot properties, retrying until it works or ctx ends
+// (an error then), or until HubSpot says the API version does not exist.
+func provisionUntilDone(ctx context.Context, hs *hubspot.Client, log *logrus.Entry) error {
 	bo := backoff.NewExponentialBackOff()
 	bo.InitialInterval, bo.MaxInterval, bo.MaxElapsedTime = 5*time.Second, 5*time.Minute, 0
 	for {
 		err := provision(ctx, hs, io.Discard)
-		if err == nil {
-			return true
+		if err == nil || errors.Is(err, hubspot.ErrUnknownAPIVersion) {
+			return err
 		}
 		if ctx.Err() != nil {
-			return false
+			return ctx.Err()
 		}
 		wait := bo.NextBackOff()
 		log.WithError(err).WithField("retry_in", wait.String()).
 			Error("cannot provision the HubSpot properties; changes are recorded but not pushed until this works")
 		select {
 		case <-ctx.Done():
-			return false
+			return ctx.Err()
 		case <-time.After(wait):
 		}
 	}

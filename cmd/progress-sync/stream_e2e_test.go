@@ -639,7 +639,7 @@ func TestMetricsAndHealth(t *testing.T) {
 		t.Errorf("unmatched students %v, want 17", n)
 	}
 	for _, sample := range []string{
-		`progress_sync_hubspot_requests_total{endpoint="POST /crm/v3/objects/contacts/batch/update",status="200"}`,
+		`progress_sync_hubspot_requests_total{endpoint="POST /crm/objects/2026-09/contacts/batch/update",status="200"}`,
 		`progress_sync_contacts_updated_total`, `progress_sync_commit_to_hubspot_seconds_count`,
 		`progress_sync_changes_received_total{table="public.user_xp"}`,
 		`progress_sync_last_flush_timestamp_seconds`, `progress_sync_confirmed_lsn`, `progress_sync_streaming`,

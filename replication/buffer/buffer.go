@@ -342,6 +342,21 @@ func (b *Buffer) Len() int {
 	return len(b.entries)
 }
 
+// Release lets every student waiting out a failed push's backoff fall due as its changes do:
+// the failure is over (a push went through), and a backoff of minutes must not outlive it.
+func (b *Buffer) Release() {
+	now := b.opts.Now()
+	b.mu.Lock()
+	for _, e := range b.entries {
+		if !e.inFlight && e.notBefore.After(now) {
+			e.notBefore = time.Time{}
+			b.schedule(e)
+		}
+	}
+	b.mu.Unlock()
+	b.signal()
+}
+
 // Waiting reports which of the students are in the buffer, changed and not yet pushed: queued
 // (a push to come will compute them afresh) or in flight (a push is under way).
 func (b *Buffer) Waiting(students []uuid.UUID) (queued, inFlight map[uuid.UUID]bool) {

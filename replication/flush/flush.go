@@ -28,6 +28,7 @@ type Buffer interface {
 	Due(max int) []buffer.Entry
 	Done(ctx context.Context, entries []buffer.Entry) error
 	Retry(entries []buffer.Entry, wait time.Duration)
+	Release()
 }
 
 var _ Buffer = (*buffer.Buffer)(nil)
@@ -88,6 +89,9 @@ type Flusher struct {
 	rowsHidden atomic.Bool
 	// waiting is set while batches wait for this instance to hold the slot.
 	waiting atomic.Bool
+	// failing is set after a push failed for a reason that passes (HubSpot down, a key
+	// rotated): the first push that goes through then releases the students held back.
+	failing atomic.Bool
 }
 
 // New returns a Flusher.
@@ -156,6 +160,9 @@ func (f *Flusher) flushEntries(ctx context.Context, entries []buffer.Entry) (int
 	switch {
 	case err == nil:
 		f.fails.Reset()
+		if f.failing.Swap(false) {
+			f.buf.Release()
+		}
 		return len(entries), nil
 	case errors.Is(err, hubspot.ErrDailyLimit):
 		until := time.Now().Add(f.opts.DailyLimitPause)
@@ -182,6 +189,7 @@ func (f *Flusher) flushEntries(ctx context.Context, entries []buffer.Entry) (int
 		return 0, err
 	default:
 		wait := f.fails.NextBackOff()
+		f.failing.Store(true)
 		f.log.WithError(err).WithFields(logrus.Fields{"students": len(entries), "retry_in": wait.String()}).
 			Warn("push failed; the students stay in the buffer")
 		f.buf.Retry(entries, wait)

@@ -126,6 +126,11 @@ func TestFlushInBatchesAndRemoveOnlyWhatWasPushed(t *testing.T) {
 	if n, err := f.FlushDue(ctx); err != nil || n != 50 {
 		t.Fatalf("third batch: %d, %v", n, err)
 	}
+	// That push went through: the failure is over, and the failed batch is due again at
+	// once instead of waiting out its backoff.
+	if n, err := f.FlushDue(ctx); err != nil || n != 100 {
+		t.Fatalf("the failed batch after a good one: %d, %v", n, err)
+	}
 	for i, batch := range p.pushed {
 		if len(batch) > push.MaxBatch {
 			t.Fatalf("batch %d has %d students", i, len(batch))

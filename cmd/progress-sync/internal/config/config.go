@@ -144,7 +144,11 @@ func Load(fs *pflag.FlagSet, getenv func(string) (string, bool), needs Needs) (C
 		switch {
 		case c.HubSpotToken == "" && c.HubSpotTokenFile != "":
 		case c.HubSpotToken == "":
-			bad("HUBSPOT_ACCESS_TOKEN", "not set; create a HubSpot service key (Settings > Integrations > Service Keys; or a legacy private app) with scopes crm.objects.contacts.read, crm.objects.contacts.write, crm.schemas.contacts.read, crm.schemas.contacts.write and use it")
+			where := ""
+			if dir, ok := getenv("CREDENTIALS_DIRECTORY"); ok {
+				where = fmt.Sprintf(" (no %s either: check the unit's LoadCredential=hubspot-token:...)", filepath.Join(dir, "hubspot-token"))
+			}
+			bad("HUBSPOT_ACCESS_TOKEN", "not set%s; create a HubSpot service key (Settings > Integrations > Service Keys; or a legacy private app) with scopes crm.objects.contacts.read, crm.objects.contacts.write, crm.schemas.contacts.read, crm.schemas.contacts.write, and give it in a file named by HUBSPOT_ACCESS_TOKEN_FILE or in HUBSPOT_ACCESS_TOKEN", where)
 		case strings.IndexFunc(c.HubSpotToken, func(r rune) bool { return r <= ' ' || r >= 0x7f }) >= 0:
 			// As hubspot.New checks: such a token cannot go in an Authorization header.
 			bad("HUBSPOT_ACCESS_TOKEN", "contains whitespace or non-printable characters; paste the token alone")
@@ -220,7 +224,8 @@ func ReadTokenFile(path string) (string, error) {
 		}
 		return "", fmt.Errorf("cannot read %s", path)
 	}
-	token := strings.TrimSpace(string(b))
+	// Editors on Windows start a UTF-8 file with a byte-order mark.
+	token := strings.TrimSpace(strings.TrimPrefix(string(b), "\ufeff"))
 	if token == "" {
 		return "", fmt.Errorf("%s is empty; it must hold the service key (or private app token)", path)
 	}

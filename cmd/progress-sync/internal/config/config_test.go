@@ -144,6 +144,7 @@ func TestTokenFile(t *testing.T) {
 		want string // "" = loads, with the token from the file
 	}{
 		{name: "a file with a trailing newline", env: map[string]string{"HUBSPOT_ACCESS_TOKEN_FILE": good}},
+		{name: "a byte-order mark and CRLF", env: map[string]string{"HUBSPOT_ACCESS_TOKEN_FILE": write("bom", "\ufeff"+secret+"\r\n", 0o600)}},
 		{name: "missing", env: map[string]string{"HUBSPOT_ACCESS_TOKEN_FILE": filepath.Join(dir, "nope")}, want: "HUBSPOT_ACCESS_TOKEN_FILE: cannot read " + filepath.Join(dir, "nope") + ": no such file or directory"},
 		{name: "empty", env: map[string]string{"HUBSPOT_ACCESS_TOKEN_FILE": write("empty", "\n \n", 0o600)}, want: "is empty"},
 		{name: "two tokens", env: map[string]string{"HUBSPOT_ACCESS_TOKEN_FILE": write("two", secret+"\n"+secret+"\n", 0o600)}, want: "holds more than one token"},
@@ -156,7 +157,7 @@ func TestTokenFile(t *testing.T) {
 			tc.env["DATABASE_URL"] = "postgres://u@db.example.com/app"
 			c, err := Load(fs, env(tc.env), Needs{Database: true, HubSpot: true})
 			if tc.want == "" {
-				if err != nil || c.HubSpotToken != secret || c.HubSpotTokenFile != good {
+				if err != nil || c.HubSpotToken != secret || c.HubSpotTokenFile != tc.env["HUBSPOT_ACCESS_TOKEN_FILE"] {
 					t.Fatalf("token %q from %q, err %v", c.HubSpotToken, c.HubSpotTokenFile, err)
 				}
 				return
