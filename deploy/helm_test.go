@@ -2,6 +2,7 @@ package deploy
 
 import (
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -621,6 +622,49 @@ func TestHelmLint(t *testing.T) {
 			} else {
 				t.Logf("%s: helm lint: %s", name, msg)
 			}
+		}
+	}
+}
+
+// TestHelmDashboard renders the Grafana dashboard ConfigMap (off by default) and checks that it
+// carries the sidecar's label and a dashboard whose every panel queries something.
+func TestHelmDashboard(t *testing.T) {
+	files, err := render(t, minimalValues)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.TrimSpace(files["progress-sync/templates/dashboard.yaml"]) != "" {
+		t.Fatal("the dashboard is rendered although dashboards.enabled is false")
+	}
+	files, err = render(t, minimalValues+"dashboards:\n  enabled: true\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cm corev1.ConfigMap
+	if err := yaml.Unmarshal([]byte(files["progress-sync/templates/dashboard.yaml"]), &cm); err != nil {
+		t.Fatal(err)
+	}
+	if cm.Labels["grafana_dashboard"] != "1" || cm.Namespace != releaseNS {
+		t.Fatalf("ConfigMap %s/%s labels %v, want grafana_dashboard=1", cm.Namespace, cm.Name, cm.Labels)
+	}
+	var dash struct {
+		UID    string `json:"uid"`
+		Panels []struct {
+			Title   string `json:"title"`
+			Targets []struct {
+				Expr string `json:"expr"`
+			} `json:"targets"`
+		} `json:"panels"`
+	}
+	if err := json.Unmarshal([]byte(cm.Data["progress-sync.json"]), &dash); err != nil {
+		t.Fatalf("the dashboard is not JSON: %v", err)
+	}
+	if dash.UID == "" || len(dash.Panels) < 10 {
+		t.Fatalf("dashboard uid %q with %d panels", dash.UID, len(dash.Panels))
+	}
+	for _, p := range dash.Panels {
+		if len(p.Targets) == 0 || !strings.Contains(p.Targets[0].Expr, "progress_sync_") {
+			t.Errorf("panel %q queries no progress-sync metric: %+v", p.Title, p.Targets)
 		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"path/filepath"
 	"regexp"
 	"strconv"
 
@@ -656,6 +657,7 @@ func TestMetricsAndHealth(t *testing.T) {
 		t.Fatal("the metrics show the token")
 	}
 	t.Logf("one scrape of /metrics during the test (progress_sync_ lines):\n%s", grepLines(after, "progress_sync_"))
+	checkDashboardMetrics(t, after)
 	// A spent daily limit makes the service not ready, while it keeps streaming.
 	w.emu.SetFaults(hubspottest.Faults{DailyExhausted: true})
 	w.exec(`UPDATE user_xp SET total_xp = total_xp + 1 WHERE user_id = $1`, w.students[90].ID)
@@ -748,6 +750,37 @@ func (w *world) loseSlot() {
 		}
 		if time.Now().After(deadline) {
 			w.t.Fatalf("slot not lost after a minute of WAL (wal_status %s)", status)
+		}
+	}
+}
+
+// checkDashboardMetrics fails when a panel of the Helm chart's Grafana dashboard queries a
+// metric the service does not export (scrape is a /metrics answer of the running service).
+func checkDashboardMetrics(t *testing.T, scrape string) {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join("..", "..", "deploy", "helm", "progress-sync", "dashboards", "progress-sync.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	exported := map[string]bool{}
+	for _, line := range strings.Split(scrape, "\n") {
+		if name, _, ok := strings.Cut(strings.TrimPrefix(line, "# TYPE "), " "); ok && strings.HasPrefix(line, "# TYPE ") {
+			exported[name] = true
+		}
+	}
+	names := regexp.MustCompile(`progress_sync_[a-z0-9_]+`).FindAllString(string(raw), -1)
+	if len(names) < 10 {
+		t.Fatalf("the dashboard names %d metrics", len(names))
+	}
+	for _, n := range names {
+		base := n
+		for _, suffix := range []string{"_bucket", "_sum", "_count"} {
+			if b, ok := strings.CutSuffix(n, suffix); ok && exported[b] {
+				base = b
+			}
+		}
+		if !exported[base] {
+			t.Errorf("the Grafana dashboard queries %s, which the service does not export", n)
 		}
 	}
 }

@@ -81,6 +81,9 @@ func New() *Metrics {
 	for _, name := range metrics.Names() {
 		m.drift.WithLabelValues(name) // every property shows, at 0 until it drifts
 	}
+	for _, policy := range []string{"TEN_SECONDLY_ROLLING", "DAILY"} {
+		m.rateLimited.WithLabelValues(policy) // shown at 0, so rates and alerts have a series
+	}
 	for _, c := range []prometheus.Collector{m.drift, m.reconciled, m.changes, m.hubspotRequests, m.rateLimited, m.flushBatches, m.flushSize,
 		m.contactsUpdated, m.latency, m.quietLatency, m.lastFlush, m.slotLag, m.walStatus, m.problems,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
