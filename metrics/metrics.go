@@ -302,3 +302,16 @@ func IDsByEmail(ctx context.Context, q Querier, emails []string) (map[string][]u
 	}
 	return out, nil
 }
+
+// CountStudents returns how many students there are, for a backfill's progress.
+func CountStudents(ctx context.Context, q Querier) (int, error) {
+	rows, err := q.Query(ctx, `SELECT count(*) FROM public.users`)
+	if err != nil {
+		return 0, fmt.Errorf("count the students: %w", err)
+	}
+	n, err := pgx.CollectExactlyOneRow(rows, pgx.RowTo[int])
+	if err != nil {
+		return 0, fmt.Errorf("count the students: %w", err)
+	}
+	return n, nil
+}

@@ -220,3 +220,20 @@ func TestAStudentWhoLeavesAContactLeavesItClearedByTheService(t *testing.T) {
 	}
 	svc.mustStop()
 }
+
+func TestBackfillShowsItsProgressOffATerminal(t *testing.T) {
+	w := newWorld(t, 300)
+	w.cli.mustRun("provision")
+	r := w.cli.mustRun("backfill", "--rate-limit", "10/10s", "--progress-every", "1s", "--log-format", "json")
+	lines := regexp.MustCompile(`"msg":"backfill progress"`).FindAllString(r.stderr, -1)
+	if len(lines) < 2 {
+		t.Fatalf("%d progress lines, want one a second over a run of several seconds:\n%s", len(lines), tail(r.stderr, 3000))
+	}
+	if !regexp.MustCompile(`"eta":"[0-9]`).MatchString(r.stderr) || !strings.Contains(r.stderr, `"students_total":300`) {
+		t.Fatalf("progress lines lack the ETA or the total:\n%s", tail(r.stderr, 3000))
+	}
+	done := regexp.MustCompile(`\{[^\n]*"msg":"backfill progress: done"[^\n]*\}`).FindString(r.stderr)
+	if !strings.Contains(done, `"students_done":300`) || !strings.Contains(done, `"students_total":300`) {
+		t.Fatalf("last progress line %q", done)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -95,6 +96,7 @@ func provision(ctx context.Context, hs *hubspot.Client, out io.Writer) error {
 func (a *app) backfillCmd() *cobra.Command {
 	var emails []string
 	var dryRun, allowClearing bool
+	var progressEvery time.Duration
 	cmd := &cobra.Command{
 		Use:   "backfill",
 		Short: "Recompute and push every student (or the --email ones) once",
@@ -133,13 +135,16 @@ in HubSpot workflows that watch those properties: run it with --dry-run first.`,
 			}
 			p := push.New(hs, store, log, push.Options{DryRun: dryRun, ShowEmails: a.showEmails, AllowClearing: allowClearing,
 				CompareWithHubSpot: true})
-			res, err := backfill(ctx, db, p, store, emails, log)
+			res, err := backfill(ctx, db, p, store, emails, func(total int) *progress {
+				return newProgress(a.stderr, total, progressEvery, log)
+			})
 			report(cmd.OutOrStdout(), res, dryRun)
 			return err
 		},
 	}
 	cmd.Flags().StringSliceVar(&emails, "email", nil, "backfill only the students with these emails (repeat or comma-separate)")
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print what would change and write nothing")
+	cmd.Flags().DurationVar(&progressEvery, "progress-every", 10*time.Second, "off a terminal, how often a progress line is logged")
 	cmd.Flags().BoolVar(&allowClearing, "allow-clearing", false,
 		fmt.Sprintf("write batches in which %d or more students lost every progress row at once (refused by default: it usually means the database hides rows)", push.VanishedProgressMin))
 	return cmd
@@ -148,7 +153,7 @@ in HubSpot workflows that watch those properties: run it with --dry-run first.`,
 // backfill pushes every student, or those with the given emails, in batches of push.MaxBatch,
 // comparing with what HubSpot holds. A full backfill also lets go of the contacts of students
 // deleted since they were synced.
-func backfill(ctx context.Context, db *pgxpool.Pool, p *push.Pusher, store *state.Store, emails []string, log *logrus.Entry) (push.Result, error) {
+func backfill(ctx context.Context, db *pgxpool.Pool, p *push.Pusher, store *state.Store, emails []string, show func(total int) *progress) (push.Result, error) {
 	var total push.Result
 	// Every batch is computed from a complete view: a policy switched on halfway through
 	// stops the backfill instead of clearing the rest.
@@ -170,6 +175,8 @@ func backfill(ctx context.Context, db *pgxpool.Pool, p *push.Pusher, store *stat
 		if len(missing) > 0 {
 			return total, usageError{fmt.Errorf("no student has the email(s) %s", strings.Join(missing, ", "))}
 		}
+		shown := show(len(ids))
+		defer shown.finish()
 		for start := 0; start < len(ids); start += push.MaxBatch {
 			students, err := view.ForStudents(ctx, ids[start:min(start+push.MaxBatch, len(ids))])
 			if err != nil {
@@ -177,12 +184,19 @@ func backfill(ctx context.Context, db *pgxpool.Pool, p *push.Pusher, store *stat
 			}
 			res, err := p.Push(ctx, students)
 			total.Add(res)
+			shown.add(res)
 			if err != nil {
 				return total, err
 			}
 		}
 		return total, nil
 	}
+	all, err := metrics.CountStudents(ctx, db)
+	if err != nil {
+		return total, err
+	}
+	shown := show(all)
+	defer shown.finish()
 	after := uuid.Nil
 	for {
 		students, err := view.Page(ctx, after, push.MaxBatch)
@@ -195,9 +209,10 @@ func backfill(ctx context.Context, db *pgxpool.Pool, p *push.Pusher, store *stat
 		after = students[len(students)-1].ID
 		res, err := p.Push(ctx, students)
 		total.Add(res)
+		shown.add(res)
 		if err != nil {
 			if errors.Is(err, hubspot.ErrDailyLimit) {
-				log.WithField("students_done", total.Students).Error("HubSpot's daily API limit is spent; run the backfill again after it resets")
+				shown.log.WithField("students_done", total.Students).Error("HubSpot's daily API limit is spent; run the backfill again after it resets")
 			}
 			return total, err
 		}
