@@ -78,13 +78,18 @@ func Setup(ctx context.Context, db *pgxpool.Pool, n Names, readRole string) (Set
 	switch {
 	case !exists:
 		stmt := SetupSQL(n)[0]
-		if _, err := db.Exec(ctx, stmt); err != nil {
+		_, err := db.Exec(ctx, stmt)
+		switch {
+		case isDuplicateObject(err):
+			// Another instance starting at the same moment created it first.
+		case err != nil:
 			return rep, explainPrivilege(fmt.Errorf("create publication %s: %w", n.Publication, err), stmt)
+		default:
+			rep.Done = append(rep.Done, "created publication "+n.Publication)
 		}
-		rep.Done = append(rep.Done, "created publication "+n.Publication)
 	case len(missing) > 0:
 		stmt := fmt.Sprintf("ALTER PUBLICATION %s ADD TABLE %s", n.Publication, strings.Join(missing, ", "))
-		if _, err := db.Exec(ctx, stmt); err != nil {
+		if _, err := db.Exec(ctx, stmt); err != nil && !isDuplicateObject(err) {
 			return rep, explainPrivilege(fmt.Errorf("add %s to publication %s: %w", strings.Join(missing, ", "), n.Publication, err), stmt)
 		}
 		rep.Done = append(rep.Done, fmt.Sprintf("added %s to publication %s", strings.Join(missing, ", "), n.Publication))
@@ -385,3 +390,11 @@ func DropPublication(ctx context.Context, db *pgxpool.Pool, name string) error {
 }
 
 func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
+
+// isDuplicateObject reports that the object exists already: duplicate_object (42710) when
+// another instance's setup made it a moment earlier, unique_violation (23505) on the catalog
+// when both made it at the same instant.
+func isDuplicateObject(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && (pgErr.Code == "42710" || pgErr.Code == "23505")
+}
