@@ -248,23 +248,13 @@ func (s *Store) Departed(ctx context.Context) ([]uuid.UUID, error) {
 
 // Pushed returns the values last known to be on each of the given contacts.
 func (s *Store) Pushed(ctx context.Context, contactIDs []string) (map[string]map[string]string, error) {
-	if s.absent {
-		return map[string]map[string]string{}, nil
-	}
-	rows, err := s.db.Query(ctx, `SELECT contact_id, properties FROM `+Schema+`.pushed_values WHERE contact_id = ANY($1)`, contactIDs)
+	records, err := s.readRecords(ctx, contactIDs)
 	if err != nil {
-		return nil, fmt.Errorf("read pushed values: %w", err)
+		return nil, err
 	}
-	out := map[string]map[string]string{}
-	var id string
-	var props map[string]string
-	_, err = pgx.ForEachRow(rows, []any{&id, &props}, func() error {
-		out[id] = props
-		props = nil
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("read pushed values: %w", err)
+	out := make(map[string]map[string]string, len(records))
+	for id, r := range records {
+		out[id] = r.Properties
 	}
 	return out, nil
 }
@@ -278,17 +268,22 @@ type Record struct {
 
 // Records returns the Record of each of the given contacts, and the database's clock now.
 func (s *Store) Records(ctx context.Context, contactIDs []string) (map[string]Record, time.Time, error) {
-	out := map[string]Record{}
 	var now time.Time
 	if err := s.db.QueryRow(ctx, `SELECT clock_timestamp()`).Scan(&now); err != nil {
 		return nil, now, fmt.Errorf("read the database clock: %w", err)
 	}
+	out, err := s.readRecords(ctx, contactIDs)
+	return out, now, err
+}
+
+func (s *Store) readRecords(ctx context.Context, contactIDs []string) (map[string]Record, error) {
+	out := map[string]Record{}
 	if s.absent {
-		return out, now, nil
+		return out, nil
 	}
 	rows, err := s.db.Query(ctx, `SELECT contact_id, properties, pushed_at FROM `+Schema+`.pushed_values WHERE contact_id = ANY($1)`, contactIDs)
 	if err != nil {
-		return nil, now, fmt.Errorf("read pushed values: %w", err)
+		return nil, fmt.Errorf("read pushed values: %w", err)
 	}
 	var id string
 	var r Record
@@ -298,9 +293,9 @@ func (s *Store) Records(ctx context.Context, contactIDs []string) (map[string]Re
 		return nil
 	})
 	if err != nil {
-		return nil, now, fmt.Errorf("read pushed values: %w", err)
+		return nil, fmt.Errorf("read pushed values: %w", err)
 	}
-	return out, now, nil
+	return out, nil
 }
 
 // Unsettle forgets, for each contact, the recorded values of the properties about to be
