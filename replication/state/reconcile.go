@@ -49,11 +49,13 @@ func (s *Store) Reconciliation(slot string) *Reconciliation {
 // Load reads where the reconcile stands. The first time it is asked it records that
 // reconciling began now, so the first pass comes one interval after the first start.
 func (r *Reconciliation) Load(ctx context.Context) (ReconcilePass, error) {
-	if _, err := r.db.Exec(ctx, `INSERT INTO `+Schema+`.reconcile (slot, pass, completed_at) VALUES ($1, 0, now())
-		ON CONFLICT (slot) DO NOTHING`, r.slot); err != nil {
-		return ReconcilePass{}, fmt.Errorf("load reconcile state: %w", err)
-	}
 	p, err := readReconcile(ctx, r.db, r.slot)
+	if errors.Is(err, pgx.ErrNoRows) {
+		if _, err = r.db.Exec(ctx, `INSERT INTO `+Schema+`.reconcile (slot, pass, completed_at) VALUES ($1, 0, now())
+			ON CONFLICT (slot) DO NOTHING`, r.slot); err == nil {
+			p, err = readReconcile(ctx, r.db, r.slot)
+		}
+	}
 	if err != nil {
 		return p, fmt.Errorf("load reconcile state: %w", err)
 	}
