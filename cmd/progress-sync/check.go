@@ -208,7 +208,7 @@ func checkHubSpot(ctx context.Context, hs *hubspot.Client) []finding {
 			fix: "create a service key (Settings > Integrations > Service Keys; or a legacy private app) with scopes " + strings.Join(hubspot.RequiredScopes(), ", ") + " and set HUBSPOT_ACCESS_TOKEN_FILE or HUBSPOT_ACCESS_TOKEN to it"}}
 	}
 	fs := []finding{{item: "HubSpot token", ok: true, detail: fmt.Sprintf("accepted on API version %s", hs.APIVersion())}}
-	for _, a := range hs.CheckAccess(ctx, metrics.GroupName, metrics.LessonsCompleted) {
+	for _, a := range hs.CheckAccess(ctx, metrics.GroupName, metrics.LessonsCompleted, err) {
 		fs = append(fs, accessFinding(a))
 	}
 	if err != nil {
