@@ -25,6 +25,9 @@ type ReconcilePass struct {
 	ContactsRead      int
 	StudentsDifferent int
 	Differed          map[string]int
+	// Left is how many links remain after After in a running pass: with HubSpot's rate
+	// limit, it gives the pass's ETA.
+	Left int
 }
 
 // LinkedStudent is one link of the walk, with what the student's email is now.
@@ -66,9 +69,11 @@ func readReconcile(ctx context.Context, db RowQuerier, slot string) (ReconcilePa
 	var p ReconcilePass
 	var after *uuid.UUID
 	var started *time.Time
-	err := db.QueryRow(ctx, `SELECT pass, after_student, started_at, completed_at, contacts_read, students_different, differed
-		FROM `+Schema+`.reconcile WHERE slot = $1`, slot).
-		Scan(&p.Pass, &after, &started, &p.CompletedAt, &p.ContactsRead, &p.StudentsDifferent, &p.Differed)
+	err := db.QueryRow(ctx, `SELECT pass, after_student, started_at, completed_at, contacts_read, students_different, differed,
+			CASE WHEN after_student IS NULL THEN 0
+			ELSE (SELECT count(*) FROM `+Schema+`.contact_links l WHERE l.student_id > r.after_student) END
+		FROM `+Schema+`.reconcile r WHERE slot = $1`, slot).
+		Scan(&p.Pass, &after, &started, &p.CompletedAt, &p.ContactsRead, &p.StudentsDifferent, &p.Differed, &p.Left)
 	if err != nil {
 		return p, err
 	}

@@ -484,6 +484,18 @@ func (s *Store) StaleUnmatched(ctx context.Context, olderThan time.Duration) ([]
 // Problems lists the students that could not be written, of the given kinds (all when none
 // given), oldest first.
 func (s *Store) Problems(ctx context.Context, kinds ...Kind) ([]Problem, error) {
+	return s.problems(ctx, kinds, 0, -1)
+}
+
+// ProblemPage lists limit of the students that could not be written, of every kind, oldest
+// first, skipping the first offset: the status page shows them a page at a time.
+func (s *Store) ProblemPage(ctx context.Context, offset, limit int) ([]Problem, error) {
+	return s.problems(ctx, nil, offset, limit)
+}
+
+// problems reads the problems of the given kinds (all when none) in first-seen order; a
+// negative limit reads them all.
+func (s *Store) problems(ctx context.Context, kinds []Kind, offset, limit int) ([]Problem, error) {
 	if s.absent {
 		return nil, nil
 	}
@@ -491,10 +503,14 @@ func (s *Store) Problems(ctx context.Context, kinds ...Kind) ([]Problem, error) 
 	for i, k := range kinds {
 		ks[i] = string(k)
 	}
+	var lim *int
+	if limit >= 0 {
+		lim = &limit
+	}
 	rows, err := s.db.Query(ctx, `SELECT student_id, email, kind, reason, coalesce(contact_id, ''), properties,
 			first_seen_at, last_tried_at, attempts
 		FROM `+Schema+`.problems WHERE cardinality($1::text[]) = 0 OR kind = ANY($1)
-		ORDER BY first_seen_at, student_id`, ks)
+		ORDER BY first_seen_at, student_id OFFSET $2 LIMIT $3`, ks, offset, lim)
 	if err != nil {
 		return nil, fmt.Errorf("read problems: %w", err)
 	}

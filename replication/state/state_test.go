@@ -2,6 +2,7 @@ package state
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"testing"
 
@@ -163,5 +164,38 @@ func TestReadOnlyStoreWritesNothing(t *testing.T) {
 	}
 	if exists {
 		t.Fatal("a read-only store created the progress_sync schema")
+	}
+}
+
+func TestProblemPageWalksEveryProblemOnce(t *testing.T) {
+	ctx := context.Background()
+	db := newPool(t)
+	s, err := Open(ctx, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []uuid.UUID
+	for i, kind := range []Kind{Unmatched, Rejected, Conflict, Unmatched, Rejected, Unmatched, Conflict} {
+		id := addUser(t, db, fmt.Sprintf("p%d@example.com", i))
+		// One record each, so first_seen_at orders them as added.
+		if err := s.Record(ctx, Outcome{Problems: []Problem{{StudentID: id, Email: fmt.Sprintf("p%d@example.com", i), Kind: kind, Reason: "r"}}}); err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, id)
+	}
+	for _, tc := range []struct{ offset, limit, wantFrom, wantTo int }{
+		{0, 3, 0, 3}, {3, 3, 3, 6}, {6, 3, 6, 7}, {7, 3, 7, 7}, {2, 100, 2, 7},
+	} {
+		page, err := s.ProblemPage(ctx, tc.offset, tc.limit)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []uuid.UUID
+		for _, p := range page {
+			got = append(got, p.StudentID)
+		}
+		if fmt.Sprint(got) != fmt.Sprint(want[tc.wantFrom:tc.wantTo]) {
+			t.Errorf("ProblemPage(%d, %d) = %v, want %v", tc.offset, tc.limit, got, want[tc.wantFrom:tc.wantTo])
+		}
 	}
 }
