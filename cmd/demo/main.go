@@ -134,11 +134,13 @@ func demo(ctx context.Context, out io.Writer, o options) (err error) {
 
 	step("Starting the service: progress-sync run (debounce %s, max delay %s)", debounce, maxDelay)
 	env := serviceEnv(dbURL, emu.URL())
-	svc, err = startService(bin, filepath.Join(dir, "progress-sync.log"), env)
+	listen := pickListen()
+	svc, err = startService(bin, filepath.Join(dir, "progress-sync.log"), listen, env)
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(out, "its log (warnings and errors only): %s\n", svc.logPath)
+	fmt.Fprintf(out, "its status page, up while the demo runs: http://%s/ (metrics at /metrics)\n", listen)
 	// Whatever happens next, the service is stopped before PostgreSQL (deferred earlier).
 	stopped := false
 	defer func() {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"strconv"
@@ -20,13 +21,14 @@ type service struct {
 	code    int
 }
 
-// startService starts `progress-sync run` with its log in logPath.
-func startService(bin, logPath string, env []string) (*service, error) {
+// startService starts `progress-sync run` with its log in logPath, serving its status page and
+// metrics on listen.
+func startService(bin, logPath, listen string, env []string) (*service, error) {
 	logFile, err := os.Create(logPath)
 	if err != nil {
 		return nil, fmt.Errorf("create the progress-sync log: %w", err)
 	}
-	cmd := exec.Command(bin, "run", "--listen", "127.0.0.1:0")
+	cmd := exec.Command(bin, "run", "--listen", listen)
 	cmd.Env = env
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{
@@ -48,6 +50,19 @@ func startService(bin, logPath string, env []string) (*service, error) {
 		close(s.exited)
 	}()
 	return s, nil
+}
+
+// pickListen returns the service's usual address, 127.0.0.1:9187, when it is free (so the
+// status page is where the docs say), else a free port.
+func pickListen() string {
+	for _, addr := range []string{"127.0.0.1:9187", "127.0.0.1:0"} {
+		if ln, err := net.Listen("tcp", addr); err == nil {
+			addr = ln.Addr().String()
+			ln.Close()
+			return addr
+		}
+	}
+	return "127.0.0.1:0"
 }
 
 // running says whether the process has not exited yet.

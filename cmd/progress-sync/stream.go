@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/focusenglish/progress-sync/cmd/progress-sync/internal/config"
+	"github.com/focusenglish/progress-sync/cmd/progress-sync/internal/statuspage"
 	"github.com/focusenglish/progress-sync/cmd/progress-sync/internal/telemetry"
 	"github.com/focusenglish/progress-sync/hubspot"
 	"github.com/focusenglish/progress-sync/metrics"
@@ -34,6 +35,7 @@ type streamFlags struct {
 	recheck         time.Duration
 	statusInterval  time.Duration
 	dailyLimitPause time.Duration
+	noStatusPage    bool
 }
 
 func (f *streamFlags) register(cmd *cobra.Command) {
@@ -41,6 +43,7 @@ func (f *streamFlags) register(cmd *cobra.Command) {
 	cmd.Flags().DurationVar(&f.recheck, "recheck-unmatched", time.Hour, "how often students without a HubSpot contact are looked up again")
 	cmd.Flags().DurationVar(&f.statusInterval, "status-interval", 10*time.Second, "how often the position is reported to PostgreSQL (keep well under wal_sender_timeout)")
 	cmd.Flags().DurationVar(&f.dailyLimitPause, "daily-limit-pause", 15*time.Minute, "how long pushes pause when HubSpot's daily limit is spent (changes keep being recorded)")
+	cmd.Flags().BoolVar(&f.noStatusPage, "no-status-page", false, "do not serve the status page at / (/metrics, /healthz and /readyz stay)")
 }
 
 func (a *app) runCmd() *cobra.Command {
@@ -127,7 +130,15 @@ func (a *app) serve(ctx context.Context, f streamFlags, from pglogrepl.LSN) erro
 			flush.Options{Log: log.WithField("component", "flush"), DailyLimitPause: f.dailyLimitPause, StopGrace: f.grace, Observer: tm,
 				MayWrite: consumer.Holds}),
 	}
-	stopServing, err := serveTelemetry(cfg.Listen, telemetry.Handler(tm, p.observe(tm)), log)
+	health := p.observe(tm)
+	var page http.Handler
+	if !f.noStatusPage {
+		tm.SetRequestWindow(cfg.RateLimit.Per)
+		go tm.KeepHistory(ctx, buf.Len)
+		page = statuspage.Handler(statuspage.Options{DB: db, Store: store, Slot: cfg.Slot, Metrics: tm, Health: health,
+			RateLimit: cfg.RateLimit, ShowEmails: a.showEmails, Log: log.WithField("component", "status-page")})
+	}
+	stopServing, err := serveTelemetry(cfg.Listen, telemetry.Handler(tm, health, page), page != nil, log)
 	if err != nil {
 		return err
 	}
@@ -338,16 +349,21 @@ func (p *pipeline) run(ctx context.Context, from pglogrepl.LSN) error {
 	return nil
 }
 
-// serveTelemetry serves /metrics, /healthz and /readyz on addr until the returned stop is
-// called. Port 0 picks a free port; the log says which.
-func serveTelemetry(addr string, h http.Handler, log *logrus.Entry) (func(), error) {
+// serveTelemetry serves /metrics, /healthz and /readyz, and the status page when withPage, on
+// addr until the returned stop is called. Port 0 picks a free port; the log says which.
+func serveTelemetry(addr string, h http.Handler, withPage bool, log *logrus.Entry) (func(), error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("PROGRESS_SYNC_LISTEN %s: %w", addr, err)
 	}
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = srv.Serve(ln) }()
-	log.WithField("addr", ln.Addr().String()).Info("serving /metrics, /healthz and /readyz")
+	if withPage {
+		log.WithFields(logrus.Fields{"addr": ln.Addr().String(), "status_page": "http://" + ln.Addr().String() + "/"}).
+			Info("serving /metrics, /healthz, /readyz and the status page at /")
+	} else {
+		log.WithField("addr", ln.Addr().String()).Info("serving /metrics, /healthz and /readyz")
+	}
 	return func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()

@@ -42,6 +42,8 @@ type Metrics struct {
 	problems        *prometheus.GaugeVec
 	drift           *prometheus.CounterVec
 	reconciled      prometheus.Gauge
+
+	recent recent
 }
 
 // New registers the metrics on a fresh registry.
@@ -100,6 +102,7 @@ func (m *Metrics) Gauge(name, help string, fn func() float64) {
 // Request implements hubspot.Observer.
 func (m *Metrics) Request(endpoint string, status int, _ time.Duration) {
 	m.hubspotRequests.WithLabelValues(endpoint, strconv.Itoa(status)).Inc()
+	m.recent.request(time.Now())
 }
 
 // RateLimited implements hubspot.Observer.
@@ -118,6 +121,7 @@ func (m *Metrics) Flushed(students, updated int, oldest, latest []time.Duration)
 	for _, w := range oldest {
 		m.latency.Observe(w.Seconds())
 	}
+	m.recent.flushed(oldest)
 	for _, w := range latest {
 		m.quietLatency.Observe(w.Seconds())
 	}
@@ -220,9 +224,12 @@ func (h *Health) Ready() (bool, string) {
 	return true, "ready"
 }
 
-// Handler serves /metrics, /healthz and /readyz.
-func Handler(m *Metrics, h *Health) http.Handler {
+// Handler serves /metrics, /healthz and /readyz, and page at / when it is not nil.
+func Handler(m *Metrics, h *Health, page http.Handler) http.Handler {
 	mux := http.NewServeMux()
+	if page != nil {
+		mux.Handle("GET /{$}", page)
+	}
 	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")

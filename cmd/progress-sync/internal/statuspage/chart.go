@@ -1,0 +1,127 @@
+package statuspage
+
+import (
+	"fmt"
+	"math"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/focusenglish/progress-sync/cmd/progress-sync/internal/telemetry"
+)
+
+// Chart size in SVG units; the page scales it to its column.
+const (
+	chartW = 600
+	chartH = 140
+)
+
+// chart is one inline SVG line chart over the last hour.
+type chart struct {
+	W, H   int
+	Lines  []line
+	YMax   string // the top gridline's label
+	YMid   string
+	Empty  bool
+	Latest string // the newest value, in words
+	From   string // the left edge's time
+}
+
+type line struct {
+	Class, Label, Points string
+}
+
+// span is the time the charts cover: the last hour, or since the process started when that
+// is less (at least a minute), so a young process does not draw in the last pixels.
+func span(samples []telemetry.Sample, now time.Time) (from time.Time) {
+	from = now.Add(-telemetry.History)
+	if len(samples) > 0 && samples[0].At.After(from) {
+		from = samples[0].At
+	}
+	if latest := now.Add(-time.Minute); from.After(latest) {
+		from = latest
+	}
+	return from
+}
+
+func newChart(samples []telemetry.Sample, now time.Time) chart {
+	return chart{W: chartW, H: chartH, From: span(samples, now).UTC().Format("15:04:05Z")}
+}
+
+func pendingChart(samples []telemetry.Sample, now time.Time) chart {
+	c := newChart(samples, now)
+	c.Empty = len(samples) == 0
+	top := 0.0
+	for _, s := range samples {
+		top = max(top, float64(s.Pending))
+	}
+	top = niceCeil(top)
+	c.YMax, c.YMid = strconv.FormatFloat(top, 'f', -1, 64), strconv.FormatFloat(top/2, 'f', -1, 64)
+	c.Lines = []line{{Class: "pending", Label: "pending students", Points: points(samples, now, top, func(s telemetry.Sample) (float64, bool) {
+		return float64(s.Pending), true
+	})}}
+	if n := len(samples); n > 0 {
+		c.Latest = fmt.Sprintf("%d pending at %s", samples[n-1].Pending, samples[n-1].At.UTC().Format("15:04:05Z"))
+	}
+	return c
+}
+
+func latencyChart(samples []telemetry.Sample, now time.Time) chart {
+	c := newChart(samples, now)
+	c.Empty = true
+	top := 0.0
+	var last telemetry.Sample
+	for _, s := range samples {
+		if s.Flushed > 0 {
+			top, c.Empty, last = max(top, s.Slowest.Seconds()), false, s
+		}
+	}
+	top = niceCeil(top)
+	c.YMax, c.YMid = strconv.FormatFloat(top, 'f', -1, 64)+" s", strconv.FormatFloat(top/2, 'f', -1, 64)+" s"
+	pushed := func(v func(telemetry.Sample) time.Duration) func(telemetry.Sample) (float64, bool) {
+		return func(s telemetry.Sample) (float64, bool) { return v(s).Seconds(), s.Flushed > 0 }
+	}
+	c.Lines = []line{
+		{Class: "slowest", Label: "slowest", Points: points(samples, now, top, pushed(func(s telemetry.Sample) time.Duration { return s.Slowest }))},
+		{Class: "median", Label: "median", Points: points(samples, now, top, pushed(func(s telemetry.Sample) time.Duration { return s.Median }))},
+	}
+	if !c.Empty {
+		c.Latest = fmt.Sprintf("median %s, slowest %s for the %d students pushed in the 10 s to %s",
+			seconds(last.Median), seconds(last.Slowest), last.Flushed, last.At.UTC().Format("15:04:05Z"))
+	}
+	return c
+}
+
+// points places the samples that have a value on the chart: the span across, 0 to top
+// upwards.
+func points(samples []telemetry.Sample, now time.Time, top float64, value func(telemetry.Sample) (float64, bool)) string {
+	var b strings.Builder
+	from := span(samples, now)
+	width := now.Sub(from).Seconds()
+	for _, s := range samples {
+		v, ok := value(s)
+		if !ok {
+			continue
+		}
+		x := float64(chartW) * s.At.Sub(from).Seconds() / width
+		y := float64(chartH) * (1 - v/top)
+		fmt.Fprintf(&b, "%.1f,%.1f ", min(max(x, 0), chartW), min(max(y, 0), chartH))
+	}
+	return strings.TrimSpace(b.String())
+}
+
+// niceCeil rounds v up to 1, 2 or 5 times a power of ten, so gridlines read as round numbers.
+func niceCeil(v float64) float64 {
+	if v <= 1 {
+		return 1
+	}
+	p := math.Pow(10, math.Floor(math.Log10(v)))
+	for _, m := range []float64{1, 2, 5, 10} {
+		if v <= m*p {
+			return m * p
+		}
+	}
+	return 10 * p
+}
+
+func seconds(d time.Duration) string { return strconv.FormatFloat(d.Seconds(), 'f', 1, 64) + " s" }

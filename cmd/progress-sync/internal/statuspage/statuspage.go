@@ -1,0 +1,185 @@
+// Package statuspage serves the status page at /: the state of the sync in plain words, for
+// the people who ask whether HubSpot is up to date and who is not synced, on a host that may
+// run no Prometheus. It is rendered on the server with html/template; its charts are inline
+// SVG drawn from the samples the process keeps; it has no script and loads nothing from
+// elsewhere, so it works on a host without internet (docs/contract.md §5).
+package statuspage
+
+import (
+	"context"
+	"embed"
+	"html/template"
+	"net/http"
+	"regexp"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/sirupsen/logrus"
+
+	"github.com/focusenglish/progress-sync/cmd/progress-sync/internal/telemetry"
+	"github.com/focusenglish/progress-sync/hubspot"
+	"github.com/focusenglish/progress-sync/replication"
+	"github.com/focusenglish/progress-sync/replication/push"
+	"github.com/focusenglish/progress-sync/replication/state"
+)
+
+//go:embed page.html.tmpl
+var files embed.FS
+
+// PerPage is how many problem students one page lists.
+const PerPage = 25
+
+// Options say where the page reads from.
+type Options struct {
+	DB      *pgxpool.Pool
+	Store   *state.Store
+	Slot    string
+	Metrics *telemetry.Metrics
+	Health  *telemetry.Health
+	// RateLimit is PROGRESS_SYNC_RATE_LIMIT: the page counts requests over its window.
+	RateLimit hubspot.Rate
+	// ShowEmails shows problem students' emails in full; by default they are masked.
+	ShowEmails bool
+	// Refresh is how often the page reloads itself. Default 10 s.
+	Refresh time.Duration
+	Log     *logrus.Entry
+}
+
+// Handler serves the page. ?page=N shows the Nth page of problem students.
+func Handler(opts Options) http.Handler {
+	if opts.Refresh <= 0 {
+		opts.Refresh = 10 * time.Second
+	}
+	tmpl := newTemplate()
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+		defer cancel()
+		page, _ := strconv.Atoi(r.URL.Query().Get("page"))
+		v := collect(ctx, opts, page)
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		// Nothing from elsewhere, ever: the page is self-contained by policy, not by luck.
+		w.Header().Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; img-src data:")
+		w.Header().Set("Cache-Control", "no-store")
+		if err := tmpl.Execute(w, v); err != nil && opts.Log != nil {
+			opts.Log.WithError(err).Warn("could not render the status page")
+		}
+	})
+}
+
+func newTemplate() *template.Template {
+	return template.Must(template.New("page.html.tmpl").Funcs(funcs).ParseFS(files, "page.html.tmpl"))
+}
+
+// emailLike finds addresses inside free text, such as a reason HubSpot gave.
+var emailLike = regexp.MustCompile(`[^\s"'<>,;:()\[\]{}]+@[^\s"'<>,;:()\[\]{}]+`)
+
+// mask hides most of each email in s unless emails are shown.
+func (o Options) mask(s string) string {
+	if o.ShowEmails {
+		return s
+	}
+	return emailLike.ReplaceAllStringFunc(s, push.MaskEmail)
+}
+
+// view is everything the template shows.
+type view struct {
+	Now               time.Time
+	RefreshSeconds    int
+	Ready             bool
+	ReadyWhy          string
+	Role              string // streaming, standby, connecting
+	Slot              replication.Slot
+	SlotName          string
+	Summary           state.Summary
+	DailyPaused       bool
+	Requests          int
+	RateLimit         hubspot.Rate
+	Totals            telemetry.Totals
+	Problems          []problemRow
+	ProblemsTotal     int
+	Unmatched         int
+	Rejected          int
+	Conflict          int
+	Page, Pages       int
+	PendingChart      chart
+	LatencyChart      chart
+	ReconcileProgress string
+	Errors            []string // what could not be read; the rest is still shown
+}
+
+type problemRow struct {
+	Email, Student, Kind, Reason string
+	Attempts                     int
+	LastTried                    time.Time
+}
+
+// kindWords says what each kind of problem means, in the page's words.
+var kindWords = map[state.Kind]string{
+	state.Unmatched: "no contact in HubSpot",
+	state.Rejected:  "HubSpot refused a value",
+	state.Conflict:  "shares a contact with another student",
+}
+
+// collect reads what the page shows; what cannot be read is named in Errors.
+func collect(ctx context.Context, o Options, page int) view {
+	v := view{Now: time.Now().UTC(), RefreshSeconds: int(o.Refresh.Seconds()), SlotName: o.Slot, RateLimit: o.RateLimit}
+	v.Ready, v.ReadyWhy = o.Health.Ready()
+	v.Role = role(o.Health)
+	v.DailyPaused = o.Health.DailyPaused()
+	v.Requests = o.Metrics.RequestsWithin(o.RateLimit.Per)
+	var err error
+	if v.Totals, err = o.Metrics.Totals(); err != nil {
+		v.Errors = append(v.Errors, err.Error())
+	}
+	samples := o.Metrics.Samples()
+	v.PendingChart = pendingChart(samples, v.Now)
+	v.LatencyChart = latencyChart(samples, v.Now)
+	if v.Slot, err = replication.ReadSlot(ctx, o.DB, o.Slot); err != nil {
+		v.Errors = append(v.Errors, err.Error())
+	}
+	if v.Summary, err = state.Summarize(ctx, o.DB, o.Slot); err != nil {
+		v.Errors = append(v.Errors, err.Error())
+		return v
+	}
+	v.ReconcileProgress = reconcileProgress(v.Summary.Reconcile, o.RateLimit)
+	v.Unmatched, v.Rejected, v.Conflict = v.Summary.Problems[state.Unmatched], v.Summary.Problems[state.Rejected], v.Summary.Problems[state.Conflict]
+	v.ProblemsTotal = v.Unmatched + v.Rejected + v.Conflict
+	v.Pages = max(1, (v.ProblemsTotal+PerPage-1)/PerPage)
+	v.Page = min(max(page, 1), v.Pages)
+	rows, err := o.Store.ProblemPage(ctx, (v.Page-1)*PerPage, PerPage)
+	if err != nil {
+		v.Errors = append(v.Errors, err.Error())
+	}
+	for _, p := range rows {
+		v.Problems = append(v.Problems, problemRow{Email: o.mask(p.Email), Student: p.StudentID.String(), Kind: kindWords[p.Kind],
+			Reason: o.mask(p.Reason), Attempts: p.Attempts, LastTried: p.LastTried})
+	}
+	return v
+}
+
+func role(h *telemetry.Health) string {
+	switch {
+	case h.Standby != nil && h.Standby():
+		return "standby"
+	case h.Streaming():
+		return "streaming"
+	}
+	return "connecting"
+}
+
+// reconcileProgress says how far a running pass has got and when it should end: one read per
+// page of 100 at a tenth of the rate limit.
+func reconcileProgress(rp *state.ReconcilePass, limit hubspot.Rate) string {
+	if rp == nil || !rp.Running {
+		return ""
+	}
+	done := rp.ContactsRead
+	s := strconv.Itoa(done) + " of about " + strconv.Itoa(done+rp.Left) + " contacts read"
+	if limit.Requests > 0 && limit.Per > 0 {
+		pages := (rp.Left + 99) / 100
+		eta := time.Duration(float64(pages) * 10 * float64(limit.Per) / float64(limit.Requests))
+		s += ", about " + eta.Round(time.Second).String() + " left"
+	}
+	return s
+}

@@ -1,0 +1,159 @@
+package telemetry
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+)
+
+// History is how long the status page's charts reach back, and SampleEvery how often a point
+// is taken: 360 points for the hour.
+const (
+	History     = time.Hour
+	SampleEvery = 10 * time.Second
+)
+
+// Sample is one point of the status page's charts.
+type Sample struct {
+	At      time.Time
+	Pending int
+	// Flushed counts the students pushed since the previous sample; Median and Slowest are
+	// how long their first change took to reach HubSpot (zero when none was pushed).
+	Flushed         int
+	Median, Slowest time.Duration
+}
+
+// recent is what the process remembers of the last hour for the status page: Prometheus
+// keeps totals, the page also wants "in the last 10 s" and a chart without a Prometheus.
+type recent struct {
+	mu        sync.Mutex
+	requests  []time.Time     // HubSpot attempts, newest last, within the rate limit's window
+	window    time.Duration   // how far back requests are kept
+	latencies []time.Duration // since the last sample
+	samples   []Sample        // oldest first, at most History back
+}
+
+func (r *recent) request(at time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.requests = append(r.requests, at)
+	r.trimRequests(at)
+}
+
+func (r *recent) trimRequests(now time.Time) {
+	keep := max(r.window, SampleEvery)
+	i := 0
+	for i < len(r.requests) && now.Sub(r.requests[i]) > keep {
+		i++
+	}
+	r.requests = r.requests[i:]
+}
+
+func (r *recent) flushed(waits []time.Duration) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.latencies = append(r.latencies, waits...)
+}
+
+// sample closes the current point: pending students now, and the pushes since the last one.
+func (r *recent) sample(at time.Time, pending int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := Sample{At: at, Pending: pending, Flushed: len(r.latencies)}
+	if n := len(r.latencies); n > 0 {
+		slices.Sort(r.latencies)
+		s.Median, s.Slowest = r.latencies[(n-1)/2], r.latencies[n-1]
+	}
+	r.latencies = r.latencies[:0]
+	r.samples = append(r.samples, s)
+	i := 0
+	for i < len(r.samples) && at.Sub(r.samples[i].At) > History {
+		i++
+	}
+	r.samples = r.samples[i:]
+}
+
+// SetRequestWindow sets how far back RequestsWithin can look: the rate limit's window.
+func (m *Metrics) SetRequestWindow(d time.Duration) {
+	m.recent.mu.Lock()
+	defer m.recent.mu.Unlock()
+	m.recent.window = d
+}
+
+// RequestsWithin counts the HubSpot attempts of the last d (at most the request window).
+func (m *Metrics) RequestsWithin(d time.Duration) int {
+	now := time.Now()
+	m.recent.mu.Lock()
+	defer m.recent.mu.Unlock()
+	m.recent.trimRequests(now)
+	n := 0
+	for _, at := range m.recent.requests {
+		if now.Sub(at) <= d {
+			n++
+		}
+	}
+	return n
+}
+
+// Samples returns the chart points of the last hour, oldest first.
+func (m *Metrics) Samples() []Sample {
+	m.recent.mu.Lock()
+	defer m.recent.mu.Unlock()
+	return slices.Clone(m.recent.samples)
+}
+
+// KeepHistory takes a chart point now and every SampleEvery until ctx ends.
+func (m *Metrics) KeepHistory(ctx context.Context, pending func() int) {
+	m.recent.sample(time.Now(), pending())
+	onEveryTick(ctx, SampleEvery, func() { m.recent.sample(time.Now(), pending()) })
+}
+
+func onEveryTick(ctx context.Context, every time.Duration, do func()) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			do()
+		}
+	}
+}
+
+// Totals are counters since the process started, read from the same registry /metrics
+// serves, so the status page cannot show other numbers than a scrape.
+type Totals struct {
+	ContactsUpdated float64
+	Requests        float64
+	RateLimited     map[string]float64 // by HubSpot policy
+}
+
+// Totals gathers the counters the status page shows.
+func (m *Metrics) Totals() (Totals, error) {
+	t := Totals{RateLimited: map[string]float64{}}
+	families, err := m.reg.Gather()
+	if err != nil {
+		return t, fmt.Errorf("gather metrics: %w", err)
+	}
+	for _, f := range families {
+		for _, s := range f.GetMetric() {
+			v := s.GetCounter().GetValue()
+			switch f.GetName() {
+			case "progress_sync_contacts_updated_total":
+				t.ContactsUpdated += v
+			case "progress_sync_hubspot_requests_total":
+				t.Requests += v
+			case "progress_sync_hubspot_rate_limited_total":
+				for _, l := range s.GetLabel() {
+					if l.GetName() == "policy" {
+						t.RateLimited[l.GetValue()] += v
+					}
+				}
+			}
+		}
+	}
+	return t, nil
+}
