@@ -29,7 +29,11 @@ type chart struct {
 
 type line struct {
 	Class, Label, Points string
+	// Dots mark each point, so a line of one sample still shows.
+	Dots []dot
 }
+
+type dot struct{ X, Y string }
 
 // span is the time the charts cover: the last hour, or since the process started when that
 // is less (at least a minute), so a young process does not draw in the last pixels.
@@ -57,9 +61,9 @@ func pendingChart(samples []telemetry.Sample, now time.Time) chart {
 	}
 	top = niceCeil(top)
 	c.YMax, c.YMid = strconv.FormatFloat(top, 'f', -1, 64), strconv.FormatFloat(top/2, 'f', -1, 64)
-	c.Lines = []line{{Class: "pending", Label: "pending students", Points: points(samples, now, top, func(s telemetry.Sample) (float64, bool) {
+	c.Lines = []line{newLine("pending", "pending students", samples, now, top, func(s telemetry.Sample) (float64, bool) {
 		return float64(s.Pending), true
-	})}}
+	})}
 	if n := len(samples); n > 0 {
 		c.Latest = fmt.Sprintf("%d pending at %s", samples[n-1].Pending, samples[n-1].At.UTC().Format("15:04:05Z"))
 	}
@@ -82,8 +86,8 @@ func latencyChart(samples []telemetry.Sample, now time.Time) chart {
 		return func(s telemetry.Sample) (float64, bool) { return v(s).Seconds(), s.Flushed > 0 }
 	}
 	c.Lines = []line{
-		{Class: "slowest", Label: "slowest", Points: points(samples, now, top, pushed(func(s telemetry.Sample) time.Duration { return s.Slowest }))},
-		{Class: "median", Label: "median", Points: points(samples, now, top, pushed(func(s telemetry.Sample) time.Duration { return s.Median }))},
+		newLine("slowest", "slowest", samples, now, top, pushed(func(s telemetry.Sample) time.Duration { return s.Slowest })),
+		newLine("median", "median", samples, now, top, pushed(func(s telemetry.Sample) time.Duration { return s.Median })),
 	}
 	if !c.Empty {
 		c.Latest = fmt.Sprintf("median %s, slowest %s for the %d students pushed in the 10 s to %s",
@@ -92,10 +96,17 @@ func latencyChart(samples []telemetry.Sample, now time.Time) chart {
 	return c
 }
 
+func newLine(class, label string, samples []telemetry.Sample, now time.Time, top float64, value func(telemetry.Sample) (float64, bool)) line {
+	l := line{Class: class, Label: label}
+	l.Points, l.Dots = points(samples, now, top, value)
+	return l
+}
+
 // points places the samples that have a value on the chart: the span across, 0 to top
 // upwards.
-func points(samples []telemetry.Sample, now time.Time, top float64, value func(telemetry.Sample) (float64, bool)) string {
+func points(samples []telemetry.Sample, now time.Time, top float64, value func(telemetry.Sample) (float64, bool)) (string, []dot) {
 	var b strings.Builder
+	var dots []dot
 	from := span(samples, now)
 	width := now.Sub(from).Seconds()
 	for _, s := range samples {
@@ -105,9 +116,11 @@ func points(samples []telemetry.Sample, now time.Time, top float64, value func(t
 		}
 		x := float64(chartW) * s.At.Sub(from).Seconds() / width
 		y := float64(chartH) * (1 - v/top)
-		fmt.Fprintf(&b, "%.1f,%.1f ", min(max(x, 0), chartW), min(max(y, 0), chartH))
+		d := dot{X: fmt.Sprintf("%.1f", min(max(x, 0), chartW)), Y: fmt.Sprintf("%.1f", min(max(y, 0), chartH))}
+		fmt.Fprintf(&b, "%s,%s ", d.X, d.Y)
+		dots = append(dots, d)
 	}
-	return strings.TrimSpace(b.String())
+	return strings.TrimSpace(b.String()), dots
 }
 
 // niceCeil rounds v up to 1, 2 or 5 times a power of ten, so gridlines read as round numbers.
