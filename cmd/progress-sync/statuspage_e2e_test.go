@@ -99,7 +99,7 @@ func metricFigures(t *testing.T, body string) pageFigures {
 		"pending": sum("progress_sync_pending_students "), "contacts-updated": sum("progress_sync_contacts_updated_total "),
 		"requests-total": sum("progress_sync_hubspot_requests_total{"), "unmatched": sum(`progress_sync_problem_students{kind="unmatched"}`),
 		"rejected": sum(`progress_sync_problem_students{kind="rejected"}`), "conflict": sum(`progress_sync_problem_students{kind="conflict"}`),
-		"rate-limited-ten": sum(`progress_sync_hubspot_rate_limited_total{policy="TEN_SECONDLY_ROLLING"}`),
+		"rate-limited-ten":   sum(`progress_sync_hubspot_rate_limited_total{policy="TEN_SECONDLY_ROLLING"}`),
 		"rate-limited-daily": sum(`progress_sync_hubspot_rate_limited_total{policy="DAILY"}`),
 	}
 }
