@@ -84,8 +84,10 @@ type Options struct {
 	Pause time.Duration
 	// DailyLimitPause is how long it waits when HubSpot's daily limit is spent. Default 15 min.
 	DailyLimitPause time.Duration
-	Log             *logrus.Entry
-	Observer        Observer // optional
+	// ProgressEvery is how often a running pass logs how far it has got. Default 10 s.
+	ProgressEvery time.Duration
+	Log           *logrus.Entry
+	Observer      Observer // optional
 }
 
 // Reconciler runs the passes.
@@ -100,6 +102,16 @@ type Reconciler struct {
 	props    []string
 	// told is the end of the last complete pass reported to the observer.
 	told time.Time
+	// shown is what the progress lines of the pass under way started from.
+	shown shownProgress
+}
+
+// shownProgress is where this process took up a pass, for its rate and ETA.
+type shownProgress struct {
+	pass      int64
+	since     time.Time
+	readSince int // contacts the pass had read then
+	lastLine  time.Time
 }
 
 // New returns a Reconciler.
@@ -109,6 +121,9 @@ func New(hs HubSpot, source Source, queue Queue, store Store, position Position,
 	}
 	if opts.DailyLimitPause <= 0 {
 		opts.DailyLimitPause = 15 * time.Minute
+	}
+	if opts.ProgressEvery <= 0 {
+		opts.ProgressEvery = 10 * time.Second
 	}
 	if opts.MayWrite == nil {
 		opts.MayWrite = func() bool { return true }
@@ -208,7 +223,49 @@ func (r *Reconciler) pageOf(ctx context.Context, pass state.ReconcilePass) error
 			}
 		}
 	}
-	return r.position.Advance(ctx, pass, found.drifted)
+	if err := r.position.Advance(ctx, pass, found.drifted); err != nil {
+		return err
+	}
+	pass.Left = max(pass.Left-len(links), 0)
+	r.showProgress(pass, found.read)
+	return nil
+}
+
+// showProgress logs, every ProgressEvery, how far the pass has got: contacts read of the
+// total, students found different, the rate and an ETA (docs/contract.md §5).
+func (r *Reconciler) showProgress(pass state.ReconcilePass, justRead int) {
+	now := time.Now()
+	if r.shown.pass != pass.Pass {
+		// The clock starts before this page, so its read counts in the rate.
+		r.shown = shownProgress{pass: pass.Pass, since: now, readSince: pass.ContactsRead - justRead, lastLine: now}
+		if pass.Left > 0 {
+			return
+		}
+	}
+	if now.Sub(r.shown.lastLine) < r.opts.ProgressEvery && pass.Left > 0 {
+		return
+	}
+	r.shown.lastLine = now
+	took := now.Sub(r.shown.since)
+	rate := float64(pass.ContactsRead-r.shown.readSince) / max(took.Seconds(), 0.001)
+	r.opts.Log.WithFields(logrus.Fields{"pass": pass.Pass, "contacts_read": pass.ContactsRead, "contacts_total": pass.ContactsRead + pass.Left,
+		"students_different": pass.StudentsDifferent, "contacts_per_second": float64(int(rate*10)) / 10,
+		"eta": TimeLeft(pass.Left, r.opts.Budget, rate).Round(time.Second).String()}).Info("reconcile: progress")
+}
+
+// TimeLeft is how long reading left more contacts takes: at least a batch/read per page at
+// the walk's budget, or longer when HubSpot answers slower than that (seen: contacts per
+// second so far; 0 when not known).
+func TimeLeft(left int, budget rate.Limit, seen float64) time.Duration {
+	pages := (left + PageSize - 1) / PageSize
+	floor := time.Duration(0)
+	if budget > 0 && budget != rate.Inf {
+		floor = time.Duration(float64(pages) / float64(budget) * float64(time.Second))
+	}
+	if seen > 0 {
+		return max(floor, time.Duration(float64(left)/seen*float64(time.Second)))
+	}
+	return floor
 }
 
 // findings is what one page turned up.

@@ -2,6 +2,7 @@ package reconcile
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"strings"
 	"sync"
@@ -383,5 +384,45 @@ func TestAValueThatChangesBackWhileHubSpotIsReadIsNotDrift(t *testing.T) {
 		if e.queue.added[id] != 1 {
 			t.Fatalf("student %s queued %d times: HubSpot holds 5001 and must be repaired", id, e.queue.added[id])
 		}
+	}
+}
+
+func TestAPassLogsItsProgress(t *testing.T) {
+	e := newEnv(t, 250)
+	r := New(e.hs, e.view, e.queue, e.store, e.store.Reconciliation("s"), Options{Every: time.Nanosecond, Budget: rate.Inf,
+		ProgressEvery: time.Nanosecond, Log: e.log})
+	e.pass(r, 10)
+	var lines []string
+	for _, entry := range e.logs.AllEntries() {
+		if entry.Message == "reconcile: progress" {
+			lines = append(lines, fmt.Sprintf("%v of %v, eta %v", entry.Data["contacts_read"], entry.Data["contacts_total"], entry.Data["eta"]))
+		}
+	}
+	// The first page starts the clock; each later one is past ProgressEvery.
+	if want := []string{"200 of 250, eta 0s", "250 of 250, eta 0s"}; fmt.Sprint(lines) != fmt.Sprint(want) {
+		t.Fatalf("progress lines %q, want %q", lines, want)
+	}
+}
+
+func TestTimeLeftIsNoLessThanTheBudgetAllows(t *testing.T) {
+	budget := Budget(hubspot.Rate{Requests: 100, Per: 10 * time.Second}) // one page a second
+	for _, tc := range []struct {
+		left int
+		seen float64
+		want time.Duration
+	}{
+		{0, 0, 0},
+		{100, 0, time.Second},
+		{101, 0, 2 * time.Second},
+		{100_000, 0, 1000 * time.Second},
+		{1000, 500, 10 * time.Second}, // faster than the budget allows: the budget decides
+		{1000, 20, 50 * time.Second},  // HubSpot slower than the budget: what was seen decides
+	} {
+		if got := TimeLeft(tc.left, budget, tc.seen); got != tc.want {
+			t.Errorf("TimeLeft(%d, 1 page/s, %g/s) = %s, want %s", tc.left, tc.seen, got, tc.want)
+		}
+	}
+	if got := TimeLeft(500, rate.Inf, 0); got != 0 {
+		t.Errorf("with no budget, TimeLeft = %s, want 0", got)
 	}
 }

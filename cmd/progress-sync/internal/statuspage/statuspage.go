@@ -8,6 +8,7 @@ package statuspage
 import (
 	"context"
 	"embed"
+	"fmt"
 	"html/template"
 	"net/http"
 	"regexp"
@@ -21,6 +22,7 @@ import (
 	"github.com/focusenglish/progress-sync/hubspot"
 	"github.com/focusenglish/progress-sync/replication"
 	"github.com/focusenglish/progress-sync/replication/push"
+	"github.com/focusenglish/progress-sync/replication/reconcile"
 	"github.com/focusenglish/progress-sync/replication/state"
 )
 
@@ -168,18 +170,11 @@ func role(h *telemetry.Health) string {
 	return "connecting"
 }
 
-// reconcileProgress says how far a running pass has got and when it should end: one read per
-// page of 100 at a tenth of the rate limit.
+// reconcileProgress says how far a running pass has got and when it should end.
 func reconcileProgress(rp *state.ReconcilePass, limit hubspot.Rate) string {
 	if rp == nil || !rp.Running {
 		return ""
 	}
-	done := rp.ContactsRead
-	s := strconv.Itoa(done) + " of about " + strconv.Itoa(done+rp.Left) + " contacts read"
-	if limit.Requests > 0 && limit.Per > 0 {
-		pages := (rp.Left + 99) / 100
-		eta := time.Duration(float64(pages) * 10 * float64(limit.Per) / float64(limit.Requests))
-		s += ", about " + eta.Round(time.Second).String() + " left"
-	}
-	return s
+	return fmt.Sprintf("%d of about %d contacts read, about %s left", rp.ContactsRead, rp.ContactsRead+rp.Left,
+		reconcile.TimeLeft(rp.Left, reconcile.Budget(limit), 0).Round(time.Second))
 }

@@ -130,3 +130,20 @@ func TestThePageRendersEveryState(t *testing.T) {
 		})
 	}
 }
+
+func TestReconcileProgressCountsTheBudget(t *testing.T) {
+	limit := hubspot.Rate{Requests: 100, Per: 10 * time.Second} // the walk: one page a second
+	for _, tc := range []struct {
+		pass *state.ReconcilePass
+		want string
+	}{
+		{nil, ""},
+		{&state.ReconcilePass{Pass: 3, ContactsRead: 500}, ""},
+		{&state.ReconcilePass{Pass: 3, Running: true, ContactsRead: 1000, Left: 99_000}, "1000 of about 100000 contacts read, about 16m30s left"},
+		{&state.ReconcilePass{Pass: 1, Running: true}, "0 of about 0 contacts read, about 0s left"},
+	} {
+		if got := reconcileProgress(tc.pass, limit); got != tc.want {
+			t.Errorf("reconcileProgress(%+v) = %q, want %q", tc.pass, got, tc.want)
+		}
+	}
+}
