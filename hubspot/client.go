@@ -205,14 +205,29 @@ func New(cfg Config) (*Client, error) {
 // A small burst (N/20) keeps bursts cheap while most of the allowance comes
 // from the steady refill.
 func newLimiter(r Rate) *rate.Limiter {
-	burst := max(1, r.Requests/20)
-	refill := r.Requests - burst
-	if refill < 1 {
+	refill, burst := r.bucket()
+	return rate.NewLimiter(refill, burst)
+}
+
+func (r Rate) bucket() (refill rate.Limit, burst int) {
+	burst = max(1, r.Requests/20)
+	perWindow := r.Requests - burst
+	if perWindow < 1 {
 		// One request per window: a bucket of one that refills once per
 		// window is the best a token bucket can express.
-		refill = 1
+		perWindow = 1
 	}
-	return rate.NewLimiter(rate.Limit(float64(refill)/r.Per.Seconds()), burst)
+	return rate.Limit(float64(perWindow) / r.Per.Seconds()), burst
+}
+
+// Sustained is how many requests a second the client sends at most over a long run: the
+// ETA of work that needs many requests (a backfill, a reconcile pass).
+func (r Rate) Sustained() float64 {
+	if r.Requests <= 0 || r.Per <= 0 {
+		return 0 // no limit
+	}
+	refill, _ := r.bucket()
+	return float64(refill)
 }
 
 // call is one logical API request; it may be sent several times.

@@ -117,7 +117,8 @@ in HubSpot workflows that watch those properties: run it with --dry-run first.`,
 			if err := replication.CheckVisibility(ctx, db); err != nil {
 				return err
 			}
-			hs, err := a.newHubSpot(cfg, log)
+			requests := &requestCounter{}
+			hs, err := a.newHubSpot(cfg, log, func(c *hubspot.Config) { c.Observer = requests })
 			if err != nil {
 				return err
 			}
@@ -136,7 +137,7 @@ in HubSpot workflows that watch those properties: run it with --dry-run first.`,
 			p := push.New(hs, store, log, push.Options{DryRun: dryRun, ShowEmails: a.showEmails, AllowClearing: allowClearing,
 				CompareWithHubSpot: true})
 			res, err := backfill(ctx, db, p, store, emails, func(total int) *progress {
-				return newProgress(a.stderr, total, progressEvery, log)
+				return newProgress(a.stderr, total, requests, cfg.RateLimit.Sustained(), progressEvery, log)
 			})
 			report(cmd.OutOrStdout(), res, dryRun)
 			return err

@@ -1,8 +1,11 @@
 package main
 
 import (
+	"fmt"
 	"io"
+	"math"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"github.com/schollz/progressbar/v3"
@@ -15,22 +18,31 @@ import (
 // progress shows how a long run is going: a bar on a terminal, else an info line every
 // interval, so journald and kubectl logs show it too. Both give students done of total,
 // contacts updated, the rate and an ETA.
+//
+// The ETA is known up front: HubSpot's rate limit makes the requests still to send a floor
+// (a batch/read and, where something differs, a batch/update per 100 students), and what
+// the run has taken so far says when HubSpot is slower than that.
 type progress struct {
-	total, done, updated int
-	started, lastLine    time.Time
-	every                time.Duration
-	bar                  *progressbar.ProgressBar // nil: log lines
-	log                  *logrus.Entry
+	total, done, updated, batches int
+	requests                      *requestCounter
+	sustained                     float64 // requests a second the client keeps to; 0: no limit
+	started, lastLine             time.Time
+	every                         time.Duration
+	bar                           *progressbar.ProgressBar // nil: log lines
+	log                           *logrus.Entry
 }
 
 // newProgress starts showing the progress of total students on out (a bar when out is a
-// terminal) or in the log.
-func newProgress(out io.Writer, total int, every time.Duration, log *logrus.Entry) *progress {
-	p := &progress{total: total, started: time.Now(), lastLine: time.Now(), every: every, log: log}
+// terminal) or in the log. requests counts the HubSpot requests the run makes; sustained is
+// the client's requests per second over a long run.
+func newProgress(out io.Writer, total int, requests *requestCounter, sustained float64, every time.Duration, log *logrus.Entry) *progress {
+	requests.reset()
+	p := &progress{total: total, requests: requests, sustained: sustained, started: time.Now(), lastLine: time.Now(), every: every, log: log}
 	if f, ok := out.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
-		p.bar = progressbar.NewOptions(total, progressbar.OptionSetWriter(f), progressbar.OptionSetDescription("backfill"),
+		p.bar = progressbar.NewOptions(total, progressbar.OptionSetWriter(f), progressbar.OptionSetDescription(p.describe()),
 			progressbar.OptionShowCount(), progressbar.OptionShowIts(), progressbar.OptionSetItsString("students"),
-			progressbar.OptionSetPredictTime(true), progressbar.OptionThrottle(200*time.Millisecond), progressbar.OptionClearOnFinish())
+			progressbar.OptionSetElapsedTime(true), progressbar.OptionSetPredictTime(false),
+			progressbar.OptionThrottle(200*time.Millisecond), progressbar.OptionClearOnFinish())
 	}
 	return p
 }
@@ -39,7 +51,9 @@ func newProgress(out io.Writer, total int, every time.Duration, log *logrus.Entr
 func (p *progress) add(res push.Result) {
 	p.done += res.Students
 	p.updated += res.Updated
+	p.batches++
 	if p.bar != nil {
+		p.bar.Describe(p.describe())
 		_ = p.bar.Add(res.Students)
 		return
 	}
@@ -58,13 +72,47 @@ func (p *progress) finish() {
 	p.logLine("backfill progress: done")
 }
 
+func (p *progress) describe() string {
+	return fmt.Sprintf("backfill: %d contacts updated, ETA %s,", p.updated, p.eta().Round(time.Second))
+}
+
+// eta is the time the students left need: no less than their requests take at the rate
+// limit, and no less than the pace so far predicts.
+func (p *progress) eta() time.Duration {
+	left := p.total - p.done
+	if left <= 0 {
+		return 0
+	}
+	var floor, seen time.Duration
+	if p.sustained > 0 {
+		perBatch := 2.0 // a read and an update, until batches say otherwise
+		if p.batches > 0 {
+			perBatch = float64(p.requests.count()) / float64(p.batches)
+		}
+		batches := math.Ceil(float64(left) / push.MaxBatch)
+		floor = time.Duration(batches * perBatch / p.sustained * float64(time.Second))
+	}
+	if p.done > 0 {
+		seen = time.Duration(float64(time.Since(p.started)) * float64(left) / float64(p.done))
+	}
+	return max(floor, seen)
+}
+
 func (p *progress) logLine(msg string) {
 	took := time.Since(p.started)
 	rate := float64(p.done) / max(took.Seconds(), 0.001)
 	fields := logrus.Fields{"students_done": p.done, "students_total": p.total, "contacts_updated": p.updated,
 		"students_per_second": float64(int(rate*10)) / 10, "elapsed": took.Round(time.Second).String()}
-	if rate > 0 && p.done < p.total {
-		fields["eta"] = (time.Duration(float64(p.total-p.done)/rate) * time.Second).Round(time.Second).String()
+	if p.done < p.total {
+		fields["eta"] = p.eta().Round(time.Second).String()
 	}
 	p.log.WithFields(fields).Info(msg)
 }
+
+// requestCounter counts HubSpot requests (hubspot.Observer) for a run's ETA.
+type requestCounter struct{ n atomic.Int64 }
+
+func (c *requestCounter) Request(string, int, time.Duration) { c.n.Add(1) }
+func (c *requestCounter) RateLimited(string)                 {}
+func (c *requestCounter) count() int                         { return int(c.n.Load()) }
+func (c *requestCounter) reset()                             { c.n.Store(0) }
