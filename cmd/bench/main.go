@@ -8,6 +8,7 @@
 //	go run ./cmd/bench freshness  # commit-to-HubSpot latency under steady load
 //	go run ./cmd/bench memory     # peak RSS with many students pending
 //	go run ./cmd/bench reconcile  # a reconcile pass: requests, wall time, effect on freshness
+//	go run ./cmd/bench eta        # a backfill's ETA on a terminal vs the real time
 //
 // Every scenario has flags for its sizes (-h lists them) so that a small version runs in
 // seconds. The Go micro-benchmarks are in bench_test.go:
@@ -43,6 +44,7 @@ func scenarios() map[string]scenario {
 		"backfill":  {"progress-sync backfill of 100,000 students under 100 requests/10 s: wall time vs floor", runBackfill},
 		"freshness": {"commit-to-HubSpot latency (p50/p99) at 200 changes/s under the rate limit", runFreshness},
 		"memory":    {"peak RSS of the service with 100,000 students pending", runMemory},
+		"eta":       {"the ETA a backfill's bar shows on a terminal vs the real time: 5,000 students at 20 requests/10 s", runETA},
 		"reconcile": {"a reconcile pass over 100,000 linked contacts: requests and wall time; freshness p99 at 200 changes/s with and without a pass", runReconcile},
 	}
 }

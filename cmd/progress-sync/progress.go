@@ -41,8 +41,9 @@ func newProgress(out io.Writer, total int, requests *requestCounter, sustained f
 	if f, ok := out.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 		p.bar = progressbar.NewOptions(total, progressbar.OptionSetWriter(f), progressbar.OptionSetDescription(p.describe()),
 			progressbar.OptionShowCount(), progressbar.OptionShowIts(), progressbar.OptionSetItsString("students"),
-			progressbar.OptionSetElapsedTime(true), progressbar.OptionSetPredictTime(false),
-			progressbar.OptionThrottle(200*time.Millisecond), progressbar.OptionClearOnFinish())
+			// Not throttled: the new ETA and the new count are drawn together, once per batch.
+			progressbar.OptionSetElapsedTime(true), progressbar.OptionSetPredictTime(false), progressbar.OptionSetRenderBlankState(true),
+			progressbar.OptionClearOnFinish())
 	}
 	return p
 }
