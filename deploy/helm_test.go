@@ -64,6 +64,7 @@ config:
 graceSeconds: 30
 terminationGracePeriodSeconds: 90
 extraArgs: ["--recheck-unmatched=30m", "--daily-limit-pause=10m"]
+statusPage: {enabled: false}
 extraEnv:
   - name: GOMEMLIMIT
     value: 400MiB
@@ -236,6 +237,9 @@ func TestHelmDefaults(t *testing.T) {
 	d := m.deployment
 	checkDeployment(t, d, 20)
 	checkService(t, m.service, d)
+	if args := container(t, d).Args; slices.Contains(args, "--no-status-page") {
+		t.Errorf("args %q: the status page is on by default", args)
+	}
 
 	// The chart-made Secret holds both values, and the pod reads them from it.
 	if m.secret == nil {
@@ -312,7 +316,7 @@ func TestHelmCustomValues(t *testing.T) {
 	if want := "registry.example.com/focus/progress-sync@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"; c.Image != want {
 		t.Errorf("image %q, want %q", c.Image, want)
 	}
-	if want := []string{"run", "--grace=30s", "--recheck-unmatched=30m", "--daily-limit-pause=10m"}; !slices.Equal(c.Args, want) {
+	if want := []string{"run", "--grace=30s", "--no-status-page", "--recheck-unmatched=30m", "--daily-limit-pause=10m"}; !slices.Equal(c.Args, want) {
 		t.Errorf("args %q, want %q", c.Args, want)
 	}
 	env := envMap(c)
