@@ -134,7 +134,8 @@ func (a *app) serve(ctx context.Context, f streamFlags, from pglogrepl.LSN) erro
 	var page http.Handler
 	if !f.noStatusPage {
 		tm.SetRequestWindow(cfg.RateLimit.Per)
-		go tm.KeepHistory(ctx, buf.Len)
+		tm.Sample(buf.Len())
+		go onEveryTick(ctx, telemetry.SampleEvery, func() { tm.Sample(buf.Len()) })
 		page = statuspage.Handler(statuspage.Options{DB: db, Store: store, Slot: cfg.Slot, Metrics: tm, Health: health,
 			RateLimit: cfg.RateLimit, ShowEmails: a.showEmails, Log: log.WithField("component", "status-page")})
 	}

@@ -1,7 +1,6 @@
 package telemetry
 
 import (
-	"context"
 	"fmt"
 	"slices"
 	"sync"
@@ -104,24 +103,9 @@ func (m *Metrics) Samples() []Sample {
 	return slices.Clone(m.recent.samples)
 }
 
-// KeepHistory takes a chart point now and every SampleEvery until ctx ends.
-func (m *Metrics) KeepHistory(ctx context.Context, pending func() int) {
-	m.recent.sample(time.Now(), pending())
-	onEveryTick(ctx, SampleEvery, func() { m.recent.sample(time.Now(), pending()) })
-}
-
-func onEveryTick(ctx context.Context, every time.Duration, do func()) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			do()
-		}
-	}
-}
+// Sample takes a chart point: pending students now, and the pushes since the last point. The
+// service calls it every SampleEvery.
+func (m *Metrics) Sample(pending int) { m.recent.sample(time.Now(), pending) }
 
 // Totals are counters since the process started, read from the same registry /metrics
 // serves, so the status page cannot show other numbers than a scrape.
