@@ -54,9 +54,19 @@ func Handler(opts Options) http.Handler {
 		opts.Refresh = 10 * time.Second
 	}
 	tmpl := newTemplate()
+	// Each view runs a few queries on the service's own pool: however many tabs reload it,
+	// at most two views read at once, so the page cannot starve the pipeline.
+	readers := make(chan struct{}, 2)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 		defer cancel()
+		select {
+		case readers <- struct{}{}:
+			defer func() { <-readers }()
+		case <-ctx.Done():
+			http.Error(w, "the status page is busy; try again", http.StatusServiceUnavailable)
+			return
+		}
 		page, _ := strconv.Atoi(r.URL.Query().Get("page"))
 		v := collect(ctx, opts, page)
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
