@@ -10,6 +10,8 @@ import (
 	"os/exec"
 	"regexp"
 	"strconv"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/creack/pty"
@@ -93,7 +95,29 @@ func backfillOnTerminal(ctx context.Context, h *harness, limit string) ([]frame,
 	}
 	tty.Close()
 	var frames []frame
-	readFrames(term, began, func(text string, at time.Duration) {
+	// A backfill that draws nothing for 30 s is stuck: its goroutines go to the output
+	// (SIGQUIT), which --log-dir keeps.
+	var lastFrame atomic.Int64
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		t := time.NewTicker(5 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+			if idle := time.Since(began) - time.Duration(lastFrame.Load()); idle > 30*time.Second {
+				fmt.Fprintf(log, "bench: no frame for %s: sending SIGQUIT for the goroutines\n", idle.Round(time.Second))
+				_ = cmd.Process.Signal(syscall.SIGQUIT)
+				return
+			}
+		}
+	}()
+	readErr := readFrames(term, began, func(text string, at time.Duration) {
+		lastFrame.Store(int64(at))
 		fmt.Fprintln(log, text)
 		m := barFrame.FindStringSubmatch(text)
 		if m == nil {
@@ -106,7 +130,7 @@ func backfillOnTerminal(ctx context.Context, h *harness, limit string) ([]frame,
 		}
 	})
 	if err := cmd.Wait(); err != nil {
-		return nil, 0, fmt.Errorf("backfill: %w (output in %s)", err, log.Name())
+		return nil, 0, fmt.Errorf("backfill: %w (output in %s; reading it ended with %v)", err, log.Name(), readErr)
 	}
 	if len(frames) == 0 {
 		return nil, 0, errors.New("the backfill drew no bar on the terminal")
@@ -117,7 +141,7 @@ func backfillOnTerminal(ctx context.Context, h *harness, limit string) ([]frame,
 // readFrames cuts the terminal's output into frames at carriage returns and newlines (the
 // bar redraws itself after a \r), each stamped with when its first byte arrived: a frame
 // ends only when the next one begins, which may be a batch later.
-func readFrames(r io.Reader, began time.Time, frame func(text string, at time.Duration)) {
+func readFrames(r io.Reader, began time.Time, frame func(text string, at time.Duration)) error {
 	buf := make([]byte, 4096)
 	var cur []byte
 	var at time.Duration
@@ -141,7 +165,7 @@ func readFrames(r io.Reader, began time.Time, frame func(text string, at time.Du
 			if len(cur) > 0 {
 				frame(string(cur), at)
 			}
-			return
+			return err // EIO once the backfill has closed the terminal
 		}
 	}
 }
