@@ -187,8 +187,10 @@ func TestTheStatusPageShowsWhatStatusAndMetricsSay(t *testing.T) {
 			t.Errorf("the page shows the full email %s", e)
 		}
 	}
-	if strings.Contains(html, "moved-away-") {
-		t.Error("the page shows the full email of a student who moved away")
+	for _, typed := range []string{"moved-away-", "not an email", "alias-of-101@"} {
+		if strings.Contains(html, typed) {
+			t.Errorf("the page shows %q: a student's email, or what was typed instead of one, in full", typed)
+		}
 	}
 	if !strings.Contains(html, "m***@example.net") {
 		t.Error("the page shows no masked email of the students who moved away")

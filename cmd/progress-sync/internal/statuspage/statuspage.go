@@ -94,6 +94,15 @@ func (o Options) mask(s string) string {
 	return emailLike.ReplaceAllStringFunc(s, push.MaskEmail)
 }
 
+// maskEmail hides most of a student's email, or whatever the student typed instead of one,
+// unless emails are shown.
+func (o Options) maskEmail(email string) string {
+	if o.ShowEmails {
+		return email
+	}
+	return push.MaskEmail(email)
+}
+
 // view is everything the template shows.
 type view struct {
 	Now               time.Time
@@ -164,7 +173,7 @@ func collect(ctx context.Context, o Options, page int) view {
 		v.Errors = append(v.Errors, err.Error())
 	}
 	for _, p := range rows {
-		v.Problems = append(v.Problems, problemRow{Email: o.mask(p.Email), Student: p.StudentID.String(), Kind: kindWords[p.Kind],
+		v.Problems = append(v.Problems, problemRow{Email: o.maskEmail(p.Email), Student: p.StudentID.String(), Kind: kindWords[p.Kind],
 			Reason: o.mask(p.Reason), Attempts: p.Attempts, LastTried: p.LastTried})
 	}
 	return v

@@ -31,6 +31,16 @@ func TestMaskHidesEveryEmailUnlessShown(t *testing.T) {
 	}
 }
 
+func TestAStudentsEmailIsMaskedWhateverItHolds(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"ada@example.com", "a***@example.com"}, {"not an email", "n***"}, {"john.smith at gmail", "j***"}, {"", ""},
+	} {
+		if got := (Options{}).maskEmail(tc.in); got != tc.want {
+			t.Errorf("maskEmail(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
 func TestNumbersReadAsWritten(t *testing.T) {
 	for _, tc := range []struct {
 		in   any
