@@ -117,6 +117,12 @@ func TestARunningServiceRepairsDriftWithinOnePass(t *testing.T) {
 	w.waitEqualReady(svc, 90*time.Second)
 	w.checkUntouched(firstnames)
 	svc.waitLog(`"students_different":60`, 30*time.Second)
+	// The pass said how far it had got, ending at its total: every contact it read.
+	complete := regexp.MustCompile(`"contacts_read":(\d+),[^\n]*"reconcile: pass complete"`).FindStringSubmatch(svc.logs.String())
+	progress := regexp.MustCompile(`"contacts_read":(\d+),"contacts_total":(\d+),"eta":"0s"[^\n]*"reconcile: progress"`).FindStringSubmatch(svc.logs.String())
+	if complete == nil || progress == nil || progress[1] != complete[1] || progress[2] != complete[1] {
+		t.Fatalf("no progress line of the pass ending at its total (pass complete: %q, progress: %q)", complete, progress)
+	}
 	_, body := svc.scrape("/metrics")
 	total := 0.0
 	for _, name := range metrics.Names() {

@@ -318,7 +318,7 @@ func TestReplay(t *testing.T) {
 	}
 	stored := sum.Checkpoint.LSN
 
-	r := w.cli.run("replay", "--from-lsn", old.String())
+	r := w.cli.run("replay", "--from-lsn", old.String(), "--listen", "127.0.0.1:0")
 	if r.code == 0 || !strings.Contains(r.stderr, old.String()) || !strings.Contains(r.stderr, "backfill") {
 		t.Fatalf("replay from a too-old LSN: exit %d\n%s", r.code, tail(r.stderr, 2000))
 	}
