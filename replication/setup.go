@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -283,32 +282,22 @@ type Slot struct {
 	ConfirmedFlushLSN string
 	RetainedBytes     int64 // WAL the slot keeps the server from recycling
 	LagBytes          int64 // between the server's WAL end and the confirmed position
-	// FlushLag is PostgreSQL's measure of how far behind in time the consumer confirms
-	// (pg_stat_replication.flush_lag); nil when the slot is not in use or the consumer has
-	// caught up and the server has nothing newer to measure.
-	FlushLag *time.Duration
 }
 
 // ReadSlot reports the slot named name.
 func ReadSlot(ctx context.Context, db *pgxpool.Pool, name string) (Slot, error) {
 	s := Slot{}
-	var lagSeconds *float64
 	err := db.QueryRow(ctx, `SELECT coalesce(database, ''), coalesce(database = current_database(), false), active, coalesce(active_pid, 0), coalesce(wal_status, ''),
 			coalesce(confirmed_flush_lsn::text, ''),
 			coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::bigint,
-			coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), 0)::bigint,
-			(SELECT extract(epoch FROM r.flush_lag)::float8 FROM pg_stat_replication r WHERE r.pid = s.active_pid)
-		FROM pg_replication_slots s WHERE slot_name = $1`, name).
-		Scan(&s.Database, &s.InThisDatabase, &s.Active, &s.ActivePID, &s.WALStatus, &s.ConfirmedFlushLSN, &s.RetainedBytes, &s.LagBytes, &lagSeconds)
+			coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), 0)::bigint
+		FROM pg_replication_slots WHERE slot_name = $1`, name).
+		Scan(&s.Database, &s.InThisDatabase, &s.Active, &s.ActivePID, &s.WALStatus, &s.ConfirmedFlushLSN, &s.RetainedBytes, &s.LagBytes)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Slot{}, nil
 	}
 	if err != nil {
 		return Slot{}, fmt.Errorf("read slot %s: %w", name, err)
-	}
-	if lagSeconds != nil {
-		lag := time.Duration(*lagSeconds * float64(time.Second))
-		s.FlushLag = &lag
 	}
 	s.Exists = true
 	return s, nil

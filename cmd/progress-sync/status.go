@@ -43,12 +43,8 @@ func printStatus(ctx context.Context, db *pgxpool.Pool, cfg config.Config, out i
 		if slot.Active {
 			active = fmt.Sprintf("streaming (pid %d)", slot.ActivePID)
 		}
-		lag := ""
-		if slot.FlushLag != nil {
-			lag = fmt.Sprintf(" (%.1f s behind)", slot.FlushLag.Seconds())
-		}
-		fmt.Fprintf(out, "slot %s: %s, wal_status %s, confirmed %s, lag %d bytes%s, retains %d bytes of WAL\n",
-			cfg.Slot, active, slot.WALStatus, slot.ConfirmedFlushLSN, slot.LagBytes, lag, slot.RetainedBytes)
+		fmt.Fprintf(out, "slot %s: %s, wal_status %s, confirmed %s, lag %d bytes, retains %d bytes of WAL\n",
+			cfg.Slot, active, slot.WALStatus, slot.ConfirmedFlushLSN, slot.LagBytes, slot.RetainedBytes)
 	}
 	sum, err := state.Summarize(ctx, db, cfg.Slot)
 	if err != nil {

@@ -8,17 +8,16 @@ import (
 )
 
 var funcs = template.FuncMap{
-	"num":     num,
-	"bytes":   humanBytes,
-	"utc":     func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05Z") },
-	"ago":     ago,
-	"dur":     dur,
-	"seconds": func(d *time.Duration) string { return seconds(*d) },
-	"inc":     func(i int) int { return i + 1 },
-	"dec":     func(i int) int { return i - 1 },
-	"add":     func(n, x int) int { return x + n },
-	"half":    func(x int) int { return x / 2 },
-	"dict":    dict,
+	"num":   num,
+	"bytes": humanBytes,
+	"utc":   func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05Z") },
+	"ago":   ago,
+	"dur":   dur,
+	"inc":   func(i int) int { return i + 1 },
+	"dec":   func(i int) int { return i - 1 },
+	"add":   func(n, x int) int { return x + n },
+	"half":  func(x int) int { return x / 2 },
+	"dict":  dict,
 }
 
 // num writes a count with thousands separators: 100,000.
