@@ -714,17 +714,24 @@ func (p *Pusher) canonical(props map[string]string) map[string]string {
 	return out
 }
 
-// MaskEmail hides most of an email address for logs: a***@example.com.
+// MaskEmail hides most of an email address for logs and the status page: a***@example.com.
+// What is not one address (two addresses, text around one, no @) keeps only its first
+// letter: j***. It cuts at a letter, never inside one.
 func MaskEmail(email string) string {
+	if email == "" {
+		return ""
+	}
 	local, domain, ok := strings.Cut(email, "@")
-	if !ok {
-		if email == "" {
-			return ""
-		}
-		return email[:1] + "***"
+	if !ok || strings.Contains(domain, "@") || strings.ContainsAny(email, " \t\r\n,;<>()[]\"'") {
+		return firstLetter(email) + "***"
 	}
-	if local == "" {
-		return "***@" + domain
+	return firstLetter(local) + "***@" + domain
+}
+
+// firstLetter is the first character of s, whole ("É", not half of it).
+func firstLetter(s string) string {
+	for _, r := range s {
+		return string(r)
 	}
-	return local[:1] + "***@" + domain
+	return ""
 }

@@ -216,7 +216,13 @@ func TestSecondPushSendsNothingAndRejectedValuesWaitForAChange(t *testing.T) {
 }
 
 func TestMaskEmail(t *testing.T) {
-	for in, want := range map[string]string{"ada@example.com": "a***@example.com", "": "", "x": "x***", "@d.com": "***@d.com"} {
+	for in, want := range map[string]string{"ada@example.com": "a***@example.com", "": "", "x": "x***", "@d.com": "***@d.com",
+		// Not one address: nothing after the first letter may show.
+		"x@jane.doe.secret@gmail.com": "x***", "jane@gmail.com, bob.secret@yahoo.com": "j***",
+		"mia@example.com bob.other@example.com": "m***", "tom@example.com\nann.secret@example.com": "t***",
+		"<script>alert(1)</script>@evil.com": "<***",
+		// A letter is never cut in two.
+		"Élise.Dupont@example.fr": "É***@example.fr", "Ñ": "Ñ***"} {
 		if got := MaskEmail(in); got != want {
 			t.Errorf("MaskEmail(%q) = %q, want %q", in, got, want)
 		}

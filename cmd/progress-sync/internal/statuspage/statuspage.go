@@ -8,13 +8,16 @@ package statuspage
 import (
 	"context"
 	"embed"
+	"errors"
 	"fmt"
 	"html/template"
 	"net/http"
 	"regexp"
 	"strconv"
+	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/sirupsen/logrus"
 
@@ -58,25 +61,58 @@ func Handler(opts Options) http.Handler {
 	// at most two views read at once, so the page cannot starve the pipeline.
 	readers := make(chan struct{}, 2)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
-		defer cancel()
-		select {
-		case readers <- struct{}{}:
-			defer func() { <-readers }()
-		case <-ctx.Done():
+		if !waitTurn(r.Context(), readers) {
 			http.Error(w, "the status page is busy; try again", http.StatusServiceUnavailable)
 			return
 		}
+		defer func() { <-readers }()
+		ctx, cancel := context.WithTimeout(r.Context(), readTimeout)
+		defer cancel()
 		page, _ := strconv.Atoi(r.URL.Query().Get("page"))
 		v := collect(ctx, opts, page)
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		// Nothing from elsewhere, ever: the page is self-contained by policy, not by luck.
 		w.Header().Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; img-src data:")
 		w.Header().Set("Cache-Control", "no-store")
+		if len(v.Errors) > 0 {
+			// What it shows is partial: a monitor polling the page must not read it as fine.
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
 		if err := tmpl.Execute(w, v); err != nil && opts.Log != nil {
 			opts.Log.WithError(err).Warn("could not render the status page")
 		}
 	})
+}
+
+// readTimeout bounds the queries of one view, once it has its turn.
+const readTimeout = 5 * time.Second
+
+// waitTurn takes one of the readers' places, waiting at most readTimeout.
+func waitTurn(ctx context.Context, readers chan struct{}) bool {
+	t := time.NewTimer(readTimeout)
+	defer t.Stop()
+	select {
+	case readers <- struct{}{}:
+		return true
+	case <-ctx.Done():
+	case <-t.C:
+	}
+	return false
+}
+
+// unreadable says, in the page's words and without the connection's details (user, host,
+// database), why the database could not be read; the service's log has the whole error.
+func unreadable(what string, err error) string {
+	var pgErr *pgconn.PgError
+	switch {
+	case errors.Is(err, context.DeadlineExceeded):
+		return fmt.Sprintf("%s: the database did not answer within %s", what, readTimeout)
+	case errors.As(err, &pgErr):
+		return fmt.Sprintf("%s: %s (SQLSTATE %s)", what, pgErr.Message, pgErr.Code)
+	case pgconn.Timeout(err) || errors.As(err, new(*pgconn.ConnectError)):
+		return what + ": cannot connect to the database"
+	}
+	return what + ": the database could not be read"
 }
 
 func newTemplate() *template.Template {
@@ -126,7 +162,10 @@ type view struct {
 	PendingChart      chart
 	LatencyChart      chart
 	ReconcileProgress string
-	Errors            []string // what could not be read; the rest is still shown
+	// SlotRead, SummaryRead and ProblemsRead say what was read; what was not shows as
+	// unknown.
+	SlotRead, SummaryRead, ProblemsRead bool
+	Errors                              []string // what could not be read; the rest is still shown
 }
 
 type problemRow struct {
@@ -142,11 +181,13 @@ var kindWords = map[state.Kind]string{
 	state.Conflict:  "shares a contact with another student",
 }
 
-// collect reads what the page shows; what cannot be read is named in Errors.
+// collect reads what the page shows; what cannot be read is named in Errors and shown as
+// unknown, never as zero.
 func collect(ctx context.Context, o Options, page int) view {
 	v := view{Now: time.Now().UTC(), RefreshSeconds: int(o.Refresh.Seconds()), SlotName: o.Slot, RateLimit: o.RateLimit}
 	v.Ready, v.ReadyWhy = o.Health.Ready()
 	v.Role = role(o.Health)
+	v.ReadyWhy = strings.TrimPrefix(v.ReadyWhy, v.Role+": ")
 	v.DailyPaused = o.Health.DailyPaused()
 	v.Requests = o.Metrics.RequestsWithin(o.RateLimit.Per)
 	var err error
@@ -156,13 +197,22 @@ func collect(ctx context.Context, o Options, page int) view {
 	samples := o.Metrics.Samples()
 	v.PendingChart = pendingChart(samples, v.Now)
 	v.LatencyChart = latencyChart(samples, v.Now)
+	fail := func(what string, err error) {
+		v.Errors = append(v.Errors, unreadable(what, err))
+		if o.Log != nil {
+			o.Log.WithError(err).Debug("status page: " + what)
+		}
+	}
 	if v.Slot, err = replication.ReadSlot(ctx, o.DB, o.Slot); err != nil {
-		v.Errors = append(v.Errors, err.Error())
+		fail("the replication slot", err)
+	} else {
+		v.SlotRead = true
 	}
 	if v.Summary, err = state.Summarize(ctx, o.DB, o.Slot); err != nil {
-		v.Errors = append(v.Errors, err.Error())
+		fail("the sync state", err)
 		return v
 	}
+	v.SummaryRead = true
 	v.ReconcileProgress = reconcileProgress(v.Summary.Reconcile, o.RateLimit)
 	v.Unmatched, v.Rejected, v.Conflict = v.Summary.Problems[state.Unmatched], v.Summary.Problems[state.Rejected], v.Summary.Problems[state.Conflict]
 	v.ProblemsTotal = v.Unmatched + v.Rejected + v.Conflict
@@ -170,8 +220,10 @@ func collect(ctx context.Context, o Options, page int) view {
 	v.Page = min(max(page, 1), v.Pages)
 	rows, err := o.Store.ProblemPage(ctx, (v.Page-1)*PerPage, PerPage)
 	if err != nil {
-		v.Errors = append(v.Errors, err.Error())
+		fail("the students not synced", err)
+		return v
 	}
+	v.ProblemsRead = true
 	for _, p := range rows {
 		v.Problems = append(v.Problems, problemRow{Email: o.maskEmail(p.Email), Student: p.StudentID.String(), Kind: kindWords[p.Kind],
 			Reason: o.mask(p.Reason), Attempts: p.Attempts, LastTried: p.LastTried})

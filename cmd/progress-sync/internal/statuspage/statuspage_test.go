@@ -2,9 +2,14 @@ package statuspage
 
 import (
 	"bytes"
+	"context"
+	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/focusenglish/progress-sync/cmd/progress-sync/internal/telemetry"
 	"github.com/focusenglish/progress-sync/hubspot"
@@ -109,18 +114,23 @@ func TestThePageRendersEveryState(t *testing.T) {
 		Summary: state.Summary{Exists: true, Pending: 3, OldestWait: 4 * time.Second, Reconcile: &state.ReconcilePass{Pass: 2, Running: true, StartedAt: now}},
 		Totals:  telemetry.Totals{ContactsUpdated: 356, RateLimited: map[string]float64{"DAILY": 1}}, RateLimit: hubspot.Rate{Requests: 100, Per: 10 * time.Second},
 		Problems:      []problemRow{{Email: "a***@example.com", Student: "s1", Kind: "no contact in HubSpot", Reason: "<script>", Attempts: 2}},
-		ProblemsTotal: 30, Page: 2, Pages: 2, ReconcileProgress: "100 of about 300 contacts read"}
+		ProblemsTotal: 30, Page: 2, Pages: 2, ReconcileProgress: "100 of about 300 contacts read",
+		SlotRead: true, SummaryRead: true, ProblemsRead: true}
 	for _, tc := range []struct {
-		name string
-		v    view
-		want []string
+		name         string
+		v            view
+		want, absent []string
 	}{
 		{"streaming", full, []string{`id="ready">Streaming.`, `id="lag-bytes" data-value="11400">11.4 kB`, `id="pending">3<`, `id="contacts-updated">356<`,
-			`id="rate-limited-daily">1<`, "page 2 of 2", `href="?page=1"`, "&lt;script&gt;", "pass 2 under way", "100 of about 300 contacts read"}},
-		{"standby", view{Now: now, Role: "standby", ReadyWhy: "another instance holds the replication slot"}, []string{"Standby: another instance holds the replication slot.", "does not exist", "Every student with changes is in HubSpot.", "never run"}},
-		{"database away", view{Now: now, Role: "connecting", ReadyWhy: "not streaming from the replication slot", Errors: []string{"read slot: connection refused"}},
-			[]string{"Could not read: read slot: connection refused", "Not ready: not streaming"}},
-		{"daily limit", view{Now: now, Role: "streaming", DailyPaused: true, ReadyWhy: "HubSpot's daily API limit is spent"}, []string{"spent: pushes are paused"}},
+			`id="rate-limited-daily">1<`, "page 2 of 2", `href="?page=1"`, "&lt;script&gt;", "pass 2 under way", "100 of about 300 contacts read"}, []string{"unknown", "Could not read"}},
+		{"standby", view{Now: now, Role: "standby", ReadyWhy: "another instance holds the replication slot", SlotRead: true, SummaryRead: true, ProblemsRead: true},
+			[]string{"Standby: another instance holds the replication slot.", "does not exist", "Every student with changes is in HubSpot.", "never run"}, nil},
+		// The database frozen under a streaming instance: nothing read may show as zero or fine.
+		{"database away", view{Now: now, Role: "streaming", Ready: true, Errors: []string{"the sync state: the database did not answer within 5s"}},
+			[]string{"Could not read the sync state: the database did not answer within 5s.", `<span id="pending"><span class="bad">unknown</span>`,
+				"<title>progress-sync: cannot read the database</title>", "cannot read everything"},
+			[]string{"Every student with changes is in HubSpot.", "none waiting", "never run", "none yet", "Changes reach HubSpot as they happen", "0 bytes"}},
+		{"daily limit", view{Now: now, Role: "streaming", DailyPaused: true, ReadyWhy: "HubSpot's daily API limit is spent"}, []string{"spent: pushes are paused"}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var b bytes.Buffer
@@ -130,6 +140,11 @@ func TestThePageRendersEveryState(t *testing.T) {
 			for _, w := range tc.want {
 				if !strings.Contains(b.String(), w) {
 					t.Errorf("page lacks %q", w)
+				}
+			}
+			for _, a := range tc.absent {
+				if strings.Contains(b.String(), a) {
+					t.Errorf("page shows %q", a)
 				}
 			}
 			for _, never := range []string{"<script", "http://", "https://", "src="} {
@@ -154,6 +169,21 @@ func TestReconcileProgressCountsTheBudget(t *testing.T) {
 	} {
 		if got := reconcileProgress(tc.pass, limit); got != tc.want {
 			t.Errorf("reconcileProgress(%+v) = %q, want %q", tc.pass, got, tc.want)
+		}
+	}
+}
+
+func TestUnreadableNamesNoConnectionDetails(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want string
+	}{
+		{fmt.Errorf("read slot: %w", context.DeadlineExceeded), "the slot: the database did not answer within 5s"},
+		{fmt.Errorf("count: %w", &pgconn.PgError{Code: "42501", Message: "permission denied for table pending"}), "the slot: permission denied for table pending (SQLSTATE 42501)"},
+		{errors.New("failed to connect to `user=postgres database=app`: 127.0.0.1:5432: dial error"), "the slot: the database could not be read"},
+	} {
+		if got := unreadable("the slot", tc.err); got != tc.want {
+			t.Errorf("unreadable(%v) = %q, want %q", tc.err, got, tc.want)
 		}
 	}
 }
