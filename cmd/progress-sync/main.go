@@ -99,7 +99,7 @@ func newRoot(stdout, stderr io.Writer, getenv func(string) (string, bool)) *cobr
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	config.Register(root.PersistentFlags())
 	root.PersistentFlags().DurationVar(&a.hubspotTimeout, "hubspot-timeout", 30*time.Second, "give up on a HubSpot request after this long (it is retried)")
-	root.PersistentFlags().BoolVar(&a.showEmails, "show-emails", false, "log email addresses in full (by default logs mask them: a***@example.com)")
+	root.PersistentFlags().BoolVar(&a.showEmails, "show-emails", false, "show email addresses in full in logs and on the status page (by default they are masked: a***@example.com)")
 	a.root = root
 	root.AddCommand(a.runCmd(), a.setupCmd(), a.provisionCmd(), a.backfillCmd(), a.explainCmd(), a.replayCmd(), a.statusCmd(), a.teardownCmd(), a.checkCmd())
 	return root

@@ -154,8 +154,7 @@ in HubSpot workflows that watch those properties: run it with --dry-run first.`,
 // backfill pushes every student, or those with the given emails, in batches of push.MaxBatch,
 // comparing with what HubSpot holds. A full backfill also lets go of the contacts of students
 // deleted since they were synced.
-func backfill(ctx context.Context, db *pgxpool.Pool, p *push.Pusher, store *state.Store, emails []string, show func(total int) *progress) (push.Result, error) {
-	var total push.Result
+func backfill(ctx context.Context, db *pgxpool.Pool, p *push.Pusher, store *state.Store, emails []string, show func(total int) *progress) (total push.Result, err error) {
 	// Every batch is computed from a complete view: a policy switched on halfway through
 	// stops the backfill instead of clearing the rest.
 	view := replication.CompleteView{DB: db}
@@ -177,7 +176,7 @@ func backfill(ctx context.Context, db *pgxpool.Pool, p *push.Pusher, store *stat
 			return total, usageError{fmt.Errorf("no student has the email(s) %s", strings.Join(missing, ", "))}
 		}
 		shown := show(len(ids))
-		defer shown.finish()
+		defer func() { shown.finish(err) }()
 		for start := 0; start < len(ids); start += push.MaxBatch {
 			students, err := view.ForStudents(ctx, ids[start:min(start+push.MaxBatch, len(ids))])
 			if err != nil {
@@ -197,7 +196,7 @@ func backfill(ctx context.Context, db *pgxpool.Pool, p *push.Pusher, store *stat
 		return total, err
 	}
 	shown := show(all)
-	defer shown.finish()
+	defer func() { shown.finish(err) }()
 	after := uuid.Nil
 	for {
 		students, err := view.Page(ctx, after, push.MaxBatch)

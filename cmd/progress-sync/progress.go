@@ -29,6 +29,8 @@ type progress struct {
 	started, lastLine             time.Time
 	every                         time.Duration
 	bar                           *progressbar.ProgressBar // nil: log lines
+	term                          *os.File                 // the bar's terminal
+	logOut                        io.Writer                // the log's own output, while the bar owns the terminal
 	log                           *logrus.Entry
 }
 
@@ -39,13 +41,29 @@ func newProgress(out io.Writer, total int, requests *requestCounter, sustained f
 	requests.reset()
 	p := &progress{total: total, requests: requests, sustained: sustained, started: time.Now(), lastLine: time.Now(), every: every, log: log}
 	if f, ok := out.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		p.term = f
 		p.bar = progressbar.NewOptions(total, progressbar.OptionSetWriter(f), progressbar.OptionSetDescription(p.describe()),
 			progressbar.OptionShowCount(), progressbar.OptionShowIts(), progressbar.OptionSetItsString("students"),
 			// Not throttled: the new ETA and the new count are drawn together, once per batch.
 			progressbar.OptionSetElapsedTime(true), progressbar.OptionSetPredictTime(false), progressbar.OptionSetRenderBlankState(true),
 			progressbar.OptionClearOnFinish())
+		// Log lines go above the bar: each clears the bar's row first, and the next batch
+		// draws the bar again below them.
+		p.logOut = log.Logger.Out
+		log.Logger.SetOutput(aboveBar{bar: p.bar, out: p.logOut})
 	}
 	return p
+}
+
+// aboveBar writes log lines on a terminal the bar shares.
+type aboveBar struct {
+	bar *progressbar.ProgressBar
+	out io.Writer
+}
+
+func (a aboveBar) Write(b []byte) (int, error) {
+	_ = a.bar.Clear()
+	return a.out.Write(b)
 }
 
 // add counts a pushed batch.
@@ -53,7 +71,13 @@ func (p *progress) add(res push.Result) {
 	p.done += res.Students
 	p.updated += res.Updated
 	p.batches++
+	// Students added since the count at the start are done too.
+	grown := p.done > p.total
+	p.total = max(p.total, p.done)
 	if p.bar != nil {
+		if grown {
+			p.bar.ChangeMax(p.total)
+		}
 		p.bar.Describe(p.describe())
 		_ = p.bar.Add(res.Students)
 		return
@@ -64,10 +88,20 @@ func (p *progress) add(res push.Result) {
 	}
 }
 
-// finish ends the bar, or logs the last line.
-func (p *progress) finish() {
+// finish ends the bar, or logs the last line: done, or stopped by err.
+func (p *progress) finish(err error) {
 	if p.bar != nil {
-		_ = p.bar.Finish()
+		p.log.Logger.SetOutput(p.logOut)
+		if err == nil {
+			_ = p.bar.Finish()
+			return
+		}
+		_ = p.bar.Exit() // the bar stays as it stopped; what went wrong goes below it
+		fmt.Fprintln(p.term)
+		return
+	}
+	if err != nil {
+		p.logLine("backfill progress: stopped")
 		return
 	}
 	p.logLine("backfill progress: done")

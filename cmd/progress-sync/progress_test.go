@@ -1,8 +1,15 @@
 package main
 
 import (
+	"context"
+	"io"
 	"testing"
 	"time"
+
+	"github.com/sirupsen/logrus"
+	"github.com/sirupsen/logrus/hooks/test"
+
+	"github.com/focusenglish/progress-sync/replication/push"
 )
 
 func TestBackfillETAIsNoLessThanTheRateLimitAllows(t *testing.T) {
@@ -37,5 +44,26 @@ func TestBackfillETAIsNoLessThanTheRateLimitAllows(t *testing.T) {
 				t.Errorf("eta = %s, want %s", got, tc.want)
 			}
 		})
+	}
+}
+
+func TestBackfillProgressSaysHowItEnded(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want string
+	}{
+		{nil, "backfill progress: done"},
+		{context.Canceled, "backfill progress: stopped"},
+	} {
+		logger, hook := test.NewNullLogger()
+		p := newProgress(io.Discard, 100, &requestCounter{}, 1.9, time.Hour, logrus.NewEntry(logger))
+		// Students added after the count at the start raise the total.
+		p.add(push.Result{Students: 100})
+		p.add(push.Result{Students: 50})
+		p.finish(tc.err)
+		last := hook.LastEntry()
+		if last == nil || last.Message != tc.want || last.Data["students_total"] != 150 || last.Data["students_done"] != 150 {
+			t.Errorf("after %v, the last line is %+v, want %q with 150 of 150", tc.err, last, tc.want)
+		}
 	}
 }

@@ -133,9 +133,15 @@ func (a *app) serve(ctx context.Context, f streamFlags, from pglogrepl.LSN) erro
 	health := p.observe(tm)
 	var page http.Handler
 	if !f.noStatusPage {
-		tm.SetRequestWindow(cfg.RateLimit.Per)
-		tm.Sample(buf.Len())
-		go onEveryTick(ctx, telemetry.SampleEvery, func() { tm.Sample(buf.Len()) })
+		tm.KeepRecent(cfg.RateLimit.Per)
+		// Only the holder's buffer is the sync's: a standby's holds what it loaded at start.
+		sample := func() {
+			if p.consumer.Holds() {
+				tm.Sample(buf.Len())
+			}
+		}
+		sample()
+		go onEveryTick(ctx, telemetry.SampleEvery, sample)
 		page = statuspage.Handler(statuspage.Options{DB: db, Store: store, Slot: cfg.Slot, Metrics: tm, Health: health,
 			RateLimit: cfg.RateLimit, ShowEmails: a.showEmails, Log: log.WithField("component", "status-page")})
 	}
@@ -200,7 +206,8 @@ type pipeline struct {
 	watch    sourceWatch
 }
 
-// sourceWatch tests, every interval, what the service reads: the view of the source tables,
+// sourceWatch tests, every interval, what the service reads (and releases the students held
+// back once the stream is back): the view of the source tables,
 // so that /readyz and the metric show hidden rows even while nothing waits to be pushed; and
 // the publication, which an operator may change under a running service. A test that fails
 // (the database is away) is taken for neither.
@@ -212,7 +219,15 @@ type sourceWatch struct {
 func (p *pipeline) watchSource(ctx context.Context, db *pgxpool.Pool, publication string, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
+	streamed := false
 	for {
+		// Back on the stream after an outage: students held back by the failures it caused
+		// go now, not when their backoff ends.
+		if now := p.consumer.Streaming(); now != streamed {
+			if streamed = now; now {
+				p.buf.Release()
+			}
+		}
 		err := replication.CheckVisibility(ctx, db)
 		switch {
 		case errors.As(err, new(*replication.HiddenRowsError)):

@@ -145,7 +145,7 @@ func (f *Flusher) FlushDue(ctx context.Context) (int, error) {
 func (f *Flusher) flushEntries(ctx context.Context, entries []buffer.Entry) (int, error) {
 	if f.opts.MayWrite != nil && !f.opts.MayWrite() {
 		if !f.waiting.Swap(true) {
-			f.log.WithField("students", len(entries)).Info("not pushing: another instance holds the replication slot; these students wait for it to stop")
+			f.log.WithField("students", len(entries)).Info("not pushing: this instance does not hold the replication slot (another instance holds it, or the database is out of reach); these students wait")
 		}
 		f.buf.Retry(entries, standbyWait)
 		return 0, replication.ErrNotHolding

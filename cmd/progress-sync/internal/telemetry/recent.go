@@ -27,7 +27,9 @@ type Sample struct {
 // recent is what the process remembers of the last hour for the status page: Prometheus
 // keeps totals, the page also wants "in the last 10 s" and a chart without a Prometheus.
 type recent struct {
-	mu        sync.Mutex
+	mu sync.Mutex
+	on bool // kept only for the status page
+
 	requests  []time.Time     // HubSpot attempts, newest last, within the rate limit's window
 	window    time.Duration   // how far back requests are kept
 	latencies []time.Duration // since the last sample
@@ -37,6 +39,9 @@ type recent struct {
 func (r *recent) request(at time.Time) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if !r.on {
+		return
+	}
 	r.requests = append(r.requests, at)
 	r.trimRequests(at)
 }
@@ -53,6 +58,9 @@ func (r *recent) trimRequests(now time.Time) {
 func (r *recent) flushed(waits []time.Duration) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if !r.on {
+		return
+	}
 	r.latencies = append(r.latencies, waits...)
 }
 
@@ -74,11 +82,12 @@ func (r *recent) sample(at time.Time, pending int) {
 	r.samples = r.samples[i:]
 }
 
-// SetRequestWindow sets how far back RequestsWithin can look: the rate limit's window.
-func (m *Metrics) SetRequestWindow(d time.Duration) {
+// KeepRecent starts keeping the last hour for the status page (nothing is kept without it):
+// the requests of the last window (the rate limit's), and the pushes between samples.
+func (m *Metrics) KeepRecent(window time.Duration) {
 	m.recent.mu.Lock()
 	defer m.recent.mu.Unlock()
-	m.recent.window = d
+	m.recent.on, m.recent.window = true, window
 }
 
 // RequestsWithin counts the HubSpot attempts of the last d (at most the request window).

@@ -7,8 +7,7 @@ import (
 
 func TestRecentKeepsTheLastHourAndTheRateWindow(t *testing.T) {
 	start := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
-	var r recent
-	r.window = 10 * time.Second
+	r := recent{on: true, window: 10 * time.Second}
 	for _, tc := range []struct {
 		waits           []time.Duration
 		median, slowest time.Duration
@@ -38,8 +37,18 @@ func TestRecentKeepsTheLastHourAndTheRateWindow(t *testing.T) {
 	}
 }
 
+func TestNothingIsKeptWithoutThePage(t *testing.T) {
+	m := New()
+	m.Request("batch/update", 200, time.Millisecond)
+	m.Flushed(3, 2, []time.Duration{time.Second}, []time.Duration{time.Second})
+	if len(m.recent.requests) != 0 || len(m.recent.latencies) != 0 {
+		t.Errorf("kept %d requests and %d latencies without KeepRecent", len(m.recent.requests), len(m.recent.latencies))
+	}
+}
+
 func TestTotalsReadWhatMetricsServe(t *testing.T) {
 	m := New()
+	m.KeepRecent(10 * time.Second)
 	m.Request("batch/update", 200, time.Millisecond)
 	m.Request("batch/read", 429, time.Millisecond)
 	m.RateLimited("TEN_SECONDLY_ROLLING")
