@@ -116,7 +116,13 @@ func TestARunningServiceRepairsDriftWithinOnePass(t *testing.T) {
 	// Repaired by the next pass; /readyz stays ready all along.
 	w.waitEqualReady(svc, 90*time.Second)
 	w.checkUntouched(firstnames)
-	svc.waitLog(`"students_different":60`, 30*time.Second)
+	// The pass complete line (a progress line has students_different too).
+	passComplete := regexp.MustCompile(`"reconcile: pass complete"[^\n]*"students_different":60,`)
+	for deadline := time.Now().Add(30 * time.Second); !passComplete.MatchString(svc.logs.String()); time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no pass complete line with 60 students different")
+		}
+	}
 	// The pass said how far it had got, ending at its total: every contact it read.
 	complete := regexp.MustCompile(`"contacts_read":(\d+),[^\n]*"reconcile: pass complete"`).FindStringSubmatch(svc.logs.String())
 	progress := regexp.MustCompile(`"contacts_read":(\d+),"contacts_total":(\d+),"eta":"0s"[^\n]*"reconcile: progress"`).FindStringSubmatch(svc.logs.String())
