@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+	"github.com/jackc/pglogrepl"
 )
 
 // browser is a headless Chromium the test drives, Debian's `chromium` package unless
@@ -79,6 +80,12 @@ func statusFigures(t *testing.T, out string) pageFigures {
 	return pageFigures{"pending": m[1], "unmatched": m[2], "rejected": m[3], "conflict": m[4], "checkpoint": cp[1]}
 }
 
+// lsnOf reads a checkpoint as shown; 0 when it is not one (the page could not read it).
+func lsnOf(s string) pglogrepl.LSN {
+	lsn, _ := pglogrepl.ParseLSN(s)
+	return lsn
+}
+
 // metricFigures reads the same numbers from /metrics.
 func metricFigures(t *testing.T, body string) pageFigures {
 	t.Helper()
@@ -133,6 +140,8 @@ func TestTheStatusPageShowsWhatStatusAndMetricsSay(t *testing.T) {
 	url := "http://" + regexp.MustCompile(`"addr":"([^"]+)"`).FindStringSubmatch(svc.logs.String())[1] + "/"
 
 	// The page, status and /metrics read the same state: once the service is idle they agree.
+	// The checkpoint moves on every status interval even then: the page's lies between the
+	// one status showed before and the one it showed after.
 	var page pageFigures
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -141,6 +150,11 @@ func TestTheStatusPageShowsWhatStatusAndMetricsSay(t *testing.T) {
 		_, body := svc.scrape("/metrics")
 		after := statusFigures(t, w.cli.mustRun("status").stdout)
 		bad := append(differs(page, before), differs(page, metricFigures(t, body))...)
+		if from, shown, to := lsnOf(before["checkpoint"]), lsnOf(page["checkpoint"]), lsnOf(after["checkpoint"]); shown > 0 && from <= shown && shown <= to {
+			bad = slices.DeleteFunc(bad, func(d string) bool { return strings.HasPrefix(d, "checkpoint:") })
+		}
+		delete(before, "checkpoint")
+		delete(after, "checkpoint")
 		if len(bad) == 0 && len(differs(before, after)) == 0 {
 			break
 		}
