@@ -386,6 +386,15 @@ func TestBackfillEndToEnd(t *testing.T) {
 			if !strings.Contains(dry.stdout, "would update contact") || !strings.Contains(dry.stdout, "unmatched") {
 				t.Fatalf("dry run printed no changes:\n%s", tail(dry.stdout, 2000))
 			}
+			// The report lands in job logs: no email in full, nor what was typed instead of one.
+			for _, s := range w.students {
+				if e := strings.ToLower(strings.TrimSpace(s.Email)); strings.Contains(strings.ToLower(dry.stdout), e) {
+					t.Fatalf("the dry run's report shows the email %s in full", e)
+				}
+			}
+			if strings.Contains(dry.stdout, "not an email") || strings.Contains(dry.stdout, "alias-of-101@") {
+				t.Fatal("the dry run's report shows what a student typed in full")
+			}
 			if st := w.emu.Stats(); st.BatchUpdates != 0 {
 				t.Fatalf("dry run sent %d batch/update requests", st.BatchUpdates)
 			}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -139,7 +140,7 @@ in HubSpot workflows that watch those properties: run it with --dry-run first.`,
 			res, err := backfill(ctx, db, p, store, emails, func(total int) *progress {
 				return newProgress(a.stderr, total, requests, cfg.RateLimit.Sustained(), progressEvery, log)
 			})
-			report(cmd.OutOrStdout(), res, dryRun)
+			report(cmd.OutOrStdout(), res, dryRun, a.showEmails)
 			return err
 		},
 	}
@@ -236,7 +237,12 @@ func forgetDeparted(ctx context.Context, p *push.Pusher, store *state.Store, tot
 }
 
 // report prints what a backfill did, or would do in a dry run.
-func report(out io.Writer, res push.Result, dryRun bool) {
+func report(out io.Writer, res push.Result, dryRun, showEmails bool) {
+	// The report lands in job logs like any log line: emails masked unless --show-emails.
+	email := push.MaskEmail
+	if showEmails {
+		email = strconv.Quote
+	}
 	if dryRun {
 		sort.Slice(res.Changes, func(i, j int) bool { return res.Changes[i].ContactID < res.Changes[j].ContactID })
 		for _, c := range res.Changes {
@@ -249,7 +255,7 @@ func report(out io.Writer, res push.Result, dryRun bool) {
 			if c.Release {
 				verb = "would clear the synced properties of" // the student left it
 			}
-			fmt.Fprintf(out, "%s contact %s (%s, student %s):\n", verb, c.ContactID, c.Email, c.StudentID)
+			fmt.Fprintf(out, "%s contact %s (%s, student %s):\n", verb, c.ContactID, email(c.Email), c.StudentID)
 			for _, n := range names {
 				v := c.Properties[n]
 				fmt.Fprintf(out, "  %-22s %q -> %q\n", n, v[0], v[1])
@@ -257,7 +263,7 @@ func report(out io.Writer, res push.Result, dryRun bool) {
 		}
 	}
 	for _, p := range res.Problems {
-		fmt.Fprintf(out, "%-9s student %s (%s): %s\n", p.Kind, p.StudentID, p.Email, p.Reason)
+		fmt.Fprintf(out, "%-9s student %s (%s): %s\n", p.Kind, p.StudentID, email(p.Email), p.Reason)
 	}
 	verb, n, released := "updated", res.Updated, res.Released
 	if dryRun {

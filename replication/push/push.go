@@ -714,15 +714,17 @@ func (p *Pusher) canonical(props map[string]string) map[string]string {
 	return out
 }
 
-// MaskEmail hides most of an email address for logs and the status page: a***@example.com.
-// What is not one address (two addresses, text around one, no @) keeps only its first
-// letter: j***. It cuts at a letter, never inside one.
+// MaskEmail hides most of an email address for logs, reports and the status page:
+// a***@example.com. What is not one address (two addresses, text around one, no @, nothing
+// before the @, a domain without a dot) keeps only its first letter: j***. It cuts at a
+// letter, never inside one.
 func MaskEmail(email string) string {
 	if email == "" {
 		return ""
 	}
 	local, domain, ok := strings.Cut(email, "@")
-	if !ok || strings.Contains(domain, "@") || strings.ContainsAny(email, " \t\r\n,;<>()[]\"'") {
+	if !ok || local == "" || !strings.Contains(domain, ".") || strings.Contains(domain, "@") ||
+		strings.ContainsAny(email, " \t\r\n,;<>()[]\"'") {
 		return firstLetter(email) + "***"
 	}
 	return firstLetter(local) + "***@" + domain

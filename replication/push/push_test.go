@@ -216,7 +216,7 @@ func TestSecondPushSendsNothingAndRejectedValuesWaitForAChange(t *testing.T) {
 }
 
 func TestMaskEmail(t *testing.T) {
-	for in, want := range map[string]string{"ada@example.com": "a***@example.com", "": "", "x": "x***", "@d.com": "***@d.com",
+	for in, want := range map[string]string{"ada@example.com": "a***@example.com", "": "", "x": "x***", "@d.com": "@***", "a.secret8@b": "a***", "@onlydomain.secret.com": "@***",
 		// Not one address: nothing after the first letter may show.
 		"x@jane.doe.secret@gmail.com": "x***", "jane@gmail.com, bob.secret@yahoo.com": "j***",
 		"mia@example.com bob.other@example.com": "m***", "tom@example.com\nann.secret@example.com": "t***",

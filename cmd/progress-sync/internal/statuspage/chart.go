@@ -39,7 +39,10 @@ type dot struct{ X, Y string }
 // is less (at least a minute), so a young process does not draw in the last pixels.
 func span(samples []telemetry.Sample, now time.Time) (from time.Time) {
 	from = now.Add(-telemetry.History)
-	if len(samples) > 0 && samples[0].At.After(from) {
+	switch {
+	case len(samples) == 0:
+		from = now // no point yet (a standby keeps none): the minute below
+	case samples[0].At.After(from):
 		from = samples[0].At
 	}
 	if latest := now.Add(-time.Minute); from.After(latest) {
