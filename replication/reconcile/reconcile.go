@@ -63,6 +63,8 @@ type Position interface {
 	Page(ctx context.Context, after uuid.UUID, limit int) ([]state.LinkedStudent, error)
 	Advance(ctx context.Context, p state.ReconcilePass, drifted map[string][]string) error
 	Finish(ctx context.Context, p state.ReconcilePass) (recurring map[string]int, err error)
+	// Left counts the links after a student, for the progress lines.
+	Left(ctx context.Context, after uuid.UUID) (int, error)
 }
 
 // Observer hears what the walk finds, for metrics.
@@ -111,6 +113,7 @@ type shownProgress struct {
 	pass      int64
 	since     time.Time
 	readSince int // contacts the pass had read then
+	left      int // links still to read, counted then and counted down by each page
 	lastLine  time.Time
 }
 
@@ -226,31 +229,38 @@ func (r *Reconciler) pageOf(ctx context.Context, pass state.ReconcilePass) error
 	if err := r.position.Advance(ctx, pass, found.drifted); err != nil {
 		return err
 	}
-	pass.Left = max(pass.Left-len(links), 0)
-	r.showProgress(pass, found.read)
+	r.showProgress(ctx, pass, found.read, len(links))
 	return nil
 }
 
 // showProgress logs, every ProgressEvery, how far the pass has got: contacts read of the
-// total, students found different, the rate and an ETA (docs/contract.md §5).
-func (r *Reconciler) showProgress(pass state.ReconcilePass, justRead int) {
+// total, students found different, the rate and an ETA (docs/contract.md §5). The links
+// left are counted once, when this process takes up the pass, then counted down.
+func (r *Reconciler) showProgress(ctx context.Context, pass state.ReconcilePass, justRead, page int) {
 	now := time.Now()
 	if r.shown.pass != pass.Pass {
-		// The clock starts before this page, so its read counts in the rate.
-		r.shown = shownProgress{pass: pass.Pass, since: now, readSince: pass.ContactsRead - justRead, lastLine: now}
-		if pass.Left > 0 {
+		left, err := r.position.Left(ctx, pass.After)
+		if err != nil {
+			r.opts.Log.WithError(err).Debug("reconcile: could not count the links left; no progress line yet")
 			return
 		}
+		// The clock starts before this page, so its read counts in the rate.
+		r.shown = shownProgress{pass: pass.Pass, since: now, readSince: pass.ContactsRead - justRead, left: left, lastLine: now}
+		if left > 0 {
+			return
+		}
+	} else {
+		r.shown.left = max(r.shown.left-page, 0)
 	}
-	if now.Sub(r.shown.lastLine) < r.opts.ProgressEvery && pass.Left > 0 {
+	if now.Sub(r.shown.lastLine) < r.opts.ProgressEvery && r.shown.left > 0 {
 		return
 	}
 	r.shown.lastLine = now
 	took := now.Sub(r.shown.since)
 	rate := float64(pass.ContactsRead-r.shown.readSince) / max(took.Seconds(), 0.001)
-	r.opts.Log.WithFields(logrus.Fields{"pass": pass.Pass, "contacts_read": pass.ContactsRead, "contacts_total": pass.ContactsRead + pass.Left,
+	r.opts.Log.WithFields(logrus.Fields{"pass": pass.Pass, "contacts_read": pass.ContactsRead, "contacts_total": pass.ContactsRead + r.shown.left,
 		"students_different": pass.StudentsDifferent, "contacts_per_second": float64(int(rate*10)) / 10,
-		"eta": TimeLeft(pass.Left, r.opts.Budget, rate).Round(time.Second).String()}).Info("reconcile: progress")
+		"eta": TimeLeft(r.shown.left, r.opts.Budget, rate).Round(time.Second).String()}).Info("reconcile: progress")
 }
 
 // TimeLeft is how long reading left more contacts takes: at least a batch/read per page at

@@ -221,6 +221,11 @@ func Summarize(ctx context.Context, db RowQuerier, slot string) (Summary, error)
 	}
 	sum.Problems[Unmatched], sum.Problems[Rejected], sum.Problems[Conflict] = unmatched, rejected, conflicts
 	if rp, err := readReconcile(ctx, db, slot); err == nil {
+		if rp.Running {
+			if rp.Left, err = linksAfter(ctx, db, rp.After); err != nil {
+				return sum, err
+			}
+		}
 		sum.Reconcile = &rp
 	} else if !errors.Is(err, pgx.ErrNoRows) && !isUndefinedTable(err) {
 		return sum, fmt.Errorf("read the reconcile state: %w", err)

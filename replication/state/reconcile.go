@@ -25,8 +25,8 @@ type ReconcilePass struct {
 	ContactsRead      int
 	StudentsDifferent int
 	Differed          map[string]int
-	// Left is how many links remain after After in a running pass: with HubSpot's rate
-	// limit, it gives the pass's ETA.
+	// Left is how many links remain after After in a running pass (with HubSpot's rate
+	// limit, the pass's ETA). Summarize counts it; Load does not (the walk counts its own).
 	Left int
 }
 
@@ -69,11 +69,9 @@ func readReconcile(ctx context.Context, db RowQuerier, slot string) (ReconcilePa
 	var p ReconcilePass
 	var after *uuid.UUID
 	var started *time.Time
-	err := db.QueryRow(ctx, `SELECT pass, after_student, started_at, completed_at, contacts_read, students_different, differed,
-			CASE WHEN after_student IS NULL THEN 0
-			ELSE (SELECT count(*) FROM `+Schema+`.contact_links l WHERE l.student_id > r.after_student) END
-		FROM `+Schema+`.reconcile r WHERE slot = $1`, slot).
-		Scan(&p.Pass, &after, &started, &p.CompletedAt, &p.ContactsRead, &p.StudentsDifferent, &p.Differed, &p.Left)
+	err := db.QueryRow(ctx, `SELECT pass, after_student, started_at, completed_at, contacts_read, students_different, differed
+		FROM `+Schema+`.reconcile WHERE slot = $1`, slot).
+		Scan(&p.Pass, &after, &started, &p.CompletedAt, &p.ContactsRead, &p.StudentsDifferent, &p.Differed)
 	if err != nil {
 		return p, err
 	}
@@ -87,6 +85,19 @@ func readReconcile(ctx context.Context, db RowQuerier, slot string) (ReconcilePa
 		p.Differed = map[string]int{}
 	}
 	return p, nil
+}
+
+// Left counts the links after the given student: what a pass standing there has still to read.
+func (r *Reconciliation) Left(ctx context.Context, after uuid.UUID) (int, error) {
+	return linksAfter(ctx, r.db, after)
+}
+
+func linksAfter(ctx context.Context, db RowQuerier, after uuid.UUID) (int, error) {
+	var n int
+	if err := db.QueryRow(ctx, `SELECT count(*) FROM `+Schema+`.contact_links WHERE student_id > $1`, after).Scan(&n); err != nil {
+		return 0, fmt.Errorf("count the links left: %w", err)
+	}
+	return n, nil
 }
 
 // Start begins the next pass from the first student.
