@@ -189,7 +189,7 @@ func collect(ctx context.Context, o Options, page int) view {
 	v.Role = role(o.Health)
 	v.ReadyWhy = strings.TrimPrefix(v.ReadyWhy, v.Role+": ")
 	v.DailyPaused = o.Health.DailyPaused()
-	v.Requests = o.Metrics.RequestsWithin(o.RateLimit.Per)
+	v.Requests = o.Metrics.RequestsInWindow()
 	var err error
 	if v.Totals, err = o.Metrics.Totals(); err != nil {
 		v.Errors = append(v.Errors, err.Error())

@@ -47,9 +47,8 @@ func (r *recent) request(at time.Time) {
 }
 
 func (r *recent) trimRequests(now time.Time) {
-	keep := max(r.window, SampleEvery)
 	i := 0
-	for i < len(r.requests) && now.Sub(r.requests[i]) > keep {
+	for i < len(r.requests) && now.Sub(r.requests[i]) > r.window {
 		i++
 	}
 	r.requests = r.requests[i:]
@@ -90,19 +89,12 @@ func (m *Metrics) KeepRecent(window time.Duration) {
 	m.recent.on, m.recent.window = true, window
 }
 
-// RequestsWithin counts the HubSpot attempts of the last d (at most the request window).
-func (m *Metrics) RequestsWithin(d time.Duration) int {
-	now := time.Now()
+// RequestsInWindow counts the HubSpot attempts of the last window (KeepRecent's).
+func (m *Metrics) RequestsInWindow() int {
 	m.recent.mu.Lock()
 	defer m.recent.mu.Unlock()
-	m.recent.trimRequests(now)
-	n := 0
-	for _, at := range m.recent.requests {
-		if now.Sub(at) <= d {
-			n++
-		}
-	}
-	return n
+	m.recent.trimRequests(time.Now())
+	return len(m.recent.requests)
 }
 
 // Samples returns the chart points of the last hour, oldest first.

@@ -60,7 +60,7 @@ func TestTotalsReadWhatMetricsServe(t *testing.T) {
 	if tot.Requests != 2 || tot.ContactsUpdated != 2 || tot.RateLimited["TEN_SECONDLY_ROLLING"] != 1 || tot.RateLimited["DAILY"] != 0 {
 		t.Errorf("totals = %+v", tot)
 	}
-	if n := m.RequestsWithin(10 * time.Second); n != 2 {
+	if n := m.RequestsInWindow(); n != 2 {
 		t.Errorf("requests within 10 s = %d, want 2", n)
 	}
 }
