@@ -18,13 +18,14 @@ const (
 
 // chart is one inline SVG line chart over the last hour.
 type chart struct {
-	W, H   int
-	Lines  []line
-	YMax   string // the top gridline's label
-	YMid   string
-	Empty  bool
-	Latest string // the newest value, in words
-	From   string // the left edge's time
+	ID, Title string
+	W, H      int
+	Lines     []line
+	YMax      string // the top gridline's label
+	YMid      string
+	Empty     bool
+	Latest    string // the newest value, in words
+	From      string // the left edge's time
 }
 
 type line struct {
@@ -51,12 +52,12 @@ func span(samples []telemetry.Sample, now time.Time) (from time.Time) {
 	return from
 }
 
-func newChart(samples []telemetry.Sample, now time.Time) chart {
-	return chart{W: chartW, H: chartH, From: span(samples, now).UTC().Format("15:04:05Z")}
+func newChart(id, title string, samples []telemetry.Sample, now time.Time) chart {
+	return chart{ID: id, Title: title, W: chartW, H: chartH, From: span(samples, now).UTC().Format("15:04:05Z")}
 }
 
 func pendingChart(samples []telemetry.Sample, now time.Time) chart {
-	c := newChart(samples, now)
+	c := newChart("pending-chart", "Students waiting to be pushed", samples, now)
 	c.Empty = len(samples) == 0
 	top := 0.0
 	for _, s := range samples {
@@ -74,7 +75,7 @@ func pendingChart(samples []telemetry.Sample, now time.Time) chart {
 }
 
 func latencyChart(samples []telemetry.Sample, now time.Time) chart {
-	c := newChart(samples, now)
+	c := newChart("latency-chart", "From a change to HubSpot", samples, now)
 	c.Empty = true
 	top := 0.0
 	var last telemetry.Sample

@@ -7,17 +7,18 @@ import (
 	"time"
 )
 
-var funcs = template.FuncMap{
-	"num":   num,
-	"bytes": humanBytes,
-	"utc":   func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05Z") },
-	"ago":   ago,
-	"dur":   dur,
-	"inc":   func(i int) int { return i + 1 },
-	"dec":   func(i int) int { return i - 1 },
-	"add":   func(n, x int) int { return x + n },
-	"half":  func(x int) int { return x / 2 },
-	"dict":  dict,
+func funcs() template.FuncMap {
+	return template.FuncMap{
+		"num":   num,
+		"bytes": humanBytes,
+		"utc":   func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05Z") },
+		"ago":   ago,
+		"dur":   dur,
+		"inc":   func(i int) int { return i + 1 },
+		"dec":   func(i int) int { return i - 1 },
+		"add":   func(n, x int) int { return x + n },
+		"half":  func(x int) int { return x / 2 },
+	}
 }
 
 // num writes a count with thousands separators: 100,000.
@@ -92,20 +93,4 @@ func dur(d time.Duration) string {
 	default:
 		return fmt.Sprintf("%d h %d min", s/3600, s%3600/60)
 	}
-}
-
-// dict builds a template's argument from name, value pairs.
-func dict(pairs ...any) (map[string]any, error) {
-	if len(pairs)%2 != 0 {
-		return nil, fmt.Errorf("dict: odd number of arguments")
-	}
-	m := make(map[string]any, len(pairs)/2)
-	for i := 0; i < len(pairs); i += 2 {
-		k, ok := pairs[i].(string)
-		if !ok {
-			return nil, fmt.Errorf("dict: key %v is not a string", pairs[i])
-		}
-		m[k] = pairs[i+1]
-	}
-	return m, nil
 }

@@ -116,7 +116,7 @@ func unreadable(what string, err error) string {
 }
 
 func newTemplate() *template.Template {
-	return template.Must(template.New("page.html.tmpl").Funcs(funcs).ParseFS(files, "page.html.tmpl"))
+	return template.Must(template.New("page.html.tmpl").Funcs(funcs()).ParseFS(files, "page.html.tmpl"))
 }
 
 // emailLike finds addresses inside free text, such as a reason HubSpot gave.
