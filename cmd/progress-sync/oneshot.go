@@ -239,9 +239,9 @@ func forgetDeparted(ctx context.Context, p *push.Pusher, store *state.Store, tot
 // report prints what a backfill did, or would do in a dry run.
 func report(out io.Writer, res push.Result, dryRun, showEmails bool) {
 	// The report lands in job logs like any log line: emails masked unless --show-emails.
-	email := push.MaskEmail
+	email, inText := push.MaskEmail, push.MaskEmailsIn
 	if showEmails {
-		email = strconv.Quote
+		email, inText = strconv.Quote, func(s string) string { return s }
 	}
 	if dryRun {
 		sort.Slice(res.Changes, func(i, j int) bool { return res.Changes[i].ContactID < res.Changes[j].ContactID })
@@ -263,7 +263,7 @@ func report(out io.Writer, res push.Result, dryRun, showEmails bool) {
 		}
 	}
 	for _, p := range res.Problems {
-		fmt.Fprintf(out, "%-9s student %s (%s): %s\n", p.Kind, p.StudentID, email(p.Email), p.Reason)
+		fmt.Fprintf(out, "%-9s student %s (%s): %s\n", p.Kind, p.StudentID, email(p.Email), inText(p.Reason))
 	}
 	verb, n, released := "updated", res.Updated, res.Released
 	if dryRun {

@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"regexp"
 	"sort"
 	"strings"
 
@@ -729,6 +730,12 @@ func MaskEmail(email string) string {
 	}
 	return firstLetter(local) + "***@" + domain
 }
+
+// emailLike finds addresses inside free text, such as a reason HubSpot gave.
+var emailLike = regexp.MustCompile(`[^\s"'<>,;:()\[\]{}]+@[^\s"'<>,;:()\[\]{}]+`)
+
+// MaskEmailsIn masks every address inside text (a reason, a message) with MaskEmail.
+func MaskEmailsIn(text string) string { return emailLike.ReplaceAllStringFunc(text, MaskEmail) }
 
 // firstLetter is the first character of s, whole ("É", not half of it).
 func firstLetter(s string) string {

@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"html/template"
 	"net/http"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -119,15 +118,12 @@ func newTemplate() *template.Template {
 	return template.Must(template.New("page.html.tmpl").Funcs(funcs()).ParseFS(files, "page.html.tmpl"))
 }
 
-// emailLike finds addresses inside free text, such as a reason HubSpot gave.
-var emailLike = regexp.MustCompile(`[^\s"'<>,;:()\[\]{}]+@[^\s"'<>,;:()\[\]{}]+`)
-
 // mask hides most of each email in s unless emails are shown.
 func (o Options) mask(s string) string {
 	if o.ShowEmails {
 		return s
 	}
-	return emailLike.ReplaceAllStringFunc(s, push.MaskEmail)
+	return push.MaskEmailsIn(s)
 }
 
 // maskEmail hides most of a student's email, or whatever the student typed instead of one,
