@@ -65,10 +65,19 @@ func checkToken(raw string) (string, error) {
 	if token == "" {
 		return "", errors.New("hubspot: access token is empty")
 	}
-	for i := 0; i < len(token); i++ {
-		if token[i] <= ' ' || token[i] >= 0x7f {
-			return "", fmt.Errorf("hubspot: access token contains whitespace or non-printable characters")
-		}
+	if !Sendable(token) {
+		return "", fmt.Errorf("hubspot: access token contains whitespace or non-printable characters")
 	}
 	return token, nil
+}
+
+// Sendable reports whether a token can go in an Authorization header: printable ASCII with
+// no whitespace.
+func Sendable(token string) bool {
+	for i := 0; i < len(token); i++ {
+		if token[i] <= ' ' || token[i] >= 0x7f {
+			return false
+		}
+	}
+	return true
 }

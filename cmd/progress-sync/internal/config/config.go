@@ -135,22 +135,23 @@ func Load(fs *pflag.FlagSet, getenv func(string) (string, bool), needs Needs) (C
 			if c.HubSpotToken != "" {
 				bad("HUBSPOT_ACCESS_TOKEN_FILE", "set together with HUBSPOT_ACCESS_TOKEN; set one of them")
 			}
-			token, err := ReadTokenFile(file)
-			if err != nil {
+			// ReadTokenFile refuses an empty or unsendable token itself.
+			if token, err := ReadTokenFile(file); err != nil {
 				bad("HUBSPOT_ACCESS_TOKEN_FILE", "%v", err)
+			} else {
+				c.HubSpotToken, c.HubSpotTokenFile = token, file
 			}
-			c.HubSpotToken, c.HubSpotTokenFile = token, file
 		}
 		switch {
-		case c.HubSpotToken == "" && c.HubSpotTokenFile != "":
+		case file != "":
 		case c.HubSpotToken == "":
 			where := ""
 			if dir, ok := getenv("CREDENTIALS_DIRECTORY"); ok {
 				where = fmt.Sprintf(" (no %s either: check the unit's LoadCredential=hubspot-token:...)", filepath.Join(dir, "hubspot-token"))
 			}
-			bad("HUBSPOT_ACCESS_TOKEN", "not set%s; create a HubSpot service key (Settings > Integrations > Service Keys; or a legacy private app) with scopes crm.objects.contacts.read, crm.objects.contacts.write, crm.schemas.contacts.read, crm.schemas.contacts.write, and give it in a file named by HUBSPOT_ACCESS_TOKEN_FILE or in HUBSPOT_ACCESS_TOKEN", where)
-		case unsendable(c.HubSpotToken):
-			// As hubspot.New checks: such a token cannot go in an Authorization header.
+			bad("HUBSPOT_ACCESS_TOKEN", "not set%s; create a HubSpot service key (Settings > Integrations > Service Keys; or a legacy private app) with scopes %s, and give it in a file named by HUBSPOT_ACCESS_TOKEN_FILE or in HUBSPOT_ACCESS_TOKEN",
+				where, strings.Join(hubspot.RequiredScopes(), ", "))
+		case !hubspot.Sendable(c.HubSpotToken):
 			bad("HUBSPOT_ACCESS_TOKEN", "contains whitespace or non-printable characters; paste the token alone")
 		}
 		c.HubSpotBaseURL = strings.TrimRight(raw["HUBSPOT_BASE_URL"], "/")
@@ -208,12 +209,6 @@ func Load(fs *pflag.FlagSet, getenv func(string) (string, bool), needs Needs) (C
 	return c, nil
 }
 
-// unsendable reports a token that cannot go in an Authorization header, as hubspot.New
-// refuses it: whitespace or bytes outside printable ASCII.
-func unsendable(token string) bool {
-	return strings.IndexFunc(token, func(r rune) bool { return r <= ' ' || r >= 0x7f }) >= 0
-}
-
 func fileExists(p string) bool {
 	_, err := os.Stat(p)
 	return err == nil
@@ -235,7 +230,7 @@ func ReadTokenFile(path string) (string, error) {
 	if token == "" {
 		return "", fmt.Errorf("%s is empty; it must hold the service key (or private app token)", path)
 	}
-	if unsendable(token) {
+	if !hubspot.Sendable(token) {
 		return "", fmt.Errorf("%s holds more than one token, or whitespace or non-printable characters inside it; it must hold the key alone", path)
 	}
 	return token, nil
