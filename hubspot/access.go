@@ -4,18 +4,17 @@ import (
 	"context"
 	"errors"
 	"net/http"
-	"net/url"
 )
 
 // Access is whether the key may do one kind of thing the sync needs.
 type Access struct {
 	Scope string // the scope it takes
 	What  string // what the sync does with it
-	// OK: tried and allowed. Missing: HubSpot answered 403. Otherwise Err says what went
-	// wrong, or Untested why it could not be tried without changing anything.
-	OK, Missing bool
-	Err         error
-	Untested    string
+	// OK: tried and allowed. Otherwise Err says what went wrong (ErrMissingScopes: HubSpot
+	// answered 403), or Untested why it could not be tried without changing anything.
+	OK       bool
+	Err      error
+	Untested string
 }
 
 // CheckAccess tries each kind of access the sync needs without changing anything: it reads a
@@ -23,11 +22,11 @@ type Access struct {
 // never gives out, and asks to create the property group that exists. Reading the property
 // definitions is the caller's own first step (CheckProperties); schemasRead is how it went.
 func (c *Client) CheckAccess(ctx context.Context, group, property string, schemasRead error) []Access {
-	read := Access{Scope: "crm.objects.contacts.read", What: "find contacts by email"}
+	read := Access{Scope: ScopeContactsRead, What: "find contacts by email"}
 	_, err := c.ReadByEmail(ctx, []string{"progress-sync-check@example.invalid"}, []string{property})
 	read.judge(err)
 
-	write := Access{Scope: "crm.objects.contacts.write", What: "write the sync's properties"}
+	write := Access{Scope: ScopeContactsWrite, What: "write the sync's properties"}
 	_, err = c.UpdateContacts(ctx, []Update{{ContactID: "0", Properties: map[string]string{property: ""}}})
 	if errors.Is(err, ErrPropertyMissing) {
 		write.Untested = "the properties are not provisioned yet"
@@ -35,7 +34,7 @@ func (c *Client) CheckAccess(ctx context.Context, group, property string, schema
 		write.judge(err)
 	}
 
-	schemas := Access{Scope: "crm.schemas.contacts.read", What: "verify the properties"}
+	schemas := Access{Scope: ScopeSchemasRead, What: "verify the properties"}
 	schemas.judge(schemasRead)
 
 	return []Access{read, write, schemas, c.checkSchemaWrite(ctx, group)}
@@ -43,14 +42,14 @@ func (c *Client) CheckAccess(ctx context.Context, group, property string, schema
 
 // checkSchemaWrite asks to create the property group again: 409 means the key may.
 func (c *Client) checkSchemaWrite(ctx context.Context, group string) Access {
-	a := Access{Scope: "crm.schemas.contacts.write", What: "create the property group and properties (provision)"}
-	_, _, err := c.do(ctx, call{method: http.MethodGet, path: c.paths.propertyGroups + "/" + url.PathEscape(group), route: c.paths.propertyGroups + "/{groupName}"})
+	a := Access{Scope: ScopeSchemasWrite, What: "create the property group and properties (provision)"}
+	err := c.readGroup(ctx, group)
 	switch {
 	case isStatus(err, http.StatusNotFound):
 		a.Untested = "the property group does not exist yet (provision creates it, and needs this scope)"
 		return a
 	case errors.Is(err, ErrMissingScopes):
-		a.Untested = "telling whether the property group exists takes crm.schemas.contacts.read"
+		a.Untested = "telling whether the property group exists takes " + ScopeSchemasRead
 		return a
 	case err != nil:
 		a.judge(err)
@@ -64,14 +63,4 @@ func (c *Client) checkSchemaWrite(ctx context.Context, group string) Access {
 	return a
 }
 
-func (a *Access) judge(err error) {
-	switch {
-	case err == nil:
-		a.OK = true
-	case errors.Is(err, ErrMissingScopes):
-		a.Missing = true
-		a.Err = err
-	default:
-		a.Err = err
-	}
-}
+func (a *Access) judge(err error) { a.OK, a.Err = err == nil, err }

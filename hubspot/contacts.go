@@ -150,7 +150,7 @@ func (c *Client) batchRead(ctx context.Context, idProperty string, chunk, props 
 		// Misses are the normal "no such contact" case; anything else leaves those inputs
 		// unmatched too, but deserves a look.
 		if e.Category != categoryNotFound {
-			c.log.WithFields(logrus.Fields{"category": c.creds.secrets().redact(e.Category), "message": c.creds.secrets().redact(e.Message)}).
+			c.log.WithFields(logrus.Fields{"category": c.redact(e.Category), "message": c.redact(e.Message)}).
 				Warn("hubspot batch/read reported an error for some inputs; treating them as not found")
 		}
 	}
@@ -181,7 +181,7 @@ func (c *Client) readChunk(ctx context.Context, chunk, props []string, out map[s
 			}
 		}
 		if !matched {
-			c.log.WithField("contact_id", c.creds.secrets().redact(ct.ID)).Warn("hubspot batch/read returned a contact that matches no requested email; ignoring it")
+			c.log.WithField("contact_id", c.redact(ct.ID)).Warn("hubspot batch/read returned a contact that matches no requested email; ignoring it")
 		}
 	}
 	return nil

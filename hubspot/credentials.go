@@ -24,6 +24,9 @@ func (cr *credentials) token() string {
 	return cr.current
 }
 
+// redact removes from s every token the client has sent (an error path: it copies the list).
+func (c *Client) redact(s string) string { return c.creds.secrets().redact(s) }
+
 // secrets returns every token the client has sent, for redaction.
 func (cr *credentials) secrets() secrets {
 	cr.mu.Lock()

@@ -20,7 +20,15 @@ var ErrUnauthorized = errors.New("hubspot: access token rejected (401); check th
 // ErrMissingScopes reports a 403: the token is valid but lacks a scope.
 var ErrMissingScopes = errors.New("hubspot: access denied (403); check the scopes of the service key or private app: " + scopeList)
 
-const scopeList = "crm.objects.contacts.read, crm.objects.contacts.write, crm.schemas.contacts.read, crm.schemas.contacts.write"
+// The scopes the sync's key needs.
+const (
+	ScopeContactsRead  = "crm.objects.contacts.read"
+	ScopeContactsWrite = "crm.objects.contacts.write"
+	ScopeSchemasRead   = "crm.schemas.contacts.read"
+	ScopeSchemasWrite  = "crm.schemas.contacts.write"
+
+	scopeList = ScopeContactsRead + ", " + ScopeContactsWrite + ", " + ScopeSchemasRead + ", " + ScopeSchemasWrite
+)
 
 // RequiredScopes lists the private app scopes this package needs, for a
 // preflight check to show.

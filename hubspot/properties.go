@@ -214,13 +214,19 @@ func validateProperties(props []Property) error {
 	return nil
 }
 
+// readGroup reads the property group name: nil when it exists.
+func (c *Client) readGroup(ctx context.Context, name string) error {
+	_, _, err := c.do(ctx, call{method: http.MethodGet, path: c.paths.propertyGroups + "/" + url.PathEscape(name), route: c.paths.propertyGroups + "/{groupName}"})
+	return err
+}
+
 // ensureGroup reads the group and creates it when absent. A 409 on create
 // means another instance won the race, which is just as good.
 func (c *Client) ensureGroup(ctx context.Context, g PropertyGroup) (bool, error) {
 	if g.Name == "" {
 		return false, errors.New("hubspot: property group needs a name")
 	}
-	_, _, err := c.do(ctx, call{method: http.MethodGet, path: c.paths.propertyGroups + "/" + url.PathEscape(g.Name), route: c.paths.propertyGroups + "/{groupName}"})
+	err := c.readGroup(ctx, g.Name)
 	if err == nil {
 		return false, nil
 	}
@@ -376,7 +382,7 @@ func (c *Client) createProperties(ctx context.Context, props []Property, report 
 			done[r.Name] = true
 		}
 		for _, e := range resp.Errors {
-			c.log.WithFields(logrus.Fields{"category": e.Category, "message": c.creds.secrets().redact(e.Message)}).
+			c.log.WithFields(logrus.Fields{"category": e.Category, "message": c.redact(e.Message)}).
 				Warn("hubspot batch property create reported an error; creating the rest one by one")
 		}
 	case isStatus(err, http.StatusConflict):

@@ -90,7 +90,7 @@ func (u *updater) test(ctx context.Context, batch []Update, useHints bool) error
 	// be "rejected" and never retried. Stop and say what to do instead.
 	if names := missingProperties(bad); len(names) > 0 {
 		// Names decoded from the JSON in the message were not redacted with it.
-		return fmt.Errorf("%w: %s (run `progress-sync provision`): %w", ErrPropertyMissing, u.c.creds.secrets().redact(strings.Join(names, ", ")), bad)
+		return fmt.Errorf("%w: %s (run `progress-sync provision`): %w", ErrPropertyMissing, u.c.redact(strings.Join(names, ", ")), bad)
 	}
 	return u.isolate(ctx, batch, bad, useHints)
 }
@@ -191,7 +191,7 @@ func (u *updater) isolate(ctx context.Context, batch []Update, cause *APIError, 
 func (u *updater) reject(in Update, cause *APIError) {
 	// The hints are JSON inside the message, decoded after newAPIError redacted it: an
 	// escaped token comes out whole.
-	msg := u.c.creds.secrets().redact(rejectionMessage(in, cause))
+	msg := u.c.redact(rejectionMessage(in, cause))
 	u.res.Rejected = append(u.res.Rejected, Rejection{ContactID: in.ContactID, Message: msg})
 	u.c.log.WithFields(logrus.Fields{"contact_id": in.ContactID, "reason": msg}).Warn("hubspot refused a contact update")
 }
@@ -249,7 +249,7 @@ func (u *updater) record(batch []Update, resp batchResponse) {
 		}
 	}
 	for _, e := range resp.Errors {
-		msg := u.c.creds.secrets().redact(e.Message)
+		msg := u.c.redact(e.Message)
 		for _, id := range e.Context["ids"] {
 			if !pending[id] {
 				continue
@@ -265,7 +265,7 @@ func (u *updater) record(batch []Update, resp batchResponse) {
 			}
 		}
 		if e.Category != categoryNotFound {
-			u.c.log.WithFields(logrus.Fields{"category": u.c.creds.secrets().redact(e.Category), "message": msg}).
+			u.c.log.WithFields(logrus.Fields{"category": u.c.redact(e.Category), "message": msg}).
 				Warn("hubspot batch/update reported an error for some inputs")
 		}
 	}

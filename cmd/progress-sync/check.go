@@ -233,7 +233,7 @@ func accessFinding(a hubspot.Access) finding {
 		// Not proven: a key without the scope must not pass for one with it.
 		f.detail = "not tried: " + a.Untested
 		f.fix = "run `progress-sync provision` (it needs crm.schemas.contacts.read and .write), then `progress-sync check` again"
-	case a.Missing:
+	case errors.Is(a.Err, hubspot.ErrMissingScopes):
 		f.detail = "HubSpot refuses it (403): the key lacks the scope " + a.Scope
 		f.fix = "add the scope " + a.Scope + " to the service key (Settings > Integrations > Service Keys, progress-sync, Scopes) or to the private app (its Scopes tab); a key only gets scopes its creator has"
 	default:
