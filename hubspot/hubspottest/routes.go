@@ -8,7 +8,7 @@ import (
 
 // Versions are the date versions of the API the emulator serves besides the legacy v3 paths:
 // /crm/objects/2026-09/contacts/... and /crm/properties/2026-09/contacts/....
-func Versions() []string { return []string{"2026-03", "2026-09"} }
+func versions() []string { return []string{"2026-03", "2026-09"} }
 
 // routes registers the HubSpot API in both path families, the legacy /crm/v3/... and the date
 // versions' /crm/objects/{version}/... (for both "contacts" and its object type id "0-1"),
@@ -69,7 +69,7 @@ func (s *Server) family(o, p string, wrap func(http.HandlerFunc) http.HandlerFun
 // knownVersion answers 404, as HubSpot does, for a date version that does not exist.
 func knownVersion(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		if !slices.Contains(Versions(), r.PathValue("version")) {
+		if !slices.Contains(versions(), r.PathValue("version")) {
 			writeError(w, http.StatusNotFound, newAPIError("NOT_FOUND", "API version "+r.PathValue("version")+" does not exist"))
 			return
 		}
