@@ -6,7 +6,7 @@ import (
 	"strings"
 )
 
-// Versions are the date versions of the API the emulator serves besides the legacy v3 paths:
+// versions are the date versions of the API the emulator serves besides the legacy v3 paths:
 // /crm/objects/2026-09/contacts/... and /crm/properties/2026-09/contacts/....
 func versions() []string { return []string{"2026-03", "2026-09"} }
 
