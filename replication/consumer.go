@@ -25,7 +25,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/sirupsen/logrus"
 
-	"github.com/focusenglish/progress-sync/metrics"
+	"github.com/focusenglish/progress-sync/metrics/model"
 )
 
 // Sink durably records changed students together with the stream position that covers them.
@@ -48,6 +48,8 @@ type Observer interface {
 type Options struct {
 	DatabaseURL string
 	Names       Names
+	// Model says which tables' changes concern which students (required).
+	Model *model.Model
 	// StatusInterval is how often the consumer reports its position and asks the server for
 	// a keepalive; well inside wal_sender_timeout (60 s by default). Default 10 s.
 	StatusInterval time.Duration
@@ -221,7 +223,7 @@ func (c *Consumer) session(ctx context.Context, pos position) (position, error) 
 	defer conn.Close(context.Background())
 	// Policies may have changed while disconnected. The stream itself is not filtered by
 	// row-level security, so it goes on recording students; the flusher holds the pushes.
-	if err := CheckVisibility(ctx, c.db); err != nil {
+	if err := CheckVisibility(ctx, c.db, c.opts.Model); err != nil {
 		c.log.WithError(err).Error("the database hides rows from the service: changes are recorded but not pushed until it is fixed")
 	}
 	if pos, err = c.prepareSlot(ctx, conn, pos); err != nil {
@@ -263,7 +265,7 @@ func (c *Consumer) prepareSlot(ctx context.Context, conn *pgconn.PgConn, pos pos
 		return pos, errStandby
 	}
 	if pos.recreate && slot.Exists {
-		if _, err := Setup(ctx, c.db, c.opts.Names, ""); err != nil {
+		if _, err := Setup(ctx, c.db, c.opts.Names, c.opts.Model, ""); err != nil {
 			return pos, err
 		}
 		if _, err := DropSlot(ctx, c.db, c.opts.Names.Slot, false); err != nil {
@@ -419,14 +421,15 @@ func (c *Consumer) initialLoad(ctx context.Context, snapshot string, point pglog
 		// A load that misses hidden students would never push them. The snapshot's catalog
 		// may predate a policy change, so ask afresh, holding a lock no policy change can
 		// get past until the load is done.
-		if _, err := tx.Exec(ctx, "LOCK TABLE public.users IN ACCESS SHARE MODE"); err != nil {
-			return fmt.Errorf("lock public.users for the load: %w", err)
+		students := c.opts.Model.Students.Table
+		if _, err := tx.Exec(ctx, "LOCK TABLE "+students+" IN ACCESS SHARE MODE"); err != nil {
+			return fmt.Errorf("lock %s for the load: %w", students, err)
 		}
-		if err := CheckVisibility(ctx, c.db); err != nil {
+		if err := CheckVisibility(ctx, c.db, c.opts.Model); err != nil {
 			return err
 		}
 		var err error
-		ids, err = metrics.AllStudents(ctx, tx)
+		ids, err = c.opts.Model.AllStudents(ctx, tx)
 		return err
 	})
 	if err != nil {

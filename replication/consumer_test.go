@@ -83,7 +83,7 @@ func newSourceDB(t *testing.T) (*pgxpool.Pool, string) {
 	ctx := context.Background()
 	db := pg.NewPool(t)
 	dbURL := db.Config().ConnString()
-	if _, err := Setup(ctx, db, Names{Slot: "progress_sync", Publication: "progress_sync"}, ""); err != nil {
+	if _, err := Setup(ctx, db, Names{Slot: "progress_sync", Publication: "progress_sync"}, defaultModel(), ""); err != nil {
 		t.Fatal(err)
 	}
 	for _, s := range []string{
@@ -132,7 +132,7 @@ func currentLSN(t *testing.T, db *pgxpool.Pool) pglogrepl.LSN {
 func TestConsumerLoadsThenStreamsIntoTheSink(t *testing.T) {
 	db, dbURL := newSourceDB(t)
 	sink := &fakeSink{students: map[uuid.UUID]pglogrepl.LSN{}, named: map[uuid.UUID]int{}}
-	c := NewConsumer(db, sink, Options{DatabaseURL: dbURL, Names: Names{Slot: "progress_sync", Publication: "progress_sync"},
+	c := NewConsumer(db, sink, Options{DatabaseURL: dbURL, Names: Names{Slot: "progress_sync", Publication: "progress_sync"}, Model: defaultModel(),
 		StatusInterval: 200 * time.Millisecond, Log: quietLog()})
 	ctx, stop := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -191,7 +191,7 @@ func TestConsumerRefusesAReplayBehindTheSlot(t *testing.T) {
 		t.Fatal(err)
 	}
 	sink := &fakeSink{students: map[uuid.UUID]pglogrepl.LSN{}, named: map[uuid.UUID]int{}}
-	c := NewConsumer(db, sink, Options{DatabaseURL: dbURL, Names: Names{Slot: "progress_sync", Publication: "progress_sync"}, Log: quietLog()})
+	c := NewConsumer(db, sink, Options{DatabaseURL: dbURL, Names: Names{Slot: "progress_sync", Publication: "progress_sync"}, Model: defaultModel(), Log: quietLog()})
 	ctx, stop := context.WithTimeout(context.Background(), time.Minute)
 	defer stop()
 	err := c.Run(ctx, pglogrepl.LSN(1))
@@ -207,7 +207,7 @@ func TestAStudentNamedTwiceInOneTransactionIsRecordedOnce(t *testing.T) {
 	db, dbURL := newSourceDB(t)
 	store := &fakeSink{students: map[uuid.UUID]pglogrepl.LSN{}, named: map[uuid.UUID]int{}}
 	sink := &distinctSink{fakeSink: store, t: t}
-	c := NewConsumer(db, sink, Options{DatabaseURL: dbURL, Names: Names{Slot: "progress_sync", Publication: "progress_sync"},
+	c := NewConsumer(db, sink, Options{DatabaseURL: dbURL, Names: Names{Slot: "progress_sync", Publication: "progress_sync"}, Model: defaultModel(),
 		StatusInterval: 200 * time.Millisecond, Log: quietLog()})
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
@@ -259,7 +259,7 @@ func TestALoadRefusedForHiddenRowsIsDoneOnceTheyAreVisible(t *testing.T) {
 	for _, s := range []string{
 		`CREATE ROLE ` + role + ` LOGIN REPLICATION PASSWORD 'pw'`,
 		`GRANT USAGE ON SCHEMA public TO ` + role,
-		`GRANT SELECT ON ` + strings.Join(tableNames(), ", ") + ` TO ` + role,
+		`GRANT SELECT ON ` + strings.Join(defaultModel().TableNames(), ", ") + ` TO ` + role,
 		`ALTER TABLE users ENABLE ROW LEVEL SECURITY`,
 	} {
 		if _, err := db.Exec(ctx, s); err != nil {
@@ -281,7 +281,7 @@ func TestALoadRefusedForHiddenRowsIsDoneOnceTheyAreVisible(t *testing.T) {
 	}
 	defer asRole.Close()
 	sink := &fakeSink{students: map[uuid.UUID]pglogrepl.LSN{}, named: map[uuid.UUID]int{}}
-	c := NewConsumer(asRole, sink, Options{DatabaseURL: u.String(), Names: Names{Slot: "progress_sync", Publication: "progress_sync"},
+	c := NewConsumer(asRole, sink, Options{DatabaseURL: u.String(), Names: Names{Slot: "progress_sync", Publication: "progress_sync"}, Model: defaultModel(),
 		StatusInterval: 200 * time.Millisecond, Log: quietLog()})
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
@@ -309,7 +309,7 @@ func TestALoadRefusedForHiddenRowsIsDoneOnceTheyAreVisible(t *testing.T) {
 func TestFenceAsksTheServerWhoHoldsTheSlot(t *testing.T) {
 	db, dbURL := newSourceDB(t)
 	sink := &fakeSink{students: map[uuid.UUID]pglogrepl.LSN{}, named: map[uuid.UUID]int{}}
-	c := NewConsumer(db, sink, Options{DatabaseURL: dbURL, Names: Names{Slot: "progress_sync", Publication: "progress_sync"},
+	c := NewConsumer(db, sink, Options{DatabaseURL: dbURL, Names: Names{Slot: "progress_sync", Publication: "progress_sync"}, Model: defaultModel(),
 		StatusInterval: 200 * time.Millisecond, Log: quietLog()})
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()

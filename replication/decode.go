@@ -3,27 +3,33 @@ package replication
 import (
 	"encoding/binary"
 	"fmt"
+	"strings"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pglogrepl"
+
+	"github.com/focusenglish/progress-sync/metrics/model"
 )
 
 // Changes are what a run of transactions touched, as far as students are concerned: the
-// students named by a row, and the courses whose size changed, which concern every student
-// of the course and are resolved by query.
+// students named by a row, and the changed keys of the model's reference tables, which
+// concern the students the model's query for that table finds.
 type Changes struct {
 	Students map[uuid.UUID]struct{}
-	Modules  map[string]struct{}    // course_lessons.module_id values: every student of that module's course
-	Courses  map[[2]string]struct{} // (course_level, course_goal) of changed modules
+	// Keys holds, per reference table, the changed rows' key values (model.Table.Keys order,
+	// joined by keySep).
+	Keys map[string]map[string]struct{}
 	// AllStudents is set by a TRUNCATE of a table whose rows name students or courses.
 	AllStudents bool
 	// Rows counts the row changes per table, for metrics.
 	Rows map[string]int
 }
 
+// keySep joins a key's values: a text value from the stream cannot hold a NUL byte.
+const keySep = "\x00"
+
 func newChanges() Changes {
-	return Changes{Students: map[uuid.UUID]struct{}{}, Modules: map[string]struct{}{}, Courses: map[[2]string]struct{}{},
-		Rows: map[string]int{}}
+	return Changes{Students: map[uuid.UUID]struct{}{}, Keys: map[string]map[string]struct{}{}, Rows: map[string]int{}}
 }
 
 // Merge adds o to c.
@@ -31,16 +37,22 @@ func (c *Changes) Merge(o Changes) {
 	for k := range o.Students {
 		c.Students[k] = struct{}{}
 	}
-	for k := range o.Modules {
-		c.Modules[k] = struct{}{}
-	}
-	for k := range o.Courses {
-		c.Courses[k] = struct{}{}
+	for table, keys := range o.Keys {
+		for k := range keys {
+			c.addKey(table, k)
+		}
 	}
 	c.AllStudents = c.AllStudents || o.AllStudents
 	for t, n := range o.Rows {
 		c.Rows[t] += n
 	}
+}
+
+func (c *Changes) addKey(table, key string) {
+	if c.Keys[table] == nil {
+		c.Keys[table] = map[string]struct{}{}
+	}
+	c.Keys[table][key] = struct{}{}
 }
 
 // Commit is a decoded transaction.
@@ -52,25 +64,28 @@ type Commit struct {
 }
 
 // relation is what the decoder needs of a table: which column positions name a student or
-// a course, as of the latest Relation message (ALTER TABLE can move them).
+// hold a reference table's keys, as of the latest Relation message (ALTER TABLE can move
+// them).
 type relation struct {
 	table    string
-	student  int // column holding a student id, or -1
-	module   int // course_lessons.module_id, or -1
-	level    int // course_modules.course_level, or -1
-	goal     int // course_modules.course_goal, or -1
+	student  int   // column holding a student id, or -1
+	keys     []int // a reference table's key columns (-1 where the table lacks one)
 	truncate bool
 }
 
-// Decoder turns pgoutput messages into Commits. It is not safe for concurrent use; a new
-// connection needs a new Decoder, since the server sends Relation messages afresh.
+// Decoder turns pgoutput messages into Commits, naming students as the progress model says.
+// It is not safe for concurrent use; a new connection needs a new Decoder, since the server
+// sends Relation messages afresh.
 type Decoder struct {
+	model     *model.Model
 	relations map[uint32]relation
 	open      *Changes
 }
 
 // NewDecoder returns a Decoder with no known relations.
-func NewDecoder() *Decoder { return &Decoder{relations: map[uint32]relation{}} }
+func NewDecoder(m *model.Model) *Decoder {
+	return &Decoder{model: m, relations: map[uint32]relation{}}
+}
 
 // InTransaction reports whether a transaction has begun and not yet committed.
 func (d *Decoder) InTransaction() bool { return d.open != nil }
@@ -84,7 +99,7 @@ func (d *Decoder) Decode(data []byte) (*Commit, error) {
 	}
 	switch m := msg.(type) {
 	case *pglogrepl.RelationMessage:
-		d.relations[m.RelationID] = newRelation(m)
+		d.relations[m.RelationID] = d.newRelation(m)
 	case *pglogrepl.BeginMessage:
 		c := newChanges()
 		d.open = &c
@@ -159,13 +174,16 @@ func (d *Decoder) row(relID uint32, tuple *pglogrepl.TupleData) error {
 		}
 		open.Students[id] = struct{}{}
 	}
-	if v, ok := column(tuple, rel.module); ok {
-		open.Modules[v] = struct{}{}
-	}
-	level, okL := column(tuple, rel.level)
-	goal, okG := column(tuple, rel.goal)
-	if okL && okG {
-		open.Courses[[2]string{level, goal}] = struct{}{}
+	if len(rel.keys) > 0 {
+		vals := make([]string, len(rel.keys))
+		for i, pos := range rel.keys {
+			v, ok := column(tuple, pos)
+			if !ok {
+				return nil // a NULL key names no student; an unchanged TOASTed one is in the other tuple
+			}
+			vals[i] = v
+		}
+		open.addKey(rel.table, strings.Join(vals, keySep))
 	}
 	return nil
 }
@@ -183,8 +201,8 @@ func column(t *pglogrepl.TupleData, i int) (string, bool) {
 	return string(c.Data), true
 }
 
-func newRelation(m *pglogrepl.RelationMessage) relation {
-	r := relation{table: m.Namespace + "." + m.RelationName, student: -1, module: -1, level: -1, goal: -1}
+func (d *Decoder) newRelation(m *pglogrepl.RelationMessage) relation {
+	r := relation{table: m.Namespace + "." + m.RelationName, student: -1}
 	pos := func(name string) int {
 		for i, c := range m.Columns {
 			if name != "" && c.Name == name {
@@ -193,13 +211,16 @@ func newRelation(m *pglogrepl.RelationMessage) relation {
 		}
 		return -1
 	}
-	t, ok := sourceTable(r.table)
+	t, ok := d.model.Table(r.table)
 	if !ok {
-		return r // a table added to the publication by hand: its rows concern no student
+		return r // a table added to the publication by hand, or by another model: its rows concern no student
 	}
-	r.student, r.module, r.truncate = pos(t.StudentColumn), pos(t.ModuleColumn), t.TruncateConcernsAll
-	if len(t.CourseColumns) == 2 {
-		r.level, r.goal = pos(t.CourseColumns[0]), pos(t.CourseColumns[1])
+	// Truncating the students table leaves no student to push; any other table's truncation
+	// concerns every student.
+	r.truncate = r.table != d.model.Students.Table
+	r.student = pos(t.Student)
+	for _, k := range t.Keys {
+		r.keys = append(r.keys, pos(k))
 	}
 	return r
 }

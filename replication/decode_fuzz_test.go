@@ -62,7 +62,7 @@ func FuzzDecode(f *testing.F) {
 				t.Fatalf("decoding %d bytes allocated %d bytes", len(data), n)
 			}
 		}()
-		dec := NewDecoder()
+		dec := NewDecoder(defaultModel())
 		texts := map[string]bool{} // every text column value of every row message so far
 		truncated := false         // a Truncate was decoded since the last Begin
 		for i, m := range splitMessages(data) {
@@ -113,12 +113,12 @@ func FuzzDecode(f *testing.F) {
 					t.Fatalf("message %d: student %s is not the text of any column in the input", i, id)
 				}
 			}
-			for mod := range c.Changes.Modules {
+			for _, mod := range modulesOf(c.Changes) {
 				if !texts[mod] {
 					t.Fatalf("message %d: module %q is not the text of any column in the input", i, mod)
 				}
 			}
-			for course := range c.Changes.Courses {
+			for _, course := range coursesOf(c.Changes) {
 				if !texts[course[0]] || !texts[course[1]] {
 					t.Fatalf("message %d: course %q is not the text of columns in the input", i, course)
 				}
@@ -263,7 +263,7 @@ func captureMessages(t *testing.T, db *pgxpool.Pool, sql []string) [][]byte {
 func describe(t *testing.T, msgs [][]byte) string {
 	t.Helper()
 	var b strings.Builder
-	dec := NewDecoder()
+	dec := NewDecoder(defaultModel())
 	tuple := func(tag string, td *pglogrepl.TupleData) {
 		if td == nil {
 			return
@@ -310,8 +310,8 @@ func describe(t *testing.T, msgs [][]byte) string {
 				students = append(students, id.String())
 			}
 			sort.Strings(students)
-			modules := keys(c.Changes.Modules, func(a, b string) bool { return a < b })
-			courses := keys(c.Changes.Courses, func(a, b [2]string) bool { return a[0]+a[1] < b[0]+b[1] })
+			modules := modulesOf(c.Changes)
+			courses := coursesOf(c.Changes)
 			fmt.Fprintf(&b, " students=%v modules=%v courses=%v all=%v", students, modules, courses, c.Changes.AllStudents)
 		}
 		b.WriteByte('\n')
@@ -426,7 +426,7 @@ func TestDecodeRefusesOversizedDeclarations(t *testing.T) {
 		"delete":        cat([]byte{'D', 0, 0, 0, 9, 'O'}, tuple),
 		"binary column": cat([]byte{'I', 0, 0, 0, 9, 'N', 0, 2, 'n', 'b'}, huge),
 	} {
-		dec := NewDecoder()
+		dec := NewDecoder(defaultModel())
 		for _, m := range [][]byte{begin, relation} {
 			if _, err := dec.Decode(m); err != nil {
 				t.Fatal(err)

@@ -3,11 +3,13 @@ package replication
 import (
 	"context"
 	"sort"
+	"strings"
 	"testing"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/focusenglish/progress-sync/metrics/model"
 	"github.com/focusenglish/progress-sync/replication/pgtest"
 )
 
@@ -23,7 +25,7 @@ const (
 // decodeAll runs sql and decodes what the publication sends for it, through a real slot.
 func decodeAll(t *testing.T, db *pgxpool.Pool, sql ...string) []*Commit {
 	t.Helper()
-	dec := NewDecoder()
+	dec := NewDecoder(defaultModel())
 	var commits []*Commit
 	for _, m := range captureMessages(t, db, sql) {
 		c, err := dec.Decode(m)
@@ -110,8 +112,8 @@ func TestDecodeMapsRowsToStudents(t *testing.T) {
 			for _, id := range keys(got.Students, func(a, b uuid.UUID) bool { return a.String() < b.String() }) {
 				students = append(students, id.String())
 			}
-			modules := keys(got.Modules, func(a, b string) bool { return a < b })
-			courses := keys(got.Courses, func(a, b [2]string) bool { return a[0]+a[1] < b[0]+b[1] })
+			modules := modulesOf(got)
+			courses := coursesOf(got)
 			if !equal(students, tc.want.students) || !equal(modules, tc.want.modules) || !equal(courses, tc.want.courses) || got.AllStudents != tc.want.all {
 				t.Fatalf("got students %v modules %v courses %v all %v\nwant %+v", students, modules, courses, got.AllStudents, tc.want)
 			}
@@ -152,16 +154,34 @@ func TestDecodeFollowsAlterTable(t *testing.T) {
 
 func TestDecodeRejectsGarbage(t *testing.T) {
 	for _, msg := range [][]byte{nil, {'Z'}, {'I', 0, 0}, {'C', 0}} {
-		if _, err := NewDecoder().Decode(msg); err == nil {
+		if _, err := NewDecoder(defaultModel()).Decode(msg); err == nil {
 			t.Errorf("Decode(%v) accepted garbage", msg)
 		}
 	}
 	// A change before its Relation message is an error, not a guess.
-	dec := NewDecoder()
+	dec := NewDecoder(defaultModel())
 	if _, err := dec.Decode([]byte{'B', 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := dec.Decode([]byte{'I', 0, 0, 0, 9, 'N', 0, 0}); err == nil {
 		t.Error("a row of an unknown relation was accepted")
 	}
+}
+
+// defaultModel is the model the tests' tables follow: the PRD's course_progress.
+func defaultModel() *model.Model { return model.Builtin(model.Default) }
+
+// modulesOf is the course_lessons.module_id values changes name, sorted.
+func modulesOf(ch Changes) []string {
+	return keys(ch.Keys["public.course_lessons"], func(a, b string) bool { return a < b })
+}
+
+// coursesOf is the course_modules (course_level, course_goal) pairs changes name, sorted.
+func coursesOf(ch Changes) [][2]string {
+	var out [][2]string
+	for _, k := range keys(ch.Keys["public.course_modules"], func(a, b string) bool { return a < b }) {
+		level, goal, _ := strings.Cut(k, keySep)
+		out = append(out, [2]string{level, goal})
+	}
+	return out
 }

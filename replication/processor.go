@@ -4,16 +4,17 @@ import (
 	"context"
 	"maps"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 
-	"github.com/focusenglish/progress-sync/metrics"
+	"github.com/focusenglish/progress-sync/metrics/model"
 )
 
-// The processor: it decodes the stream, resolves course-wide changes to students, persists
+// The processor: it decodes the stream, resolves changes of reference tables to students, persists
 // them with the position they cover, and only then confirms that position.
 
 // groupLimit bounds how many transactions one durable write covers.
@@ -22,7 +23,7 @@ const groupLimit = 1000
 // process decodes events and persists them. Transactions are grouped while more are queued,
 // so a burst costs few database round trips; a lone one is persisted at once.
 func (c *Consumer) process(ctx context.Context, events <-chan event) error {
-	dec := NewDecoder()
+	dec := NewDecoder(c.opts.Model)
 	pending := newChanges()
 	var pendingEnd pglogrepl.LSN
 	txns := 0
@@ -95,19 +96,17 @@ func (c *Consumer) confirm(lsn pglogrepl.LSN) {
 	}
 }
 
-// resolve turns changes into student ids, each once, querying for course-wide changes. The
-// query reads a complete view (ReadComplete): a student hidden from it would lose the change,
-// so a partial view fails the session, which retries.
+// resolve turns changes into student ids, each once, asking the model's queries for the
+// students of changed reference rows. The queries read a complete view (ReadComplete): a
+// student hidden from them would lose the change, so a partial view fails the session, which
+// retries.
 func (c *Consumer) resolve(ctx context.Context, ch Changes) ([]uuid.UUID, error) {
 	seen := maps.Clone(ch.Students)
-	if ch.AllStudents || len(ch.Modules) > 0 || len(ch.Courses) > 0 {
+	if ch.AllStudents || len(ch.Keys) > 0 {
 		var more []uuid.UUID
-		err := ReadComplete(ctx, c.db, func(tx pgx.Tx) (err error) {
-			if ch.AllStudents {
-				more, err = metrics.AllStudents(ctx, tx)
-			} else {
-				more, err = metrics.StudentsOfCourses(ctx, tx, slices.Collect(maps.Keys(ch.Modules)), slices.Collect(maps.Keys(ch.Courses)))
-			}
+		err := ReadComplete(ctx, c.db, c.opts.Model, func(tx pgx.Tx) error {
+			var err error
+			more, err = studentsOfChanges(ctx, tx, c.opts.Model, ch)
 			return err
 		})
 		if err != nil {
@@ -118,4 +117,24 @@ func (c *Consumer) resolve(ctx context.Context, ch Changes) ([]uuid.UUID, error)
 		}
 	}
 	return slices.Collect(maps.Keys(seen)), nil
+}
+
+// studentsOfChanges lists the students that truncations and changed reference rows concern.
+func studentsOfChanges(ctx context.Context, tx pgx.Tx, m *model.Model, ch Changes) ([]uuid.UUID, error) {
+	if ch.AllStudents {
+		return m.AllStudents(ctx, tx)
+	}
+	var out []uuid.UUID
+	for _, table := range slices.Sorted(maps.Keys(ch.Keys)) {
+		var keys [][]string
+		for k := range ch.Keys[table] {
+			keys = append(keys, strings.Split(k, keySep))
+		}
+		ids, err := m.StudentsOfKeys(ctx, tx, table, keys)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, ids...)
+	}
+	return out, nil
 }

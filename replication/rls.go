@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/focusenglish/progress-sync/metrics"
+	"github.com/focusenglish/progress-sync/metrics/model"
 )
 
 // Row-level security filters every query of a role that is not the table's owner (or is, when
@@ -22,7 +23,7 @@ import (
 // user's JWT claims, which a service connection never carries, so such a role sees no rows at
 // all, and metrics computed from that view are zeros, not errors. Logical decoding is not
 // filtered, so the stream keeps naming students whose rows the queries cannot see. Hence: the
-// sync reads every row of the source tables, or it does not compute anything.
+// sync reads every row of the progress model's tables, or it does not compute anything.
 
 // ReadPolicyName names the policy that lets the service's role read a whole table.
 const ReadPolicyName = "progress_sync_read"
@@ -112,13 +113,13 @@ FROM unnest($1::text[]) t(name)
 JOIN pg_class c ON c.oid = to_regclass(t.name), me
 ORDER BY t.name`
 
-// HiddenTables lists the source tables that role (empty: the connecting role) would see only
+// HiddenTables lists the model's tables that role (empty: the connecting role) would see only
 // in part. A table is read in full when the role may select from it and row-level security
 // is off, or the role bypasses it (superuser, BYPASSRLS), or owns the table and RLS is not
 // forced, or a permissive SELECT policy USING (true) applies to it and no restrictive one
 // narrows it. Tables that do not exist are left to the publication check.
-func HiddenTables(ctx context.Context, db DB, role string) ([]HiddenTable, error) {
-	rows, err := db.Query(ctx, visibilitySQL, tableNames(), role)
+func HiddenTables(ctx context.Context, db DB, m *model.Model, role string) ([]HiddenTable, error) {
+	rows, err := db.Query(ctx, visibilitySQL, m.TableNames(), role)
 	if err != nil {
 		return nil, fmt.Errorf("read row-level security of the source tables: %w", err)
 	}
@@ -138,9 +139,9 @@ func HiddenTables(ctx context.Context, db DB, role string) ([]HiddenTable, error
 }
 
 // CheckVisibility returns a *HiddenRowsError when the connecting role cannot read every row
-// of the source tables; nothing may be computed from such a view.
-func CheckVisibility(ctx context.Context, db DB) error {
-	hidden, err := HiddenTables(ctx, db, "")
+// of the model's tables; nothing may be computed from such a view.
+func CheckVisibility(ctx context.Context, db DB, m *model.Model) error {
+	hidden, err := HiddenTables(ctx, db, m, "")
 	if err != nil {
 		return err
 	}
@@ -186,9 +187,9 @@ func policyNote(policies []string) string {
 
 // ReadPolicies is the read policy role needs on each source table with row-level security
 // enabled, named so that it does not clash with a policy already there.
-func ReadPolicies(ctx context.Context, db DB, role string) ([]string, error) {
+func ReadPolicies(ctx context.Context, db DB, m *model.Model, role string) ([]string, error) {
 	rows, err := db.Query(ctx, `SELECT t.name, array(SELECT polname::text FROM pg_policy WHERE polrelid = c.oid)
-		FROM unnest($1::text[]) t(name) JOIN pg_class c ON c.oid = to_regclass(t.name) WHERE c.relrowsecurity ORDER BY t.name`, tableNames())
+		FROM unnest($1::text[]) t(name) JOIN pg_class c ON c.oid = to_regclass(t.name) WHERE c.relrowsecurity ORDER BY t.name`, m.TableNames())
 	if err != nil {
 		return nil, fmt.Errorf("find the source tables with row-level security: %w", err)
 	}
@@ -207,9 +208,9 @@ func ReadPolicies(ctx context.Context, db DB, role string) ([]string, error) {
 
 // AllReadPolicies is the read policy for role on every source table, for when the database
 // cannot be asked which have row-level security.
-func AllReadPolicies(role string) []string {
+func AllReadPolicies(m *model.Model, role string) []string {
 	var out []string
-	for _, t := range tableNames() {
+	for _, t := range m.TableNames() {
 		out = append(out, ReadPolicySQL(t, role))
 	}
 	return out
@@ -217,8 +218,8 @@ func AllReadPolicies(role string) []string {
 
 // grantReadPolicies creates the read policy for role on each table that hides rows from it
 // and that the connecting role owns, and returns what it did and what is still hidden.
-func grantReadPolicies(ctx context.Context, db DB, role string) (done []string, left []HiddenTable, err error) {
-	hidden, err := HiddenTables(ctx, db, role)
+func grantReadPolicies(ctx context.Context, db DB, m *model.Model, role string) (done []string, left []HiddenTable, err error) {
+	hidden, err := HiddenTables(ctx, db, m, role)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -256,11 +257,11 @@ var ErrSourceBusy = errors.New("the source tables are locked by another session 
 // waits for one table while holding another could deadlock a migration, or hold up every
 // session queued behind it. A busy table means a short pause and another try, up to
 // busyPatience, then ErrSourceBusy.
-func ReadComplete(ctx context.Context, db *pgxpool.Pool, read func(tx pgx.Tx) error) error {
+func ReadComplete(ctx context.Context, db *pgxpool.Pool, m *model.Model, read func(tx pgx.Tx) error) error {
 	wait := 50 * time.Millisecond
 	deadline := time.Now().Add(busyPatience)
 	for {
-		err := readComplete(ctx, db, read)
+		err := readComplete(ctx, db, m, read)
 		if !isLockNotAvailable(err) {
 			return err
 		}
@@ -279,17 +280,17 @@ func ReadComplete(ctx context.Context, db *pgxpool.Pool, read func(tx pgx.Tx) er
 // busyPatience is how long ReadComplete keeps trying while a source table is locked.
 const busyPatience = 30 * time.Second
 
-func readComplete(ctx context.Context, db *pgxpool.Pool, read func(tx pgx.Tx) error) error {
+func readComplete(ctx context.Context, db *pgxpool.Pool, m *model.Model, read func(tx pgx.Tx) error) error {
 	return pgx.BeginTxFunc(ctx, db, pgx.TxOptions{AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
 		// First without locks, so a missing grant is reported with its fix (LOCK would only
 		// say "permission denied"); then again under the locks, which is what counts.
-		if err := CheckVisibility(ctx, tx); err != nil {
+		if err := CheckVisibility(ctx, tx, m); err != nil {
 			return err
 		}
-		if _, err := tx.Exec(ctx, "LOCK TABLE "+strings.Join(tableNames(), ", ")+" IN ACCESS SHARE MODE NOWAIT"); err != nil {
+		if _, err := tx.Exec(ctx, "LOCK TABLE "+strings.Join(m.TableNames(), ", ")+" IN ACCESS SHARE MODE NOWAIT"); err != nil {
 			return fmt.Errorf("lock the source tables for reading: %w", err)
 		}
-		if err := CheckVisibility(ctx, tx); err != nil {
+		if err := CheckVisibility(ctx, tx, m); err != nil {
 			return err
 		}
 		return read(tx)
@@ -311,40 +312,44 @@ func QuoteIdent(name string) string {
 	return pgx.Identifier{name}.Sanitize()
 }
 
-// CompleteView computes students' metrics only from a complete view of the source tables
-// (ReadComplete): where rows are hidden it returns a *HiddenRowsError instead of values.
-type CompleteView struct{ DB *pgxpool.Pool }
+// CompleteView computes students' metrics through the progress model only from a complete
+// view of the model's tables (ReadComplete): where rows are hidden it returns a
+// *HiddenRowsError instead of values.
+type CompleteView struct {
+	DB    *pgxpool.Pool
+	Model *model.Model
+}
 
-// ForStudents is metrics.ForStudents over a complete view.
+// ForStudents is Model.ForStudents over a complete view.
 func (v CompleteView) ForStudents(ctx context.Context, ids []uuid.UUID) (out []metrics.Student, err error) {
-	err = ReadComplete(ctx, v.DB, func(tx pgx.Tx) error {
-		out, err = metrics.ForStudents(ctx, tx, ids)
+	err = ReadComplete(ctx, v.DB, v.Model, func(tx pgx.Tx) error {
+		out, err = v.Model.ForStudents(ctx, tx, ids)
 		return err
 	})
 	return out, err
 }
 
-// Page is metrics.Page over a complete view.
+// Page is Model.Page over a complete view.
 func (v CompleteView) Page(ctx context.Context, after uuid.UUID, limit int) (out []metrics.Student, err error) {
-	err = ReadComplete(ctx, v.DB, func(tx pgx.Tx) error {
-		out, err = metrics.Page(ctx, tx, after, limit)
+	err = ReadComplete(ctx, v.DB, v.Model, func(tx pgx.Tx) error {
+		out, err = v.Model.Page(ctx, tx, after, limit)
 		return err
 	})
 	return out, err
 }
 
-// Explain is metrics.ForStudents and metrics.InputsOf for one student, read together over a
-// complete view. It returns metrics.ErrNoStudent for an id public.users does not have.
-func (v CompleteView) Explain(ctx context.Context, id uuid.UUID) (student metrics.Student, in metrics.Inputs, err error) {
-	err = ReadComplete(ctx, v.DB, func(tx pgx.Tx) error {
-		if in, err = metrics.InputsOf(ctx, tx, id); err != nil {
+// Explain is one student's values and the model's rows behind them, read together over a
+// complete view. It returns model.ErrNoStudent for an id the students table does not have.
+func (v CompleteView) Explain(ctx context.Context, id uuid.UUID) (student metrics.Student, rows []model.TableRows, err error) {
+	err = ReadComplete(ctx, v.DB, v.Model, func(tx pgx.Tx) error {
+		if rows, err = v.Model.RowsOf(ctx, tx, id); err != nil {
 			return err
 		}
-		students, err := metrics.ForStudents(ctx, tx, []uuid.UUID{id})
+		students, err := v.Model.ForStudents(ctx, tx, []uuid.UUID{id})
 		if err == nil && len(students) == 1 {
 			student = students[0]
 		}
 		return err
 	})
-	return student, in, err
+	return student, rows, err
 }

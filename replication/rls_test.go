@@ -49,7 +49,7 @@ func newRLSWorld(t *testing.T) *rlsWorld {
 		}
 	})
 	w.exec(`GRANT USAGE ON SCHEMA public TO ` + w.role)
-	w.exec(`GRANT SELECT ON ` + strings.Join(tableNames(), ", ") + ` TO ` + w.role)
+	w.exec(`GRANT SELECT ON ` + strings.Join(defaultModel().TableNames(), ", ") + ` TO ` + w.role)
 	return w
 }
 
@@ -67,7 +67,7 @@ func (w *rlsWorld) partlyVisible() []string {
 	w.t.Helper()
 	ctx := context.Background()
 	var out []string
-	for _, table := range tableNames() {
+	for _, table := range defaultModel().TableNames() {
 		var all, seen int
 		if err := w.db.QueryRow(ctx, `SELECT count(*) FROM `+table).Scan(&all); err != nil {
 			w.t.Fatal(err)
@@ -148,7 +148,7 @@ func TestHiddenTablesAgreesWithWhatTheRoleSees(t *testing.T) {
 				}
 				w.exec(s)
 			}
-			hidden, err := HiddenTables(context.Background(), w.db, w.role)
+			hidden, err := HiddenTables(context.Background(), w.db, defaultModel(), w.role)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -186,7 +186,7 @@ func TestSetupCreatesReadPoliciesWhereItMay(t *testing.T) {
 		t.Fatal(err)
 	}
 	names := Names{Slot: "progress_sync", Publication: "progress_sync"}
-	rep, err := Setup(ctx, w.db, names, w.role)
+	rep, err := Setup(ctx, w.db, names, defaultModel(), w.role)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -199,13 +199,13 @@ func TestSetupCreatesReadPoliciesWhereItMay(t *testing.T) {
 	if len(created) != 2 {
 		t.Fatalf("setup made %d read policies, want 2: %v", len(created), rep.Done)
 	}
-	if hidden, err := HiddenTables(ctx, w.db, w.role); err != nil || len(hidden) > 0 {
+	if hidden, err := HiddenTables(ctx, w.db, defaultModel(), w.role); err != nil || len(hidden) > 0 {
 		t.Fatalf("after setup: hidden %v, %v", hidden, err)
 	}
 	if truth := w.partlyVisible(); len(truth) > 0 {
 		t.Fatalf("after setup the role still sees only part of %v", truth)
 	}
-	again, err := Setup(ctx, w.db, names, w.role)
+	again, err := Setup(ctx, w.db, names, defaultModel(), w.role)
 	if err != nil || len(again.Done) > 0 {
 		t.Fatalf("second setup: %v, %v", again.Done, err)
 	}
@@ -219,7 +219,7 @@ func TestSetupCreatesReadPoliciesWhereItMay(t *testing.T) {
 		if _, err := tx.Exec(ctx, `SET LOCAL ROLE `+w2.role); err != nil {
 			return err
 		}
-		done, _, err := grantReadPolicies(ctx, tx, "")
+		done, _, err := grantReadPolicies(ctx, tx, defaultModel(), "")
 		if len(done) > 0 {
 			return fmt.Errorf("a role that owns nothing created policies: %v", done)
 		}
@@ -228,7 +228,7 @@ func TestSetupCreatesReadPoliciesWhereItMay(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := CheckVisibility(ctx, w2.db); err != nil {
+	if err := CheckVisibility(ctx, w2.db, defaultModel()); err != nil {
 		t.Fatalf("the superuser sees everything, yet: %v", err)
 	}
 }
@@ -239,7 +239,7 @@ func TestReadCompleteHoldsPolicyChangesOff(t *testing.T) {
 	reading, release := make(chan struct{}), make(chan struct{})
 	done := make(chan error, 1)
 	go func() {
-		done <- ReadComplete(ctx, w.db, func(pgx.Tx) error {
+		done <- ReadComplete(ctx, w.db, defaultModel(), func(pgx.Tx) error {
 			close(reading)
 			<-release
 			return nil
@@ -292,7 +292,7 @@ func TestReadCompleteNeverHoldsOneTableWhileWaitingForAnother(t *testing.T) {
 		t.Fatal(err)
 	}
 	read := make(chan error, 1)
-	go func() { read <- ReadComplete(ctx, w.db, func(pgx.Tx) error { return nil }) }()
+	go func() { read <- ReadComplete(ctx, w.db, defaultModel(), func(pgx.Tx) error { return nil }) }()
 	// While the reader keeps trying, a second migration step takes public.users at once: the
 	// reader holds nothing while it waits, so nothing queues behind it and nothing deadlocks.
 	second, err := w.db.Begin(ctx)
@@ -329,18 +329,18 @@ func TestPublicationGapsAreFoundAndClosedBySetup(t *testing.T) {
 			ctx := context.Background()
 			w := newRLSWorld(t)
 			names := Names{Slot: "progress_sync", Publication: "progress_sync"}
-			if _, err := Setup(ctx, w.db, names, ""); err != nil {
+			if _, err := Setup(ctx, w.db, names, defaultModel(), ""); err != nil {
 				t.Fatal(err)
 			}
 			w.exec(tc.alter)
-			err := CheckPublication(ctx, w.db, "progress_sync")
+			err := CheckPublication(ctx, w.db, defaultModel(), "progress_sync")
 			if err == nil || !strings.Contains(err.Error(), tc.problem) || !strings.Contains(err.Error(), "ALTER PUBLICATION") {
 				t.Fatalf("CheckPublication = %v, want %q with its fix", err, tc.problem)
 			}
-			if _, err := Setup(ctx, w.db, names, ""); err != nil {
+			if _, err := Setup(ctx, w.db, names, defaultModel(), ""); err != nil {
 				t.Fatal(err)
 			}
-			if err := CheckPublication(ctx, w.db, "progress_sync"); err != nil {
+			if err := CheckPublication(ctx, w.db, defaultModel(), "progress_sync"); err != nil {
 				t.Fatalf("after setup: %v", err)
 			}
 		})

@@ -10,6 +10,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/focusenglish/progress-sync/metrics/model"
 )
 
 // Names identify the publication and slot of one deployment.
@@ -20,27 +22,29 @@ type Names struct {
 
 // SetupSQL is what Setup runs, for a DBA to review and run by hand. The publication comes
 // before the slot: decoding with a publication created later fails.
-func SetupSQL(n Names) []string {
-	stmts := []string{fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s;", n.Publication, strings.Join(tableNames(), ", "))}
-	for _, t := range Tables() {
-		if t.Full {
-			stmts = append(stmts, fmt.Sprintf("ALTER TABLE %s REPLICA IDENTITY FULL;", t.Name))
-		}
+//
+// Every table but the students table gets REPLICA IDENTITY FULL here, since a delete must name
+// its student and the SQL cannot know whether the key is in the primary key; Setup itself
+// asks the catalog and leaves a table whose identity already carries its keys alone.
+func SetupSQL(n Names, m *model.Model) []string {
+	stmts := []string{fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s;", n.Publication, strings.Join(m.TableNames(), ", "))}
+	for _, t := range m.Tables[1:] {
+		stmts = append(stmts, fmt.Sprintf("ALTER TABLE %s REPLICA IDENTITY FULL;", t.Name))
 	}
 	return append(stmts, fmt.Sprintf("SELECT pg_create_logical_replication_slot('%s', 'pgoutput');", n.Slot))
 }
 
 // RoleSQL creates a least-privilege role for the service: it logs in and replicates and reads
-// the six source tables; with the state schema it owns (state.SchemaSQL), nothing else. The
+// the model's tables; with the state schema it owns (state.SchemaSQL), nothing else. The
 // publication and replica identities (SetupSQL) stay with the tables' owner. Each table of
 // policies (ReadPolicies) give it read access to the tables with row-level security: without
 // them the role sees no rows there.
-func RoleSQL(role string, policies []string) []string {
+func RoleSQL(role string, m *model.Model, policies []string) []string {
 	quoted := QuoteIdent(role)
 	stmts := []string{
 		fmt.Sprintf("CREATE ROLE %s LOGIN REPLICATION PASSWORD 'choose-a-strong-password';", quoted),
 		fmt.Sprintf("GRANT USAGE ON SCHEMA public TO %s;", quoted),
-		fmt.Sprintf("GRANT SELECT ON %s TO %s;", strings.Join(tableNames(), ", "), quoted),
+		fmt.Sprintf("GRANT SELECT ON %s TO %s;", strings.Join(m.TableNames(), ", "), quoted),
 	}
 	return append(stmts, policies...)
 }
@@ -65,19 +69,19 @@ type SetupReport struct {
 // on each source table with row-level security that it owns, a read policy for readRole
 // (empty: the connecting role). It is idempotent. The slot is left to the stream, which
 // creates it with a snapshot for the first backfill; CreateSlot makes it without one.
-func Setup(ctx context.Context, db *pgxpool.Pool, n Names, readRole string) (SetupReport, error) {
+func Setup(ctx context.Context, db *pgxpool.Pool, n Names, m *model.Model, readRole string) (SetupReport, error) {
 	var rep SetupReport
 	var exists bool
 	if err := db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)`, n.Publication).Scan(&exists); err != nil {
 		return rep, fmt.Errorf("look up publication %s: %w", n.Publication, err)
 	}
-	missing, err := MissingTables(ctx, db, n.Publication)
+	missing, err := MissingTables(ctx, db, m, n.Publication)
 	if err != nil {
 		return rep, err
 	}
 	switch {
 	case !exists:
-		stmt := SetupSQL(n)[0]
+		stmt := SetupSQL(n, m)[0]
 		_, err := db.Exec(ctx, stmt)
 		switch {
 		case isDuplicateObject(err):
@@ -94,7 +98,7 @@ func Setup(ctx context.Context, db *pgxpool.Pool, n Names, readRole string) (Set
 		}
 		rep.Done = append(rep.Done, fmt.Sprintf("added %s to publication %s", strings.Join(missing, ", "), n.Publication))
 	}
-	gaps, err := PublicationGaps(ctx, db, n.Publication)
+	gaps, err := PublicationGaps(ctx, db, m, n.Publication)
 	if err != nil {
 		return rep, err
 	}
@@ -106,10 +110,7 @@ func Setup(ctx context.Context, db *pgxpool.Pool, n Names, readRole string) (Set
 		}
 		rep.Done = append(rep.Done, fmt.Sprintf("publication %s: fixed that %s", n.Publication, g.Problem))
 	}
-	for _, t := range Tables() {
-		if !t.Full {
-			continue
-		}
+	for _, t := range m.Tables {
 		ok, err := identityCovers(ctx, db, t)
 		if err != nil {
 			return rep, err
@@ -123,19 +124,16 @@ func Setup(ctx context.Context, db *pgxpool.Pool, n Names, readRole string) (Set
 		}
 		rep.Done = append(rep.Done, fmt.Sprintf("set REPLICA IDENTITY FULL on %s (deletes must name the student)", t.Name))
 	}
-	done, left, err := grantReadPolicies(ctx, db, readRole)
+	done, left, err := grantReadPolicies(ctx, db, m, readRole)
 	rep.Done, rep.Hidden = append(rep.Done, done...), left
 	return rep, err
 }
 
 // WeakIdentities lists the tables whose replica identity would leave deletes without the
 // student (or course) key.
-func WeakIdentities(ctx context.Context, db *pgxpool.Pool) ([]string, error) {
+func WeakIdentities(ctx context.Context, db *pgxpool.Pool, m *model.Model) ([]string, error) {
 	var out []string
-	for _, t := range Tables() {
-		if !t.Full {
-			continue
-		}
+	for _, t := range m.Tables {
 		ok, err := identityCovers(ctx, db, t)
 		if err != nil {
 			return nil, err
@@ -148,13 +146,14 @@ func WeakIdentities(ctx context.Context, db *pgxpool.Pool) ([]string, error) {
 }
 
 // identityCovers reports whether the table's replica identity already makes deletes carry its
-// key columns: FULL, or a DBA's identity index that includes them.
-func identityCovers(ctx context.Context, db *pgxpool.Pool, t Table) (bool, error) {
+// student or key columns: FULL, the primary key (the default) or a DBA's identity index that
+// includes them.
+func identityCovers(ctx context.Context, db *pgxpool.Pool, t model.Table) (bool, error) {
 	var identity string
 	var indexed []string
 	err := db.QueryRow(ctx, `SELECT c.relreplident::text, coalesce(array_agg(a.attname::text) FILTER (WHERE a.attname IS NOT NULL), '{}')
 		FROM pg_class c
-		LEFT JOIN pg_index i ON i.indrelid = c.oid AND i.indisreplident
+		LEFT JOIN pg_index i ON i.indrelid = c.oid AND CASE c.relreplident WHEN 'i' THEN i.indisreplident WHEN 'd' THEN i.indisprimary ELSE false END
 		LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY(i.indkey)
 		WHERE c.oid = $1::regclass GROUP BY c.relreplident`, t.Name).Scan(&identity, &indexed)
 	if err != nil {
@@ -163,8 +162,8 @@ func identityCovers(ctx context.Context, db *pgxpool.Pool, t Table) (bool, error
 	switch identity {
 	case "f":
 		return true, nil
-	case "i":
-		for _, k := range t.Keys() {
+	case "i", "d":
+		for _, k := range t.Columns() {
 			if !slices.Contains(indexed, k) {
 				return false, nil
 			}
@@ -176,7 +175,7 @@ func identityCovers(ctx context.Context, db *pgxpool.Pool, t Table) (bool, error
 
 // MissingTables lists the source tables the publication does not publish (all six when it
 // does not exist).
-func MissingTables(ctx context.Context, db *pgxpool.Pool, publication string) ([]string, error) {
+func MissingTables(ctx context.Context, db *pgxpool.Pool, m *model.Model, publication string) ([]string, error) {
 	rows, err := db.Query(ctx, `SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1`, publication)
 	if err != nil {
 		return nil, fmt.Errorf("list tables of publication %s: %w", publication, err)
@@ -190,7 +189,7 @@ func MissingTables(ctx context.Context, db *pgxpool.Pool, publication string) ([
 		have[p] = true
 	}
 	var missing []string
-	for _, t := range Tables() {
+	for _, t := range m.Tables {
 		if !have[t.Name] {
 			missing = append(missing, t.Name)
 		}
@@ -208,7 +207,7 @@ type PublicationGap struct {
 // PublicationGaps lists the changes of the source tables that the publication would not send:
 // operations it does not publish (publish = ...), and row filters or column lists on a table.
 // A change the stream never sends is a change the sync never sees.
-func PublicationGaps(ctx context.Context, db DB, publication string) ([]PublicationGap, error) {
+func PublicationGaps(ctx context.Context, db DB, m *model.Model, publication string) ([]PublicationGap, error) {
 	var ins, upd, del, trunc bool
 	err := db.QueryRow(ctx, `SELECT pubinsert, pubupdate, pubdelete, pubtruncate FROM pg_publication WHERE pubname = $1`, publication).
 		Scan(&ins, &upd, &del, &trunc)
@@ -227,7 +226,7 @@ func PublicationGaps(ctx context.Context, db DB, publication string) ([]Publicat
 		FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
 		JOIN pg_class c ON c.oid = pr.prrelid JOIN pg_namespace n ON n.oid = c.relnamespace
 		WHERE p.pubname = $1 AND n.nspname || '.' || c.relname = ANY($2) AND (pr.prqual IS NOT NULL OR pr.prattrs IS NOT NULL)
-		ORDER BY 1`, publication, tableNames())
+		ORDER BY 1`, publication, m.TableNames())
 	if err != nil {
 		return nil, fmt.Errorf("read the tables of publication %s: %w", publication, err)
 	}
@@ -250,8 +249,8 @@ func PublicationGaps(ctx context.Context, db DB, publication string) ([]Publicat
 
 // CheckPublication returns a *MisconfiguredError when the publication leaves changes of the
 // source tables out of the stream.
-func CheckPublication(ctx context.Context, db DB, publication string) error {
-	gaps, err := PublicationGaps(ctx, db, publication)
+func CheckPublication(ctx context.Context, db DB, m *model.Model, publication string) error {
+	gaps, err := PublicationGaps(ctx, db, m, publication)
 	if err != nil || len(gaps) == 0 {
 		return err
 	}

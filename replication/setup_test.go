@@ -16,7 +16,7 @@ func TestSetupsStartedTogetherAllSucceed(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, errs[i] = Setup(ctx, db, names, "")
+			_, errs[i] = Setup(ctx, db, names, defaultModel(), "")
 		}()
 	}
 	wg.Wait()
@@ -25,7 +25,7 @@ func TestSetupsStartedTogetherAllSucceed(t *testing.T) {
 			t.Errorf("setup %d: %v", i, err)
 		}
 	}
-	if gaps, err := PublicationGaps(ctx, db, names.Publication); err != nil || len(gaps) > 0 {
+	if gaps, err := PublicationGaps(ctx, db, defaultModel(), names.Publication); err != nil || len(gaps) > 0 {
 		t.Fatalf("after the setups: gaps %v, %v", gaps, err)
 	}
 }

@@ -12,7 +12,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/focusenglish/progress-sync/metrics"
+	"github.com/focusenglish/progress-sync/metrics/model"
 	"github.com/focusenglish/progress-sync/replication/push"
 )
 
@@ -66,17 +66,21 @@ func runBackfill(ctx context.Context, args []string, out io.Writer) error {
 	}
 	summary := lastLine(p.logPath, "backfill:")
 
-	// The metric queries alone: metrics.Page over every student, 100 at a time, as backfill does.
+	// The metric queries alone: the model's Page over every student, 100 at a time, as backfill does.
 	pool, err := pgxpool.New(ctx, h.dbURL)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
+	m := model.Builtin(model.Default)
+	if err := m.Verify(ctx, pool); err != nil {
+		return err
+	}
 	var queries time.Duration
 	pages := 0
 	for after := uuid.Nil; ; pages++ {
 		began := time.Now()
-		students, err := metrics.Page(ctx, pool, after, push.MaxBatch)
+		students, err := m.Page(ctx, pool, after, push.MaxBatch)
 		queries += time.Since(began)
 		if err != nil {
 			return err
@@ -98,7 +102,7 @@ func runBackfill(ctx context.Context, args []string, out io.Writer) error {
 		wall.Seconds(), mib(tr.maxRSSKiB), tr.userS+tr.systemS, st.Requests, st.BatchReads, st.BatchUpdates, inputs, st.RateLimited, needed)
 	fmt.Fprintf(out, "  floor = %d requests / %.0f per s = %.1f s; wall / floor = %.3f (target <= 1.10: %s)\n",
 		st.Requests, perSecond, floor, ratio, verdict(ratio <= 1.10))
-	fmt.Fprintf(out, "  metric queries alone (metrics.Page x %d, measured separately): %.1f s = %.1f%% of the wall time (%.1f ms per page of 100)\n",
+	fmt.Fprintf(out, "  metric queries alone (model Page x %d, measured separately): %.1f s = %.1f%% of the wall time (%.1f ms per page of 100)\n",
 		pages, queries.Seconds(), 100*queries.Seconds()/wall.Seconds(), 1000*queries.Seconds()/float64(max(1, pages)))
 	return nil
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/focusenglish/progress-sync/metrics"
+	"github.com/focusenglish/progress-sync/metrics/model"
 	"github.com/focusenglish/progress-sync/replication"
 	"github.com/focusenglish/progress-sync/replication/buffer"
 	"github.com/focusenglish/progress-sync/replication/pgtest"
@@ -116,7 +117,7 @@ func BenchmarkDecode(b *testing.B) {
 		}
 		// One row change inside an open transaction: the cost per change.
 		b.Run(sc.kind+"-row", func(b *testing.B) {
-			dec := replication.NewDecoder()
+			dec := replication.NewDecoder(model.Builtin(model.Default))
 			for _, m := range append(setup, begin) {
 				if _, err := dec.Decode(m); err != nil {
 					b.Fatal(err)
@@ -134,7 +135,7 @@ func BenchmarkDecode(b *testing.B) {
 		})
 		// A whole transaction of one row: Begin, the row, Commit.
 		b.Run(sc.kind+"-txn-of-1", func(b *testing.B) {
-			dec := replication.NewDecoder()
+			dec := replication.NewDecoder(model.Builtin(model.Default))
 			for _, m := range setup {
 				if _, err := dec.Decode(m); err != nil {
 					b.Fatal(err)

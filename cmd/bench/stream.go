@@ -17,6 +17,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/focusenglish/progress-sync/hubspot/hubspottest"
+	"github.com/focusenglish/progress-sync/metrics/model"
 	"github.com/focusenglish/progress-sync/replication"
 	"github.com/focusenglish/progress-sync/replication/buffer"
 	"github.com/focusenglish/progress-sync/replication/state"
@@ -336,7 +337,7 @@ func profileConsumer(ctx context.Context, h *harness, conn *pgx.Conn, o streamOp
 	log := logrus.New()
 	log.SetOutput(io.Discard)
 	cons := replication.NewConsumer(pool, sink, replication.Options{DatabaseURL: h.dbURL,
-		Names: replication.Names{Slot: profileSlot, Publication: publication}, StatusInterval: o.statusInterval, Log: logrus.NewEntry(log)})
+		Names: replication.Names{Slot: profileSlot, Publication: publication}, Model: model.Builtin(model.Default), StatusInterval: o.statusInterval, Log: logrus.NewEntry(log)})
 	f, err := os.Create(o.profile)
 	if err != nil {
 		return profileResult{}, err

@@ -15,6 +15,7 @@ import (
 
 	"github.com/focusenglish/progress-sync/hubspot/hubspottest"
 	"github.com/focusenglish/progress-sync/metrics"
+	"github.com/focusenglish/progress-sync/metrics/model"
 	"github.com/focusenglish/progress-sync/replication/pgtest"
 )
 
@@ -99,6 +100,11 @@ func simulate(ctx context.Context, dbURL string, students []pgtest.SeededStudent
 		return res
 	}
 	defer conn.Close(context.Background())
+	m, err := verifiedModel(ctx, conn)
+	if err != nil {
+		res.err = fmt.Errorf("simulator: %w", err)
+		return res
+	}
 	ids := make([]uuid.UUID, len(students))
 	emails := map[uuid.UUID]string{}
 	for i, s := range students {
@@ -115,7 +121,7 @@ func simulate(ctx context.Context, dbURL string, students []pgtest.SeededStudent
 		var after []metrics.Student
 		if err == nil {
 			// What HubSpot should show once this change is synced.
-			after, err = metrics.ForStudents(stepCtx, conn, []uuid.UUID{ch.Student})
+			after, err = m.ForStudents(stepCtx, conn, []uuid.UUID{ch.Student})
 		}
 		cancel()
 		if err != nil {
@@ -203,7 +209,11 @@ func differences(ctx context.Context, conn *pgx.Conn, emu *hubspottest.Server, s
 	for i, s := range students {
 		ids[i] = s.ID
 	}
-	want, err := metrics.ForStudents(ctx, conn, ids)
+	m, err := verifiedModel(ctx, conn)
+	if err != nil {
+		return nil, 0, err
+	}
+	want, err := m.ForStudents(ctx, conn, ids)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -223,4 +233,14 @@ func differences(ctx context.Context, conn *pgx.Conn, emu *hubspottest.Server, s
 	}
 	sort.Strings(diffs)
 	return diffs, matched, nil
+}
+
+// verifiedModel is the progress model the demo's service runs with (the default), verified
+// against the demo's database so that it computes what the service computes.
+func verifiedModel(ctx context.Context, conn *pgx.Conn) (*model.Model, error) {
+	m := model.Builtin(model.Default)
+	if err := m.Verify(ctx, conn); err != nil {
+		return nil, err
+	}
+	return m, nil
 }

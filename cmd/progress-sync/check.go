@@ -9,12 +9,14 @@ import (
 	"strings"
 
 	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
 
 	"github.com/focusenglish/progress-sync/cmd/progress-sync/internal/config"
 	"github.com/focusenglish/progress-sync/hubspot"
 	"github.com/focusenglish/progress-sync/metrics"
+	"github.com/focusenglish/progress-sync/metrics/model"
 	"github.com/focusenglish/progress-sync/replication"
 )
 
@@ -33,7 +35,7 @@ Exit status 0 only when every item is ok.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, out := cmd.Context(), cmd.OutOrStdout()
-			cfg, log, db, err := a.openDatabase(ctx, config.Needs{Replication: true, HubSpot: true})
+			cfg, log, db, err := a.openDatabase(ctx, config.Needs{Replication: true, HubSpot: true, SkipModel: true})
 			if err != nil {
 				return err
 			}
@@ -81,8 +83,14 @@ func checkDatabase(ctx context.Context, db *pgxpool.Pool, cfg config.Config) []f
 	if !ok {
 		return fs
 	}
+	more, ok = checkModel(ctx, db, cfg.Model)
+	fs = append(fs, more...)
+	if !ok {
+		return append(fs, checkSlot(cfg.Slot, slot))
+	}
 	fs = append(fs, checkSource(ctx, db, cfg)...)
-	fs = append(fs, checkVisibility(ctx, db, user)...)
+	fs = append(fs, checkVisibility(ctx, db, cfg.Model, user)...)
+	fs = append(fs, checkModelData(ctx, db, cfg.Model)...)
 	return append(fs, checkSlot(cfg.Slot, slot))
 }
 
@@ -142,30 +150,72 @@ func checkCapacity(ctx context.Context, db *pgxpool.Pool, slot replication.Slot)
 	return fs, true
 }
 
+// checkModel: the progress model against the database (its tables, columns and queries).
+func checkModel(ctx context.Context, db *pgxpool.Pool, m *model.Model) (fs []finding, ok bool) {
+	if err := m.Verify(ctx, db); err != nil {
+		return []finding{{item: "progress model", detail: err.Error(),
+			fix: "correct the model (docs/models.md explains each part), or choose another with PROGRESS_SYNC_MODEL; a table it needs may be missing: see `progress-sync setup --print-sql`"}}, false
+	}
+	return []finding{{item: "progress model", ok: true, detail: fmt.Sprintf("%s: computes %s from %s",
+		m.Name, strings.Join(m.Computes(), ", "), strings.Join(m.TableNames(), ", "))}}, true
+}
+
+// checkModelData runs the model's query on real students and its own checks, read-only.
+func checkModelData(ctx context.Context, db *pgxpool.Pool, m *model.Model) (fs []finding) {
+	err := pgx.BeginTxFunc(ctx, db, pgx.TxOptions{AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+		n, err := m.Trial(ctx, tx)
+		if err != nil {
+			fs = append(fs, finding{item: "progress model query", detail: err.Error(),
+				fix: "correct the properties query (docs/models.md): one row per student of $1"})
+		} else {
+			fs = append(fs, finding{item: "progress model query", ok: true, detail: fmt.Sprintf("ran on an empty batch and on %d students", n)})
+		}
+		for _, c := range m.Checks {
+			problems, err := m.Problems(ctx, tx, c)
+			switch {
+			case err != nil:
+				fs = append(fs, finding{item: "model check: " + c.Name, detail: err.Error(), fix: "correct the check's query"})
+			case len(problems) == 0:
+				fs = append(fs, finding{item: "model check: " + c.Name, ok: true, detail: "no problem found"})
+			default:
+				for _, p := range problems {
+					fs = append(fs, finding{item: "model check: " + c.Name, detail: p, fix: orText(c.Fix, "see the model's check")})
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		fs = append(fs, finding{item: "progress model query", detail: err.Error(), fix: "see the error"})
+	}
+	return fs
+}
+
 // checkSource: the publication's tables and their replica identities.
 func checkSource(ctx context.Context, db *pgxpool.Pool, cfg config.Config) (fs []finding) {
 	add := func(item string, ok bool, detail, fix string) { fs = append(fs, finding{item, detail, fix, ok}) }
-	missing, err := replication.MissingTables(ctx, db, cfg.Publication)
+	missing, err := replication.MissingTables(ctx, db, cfg.Model, cfg.Publication)
+	tables := fmt.Sprintf("the model's %d tables", len(cfg.Model.Tables))
 	switch {
 	case err != nil:
 		add("publication", false, err.Error(), "")
-	case len(missing) == len(replication.Tables()):
-		add("publication", false, fmt.Sprintf("publication %s does not exist", cfg.Publication), "run `progress-sync setup` (or its --print-sql as the tables' owner)")
+	case len(missing) == len(cfg.Model.Tables):
+		add("publication", false, fmt.Sprintf("publication %s does not exist or publishes none of %s", cfg.Publication, tables), "run `progress-sync setup` (or its --print-sql as the tables' owner)")
 	default:
-		add("publication", len(missing) == 0, fmt.Sprintf("publication %s publishes the six tables", cfg.Publication)+missingNote(missing),
+		add("publication", len(missing) == 0, fmt.Sprintf("publication %s publishes %s", cfg.Publication, tables)+missingNote(missing),
 			fmt.Sprintf("ALTER PUBLICATION %s ADD TABLE %s;", cfg.Publication, strings.Join(missing, ", ")))
 	}
-	if gaps, err := replication.PublicationGaps(ctx, db, cfg.Publication); err != nil {
+	if gaps, err := replication.PublicationGaps(ctx, db, cfg.Model, cfg.Publication); err != nil {
 		add("publication settings", false, err.Error(), "")
 	} else {
 		var problems, fixes []string
 		for _, g := range gaps {
 			problems, fixes = append(problems, g.Problem), append(fixes, g.Fix...)
 		}
-		add("publication settings", len(gaps) == 0, orText(strings.Join(problems, "; "), "every insert, update, delete and truncate of the six tables, all rows and columns"),
+		add("publication settings", len(gaps) == 0, orText(strings.Join(problems, "; "), "every insert, update, delete and truncate of "+tables+", all rows and columns"),
 			strings.Join(fixes, " "))
 	}
-	wrong, err := replication.WeakIdentities(ctx, db)
+	wrong, err := replication.WeakIdentities(ctx, db, cfg.Model)
 	if err != nil {
 		add("replica identities", false, err.Error(), "")
 		return fs
@@ -292,13 +342,13 @@ func orText(s, fallback string) string {
 
 // checkVisibility is one failing item per source table whose rows the role sees only in
 // part, or one ok item.
-func checkVisibility(ctx context.Context, db *pgxpool.Pool, user string) []finding {
-	hidden, err := replication.HiddenTables(ctx, db, "")
+func checkVisibility(ctx context.Context, db *pgxpool.Pool, m *model.Model, user string) []finding {
+	hidden, err := replication.HiddenTables(ctx, db, m, "")
 	if err != nil {
 		return []finding{{item: "row-level security", detail: err.Error(), fix: "grant the role read access to pg_class and pg_policy"}}
 	}
 	if len(hidden) == 0 {
-		return []finding{{item: "row-level security", ok: true, detail: fmt.Sprintf("role %s reads every row of the six tables", user)}}
+		return []finding{{item: "row-level security", ok: true, detail: fmt.Sprintf("role %s reads every row of the model's %d tables", user, len(m.Tables))}}
 	}
 	fs := make([]finding, len(hidden))
 	for i, h := range hidden {

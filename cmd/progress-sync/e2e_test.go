@@ -21,6 +21,7 @@ import (
 	"github.com/focusenglish/progress-sync/hubspot"
 	"github.com/focusenglish/progress-sync/hubspot/hubspottest"
 	"github.com/focusenglish/progress-sync/metrics"
+	"github.com/focusenglish/progress-sync/metrics/model/modeltest"
 	"github.com/focusenglish/progress-sync/replication/pgtest"
 	"github.com/focusenglish/progress-sync/replication/state"
 )
@@ -233,7 +234,7 @@ func (w *world) expected() map[uuid.UUID]metrics.Student {
 	for i, s := range w.students {
 		ids[i] = s.ID
 	}
-	got, err := metrics.ForStudents(context.Background(), w.db, ids)
+	got, err := modeltest.CourseProgress(w.t, w.db).ForStudents(context.Background(), w.db, ids)
 	if err != nil {
 		w.t.Fatal(err)
 	}

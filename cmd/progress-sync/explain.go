@@ -18,19 +18,21 @@ import (
 	"github.com/focusenglish/progress-sync/cmd/progress-sync/internal/config"
 	"github.com/focusenglish/progress-sync/hubspot"
 	"github.com/focusenglish/progress-sync/metrics"
+	"github.com/focusenglish/progress-sync/metrics/model"
 	"github.com/focusenglish/progress-sync/replication"
 	"github.com/focusenglish/progress-sync/replication/state"
 )
 
 // The states of a property in an explanation (docs/contract.md §5).
 const (
-	stateEqual     = "equal"     // HubSpot holds the database's value
-	statePending   = "pending"   // the student waits in the buffer for a push
-	stateRejected  = "rejected"  // HubSpot refused the value
-	stateConflict  = "conflict"  // another student claims the contact
-	stateUnmatched = "unmatched" // no contact to write
-	stateDrifted   = "drifted"   // HubSpot holds another value than the sync wrote
-	stateBehind    = "behind"    // the database changed, and the change has not reached the sync
+	stateEqual     = "equal"        // HubSpot holds the database's value
+	statePending   = "pending"      // the student waits in the buffer for a push
+	stateRejected  = "rejected"     // HubSpot refused the value
+	stateConflict  = "conflict"     // another student claims the contact
+	stateUnmatched = "unmatched"    // no contact to write
+	stateDrifted   = "drifted"      // HubSpot holds another value than the sync wrote
+	stateBehind    = "behind"       // the database changed, and the change has not reached the sync
+	stateNotOwned  = "not_computed" // the progress model does not compute it: never written
 )
 
 func (a *app) explainCmd() *cobra.Command {
@@ -56,7 +58,7 @@ Exit status 0 when HubSpot equals the database, 1 otherwise.`,
 				return err
 			}
 			defer db.Close()
-			id, err := findStudent(ctx, db, email, student)
+			id, err := findStudent(ctx, db, cfg.Model, email, student)
 			if err != nil {
 				return err
 			}
@@ -91,7 +93,7 @@ Exit status 0 when HubSpot equals the database, 1 otherwise.`,
 }
 
 // findStudent resolves --email or --student to one student id.
-func findStudent(ctx context.Context, db *pgxpool.Pool, email, student string) (uuid.UUID, error) {
+func findStudent(ctx context.Context, db *pgxpool.Pool, m *model.Model, email, student string) (uuid.UUID, error) {
 	if student != "" {
 		id, err := uuid.Parse(student)
 		if err != nil {
@@ -99,7 +101,7 @@ func findStudent(ctx context.Context, db *pgxpool.Pool, email, student string) (
 		}
 		return id, nil
 	}
-	found, err := metrics.IDsByEmail(ctx, db, []string{email})
+	found, err := m.IDsByEmail(ctx, db, []string{email})
 	if err != nil {
 		return uuid.Nil, err
 	}
@@ -119,29 +121,17 @@ func findStudent(ctx context.Context, db *pgxpool.Pool, email, student string) (
 
 // explanation is what explain prints, as text or JSON.
 type explanation struct {
-	StudentID  uuid.UUID        `json:"student_id"`
-	Email      string           `json:"email"`
-	Inputs     explainedInputs  `json:"inputs"`
-	Contact    *explainedLink   `json:"contact"`
-	Unmatched  string           `json:"unmatched,omitempty"`
-	Pending    *explainedWait   `json:"pending,omitempty"`
-	Problem    *explainedIssue  `json:"problem,omitempty"`
-	Properties []explainedValue `json:"properties"`
-}
-
-type explainedInputs struct {
-	CourseLevel   string     `json:"course_level"`
-	CourseGoal    string     `json:"course_goal"`
-	CourseModules int        `json:"course_modules"`
-	CourseLessons int        `json:"course_lessons"`
-	ProgressRows  int        `json:"course_progress_rows"`
-	CompletedRows int        `json:"completed_rows"`
-	ScoredRows    int        `json:"completed_rows_with_score"`
-	CourseDone    int        `json:"course_lessons_completed"`
-	SecondsSpent  int64      `json:"seconds_spent"`
-	LastAccess    *time.Time `json:"last_accessed_at"`
-	StreakRow     bool       `json:"user_streaks_row"`
-	XPRow         bool       `json:"user_xp_row"`
+	StudentID uuid.UUID `json:"student_id"`
+	Email     string    `json:"email"`
+	// Model names the progress model; Rows are the student's rows of its tables behind the
+	// values.
+	Model      string            `json:"model"`
+	Rows       []model.TableRows `json:"rows"`
+	Contact    *explainedLink    `json:"contact"`
+	Unmatched  string            `json:"unmatched,omitempty"`
+	Pending    *explainedWait    `json:"pending,omitempty"`
+	Problem    *explainedIssue   `json:"problem,omitempty"`
+	Properties []explainedValue  `json:"properties"`
 }
 
 type explainedLink struct {
@@ -182,7 +172,7 @@ type explainedValue struct {
 func (x *explanation) differing() int {
 	n := 0
 	for _, p := range x.Properties {
-		if p.State != stateEqual {
+		if p.State != stateEqual && p.State != stateNotOwned {
 			n++
 		}
 	}
@@ -191,8 +181,8 @@ func (x *explanation) differing() int {
 
 // explain gathers everything known about one student; it writes nothing anywhere.
 func explain(ctx context.Context, db *pgxpool.Pool, hs *hubspot.Client, cfg config.Config, id uuid.UUID) (*explanation, error) {
-	s, in, err := replication.CompleteView{DB: db}.Explain(ctx, id)
-	if errors.Is(err, metrics.ErrNoStudent) {
+	s, rows, err := replication.CompleteView{DB: db, Model: cfg.Model}.Explain(ctx, id)
+	if errors.Is(err, model.ErrNoStudent) {
 		return nil, usageError{fmt.Errorf("no student has the id %s", id)}
 	}
 	if err != nil {
@@ -202,10 +192,7 @@ func explain(ctx context.Context, db *pgxpool.Pool, hs *hubspot.Client, cfg conf
 	if err != nil {
 		return nil, err
 	}
-	x := &explanation{StudentID: id, Email: s.Email, Inputs: explainedInputs{CourseLevel: in.Level, CourseGoal: in.Goal,
-		CourseModules: in.CourseModules, CourseLessons: in.CourseLessons, ProgressRows: in.ProgressRows, CompletedRows: in.CompletedRows,
-		ScoredRows: in.ScoredRows, CourseDone: in.CourseDone, SecondsSpent: in.SecondsSpent, LastAccess: in.LastAccess,
-		StreakRow: in.StreakRow, XPRow: in.XPRow}}
+	x := &explanation{StudentID: id, Email: s.Email, Model: cfg.Model.Name, Rows: rows}
 	if err := x.readSyncState(ctx, store, cfg); err != nil {
 		return nil, err
 	}
@@ -301,6 +288,11 @@ func (x *explanation) readContact(ctx context.Context, store *state.Store, hs *h
 func (x *explanation) judge(s metrics.Student, held, pushed map[string]string) {
 	for _, name := range metrics.Names() {
 		v := explainedValue{Name: name, Database: s.Values[name]}
+		if _, computed := s.Values[name]; !computed {
+			v.State, v.Detail = stateNotOwned, "the progress model does not compute it: the sync never writes it"
+			x.Properties = append(x.Properties, v)
+			continue
+		}
 		if x.Contact != nil {
 			h := metrics.Canonical(name, held[name])
 			v.HubSpot = &h
@@ -346,19 +338,17 @@ func (x *explanation) stateOf(v explainedValue) (string, string) {
 
 // print writes the explanation for people.
 func (x *explanation) print(out io.Writer) {
-	in := x.Inputs
 	fmt.Fprintf(out, "student %s <%s>\n", x.StudentID, x.Email)
-	course := "no assigned course"
-	if in.CourseLevel != "" && in.CourseGoal != "" {
-		course = fmt.Sprintf("course %s/%s: %d lessons in %d modules, %d of them completed", in.CourseLevel, in.CourseGoal, in.CourseLessons, in.CourseModules, in.CourseDone)
+	fmt.Fprintf(out, "progress model %s; the student's rows:\n", x.Model)
+	for _, t := range x.Rows {
+		fmt.Fprintf(out, "  %s (%s = the student): %d rows\n", t.Table, t.Column, t.Count)
+		for _, r := range t.Rows {
+			fmt.Fprintf(out, "    %s\n", r)
+		}
+		if t.Count > len(t.Rows) {
+			fmt.Fprintf(out, "    ... %d more\n", t.Count-len(t.Rows))
+		}
 	}
-	last := "never"
-	if in.LastAccess != nil {
-		last = in.LastAccess.UTC().Format("2006-01-02 15:04:05") + " UTC"
-	}
-	fmt.Fprintf(out, "  %s\n  course_progress: %d rows, %d completed (%d with a score), %d seconds spent, last access %s\n",
-		course, in.ProgressRows, in.CompletedRows, in.ScoredRows, in.SecondsSpent, last)
-	fmt.Fprintf(out, "  user_streaks row: %s; user_xp row: %s\n", yesNo(in.StreakRow), yesNo(in.XPRow))
 	switch {
 	case x.Contact == nil:
 		fmt.Fprintf(out, "contact: none (%s)\n", x.Unmatched)
@@ -392,13 +382,6 @@ func (x *explanation) print(out io.Writer) {
 func (w *explainedWait) dueText() string {
 	return fmt.Sprintf("due by %s if the service runs with debounce %s and max delay %s, as given here",
 		w.Due.UTC().Format(time.RFC3339), w.Debounce, w.MaxDelay)
-}
-
-func yesNo(b bool) string {
-	if b {
-		return "yes"
-	}
-	return "no"
 }
 
 // quoted shows a value so that an empty one is visible: "" is a cleared property, - is none.

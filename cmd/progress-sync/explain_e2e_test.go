@@ -19,10 +19,12 @@ type explained struct {
 		ID     string `json:"id"`
 		Linked bool   `json:"linked"`
 	} `json:"contact"`
-	Inputs struct {
-		ProgressRows  int `json:"course_progress_rows"`
-		CourseLessons int `json:"course_lessons"`
-	} `json:"inputs"`
+	Model string `json:"model"`
+	Rows  []struct {
+		Table string            `json:"table"`
+		Count int               `json:"count"`
+		Rows  []json.RawMessage `json:"rows"`
+	} `json:"rows"`
 	Pending *struct {
 		Due time.Time `json:"due"`
 	} `json:"pending"`
@@ -94,6 +96,28 @@ func TestExplainNamesEachState(t *testing.T) {
 		{"unmatched", w.unmatched[0], metrics.TotalXP, "unmatched", "no HubSpot contact has this email", 1},
 		{"unmatched without an email", w.noEmail, metrics.LessonsCompleted, "unmatched", "no email", 1},
 	}
+	t.Run("the model's rows", func(t *testing.T) {
+		x, _ := w.explain(plain)
+		var want int
+		if err := w.db.QueryRow(context.Background(), `SELECT count(*) FROM course_progress WHERE user_id = $1`, plain).Scan(&want); err != nil {
+			t.Fatal(err)
+		}
+		counts := map[string]int{}
+		for _, r := range x.Rows {
+			counts[r.Table] = r.Count
+			if len(r.Rows) != min(r.Count, 50) {
+				t.Errorf("%s: %d rows shown of %d", r.Table, len(r.Rows), r.Count)
+			}
+		}
+		for _, r := range x.Rows {
+			if r.Table == "public.users" && (len(r.Rows) != 1 || strings.Contains(string(r.Rows[0]), "password_hash")) {
+				t.Errorf("the students row shows more than the id and email: %s", r.Rows)
+			}
+		}
+		if x.Model != "course_progress" || counts["public.users"] != 1 || counts["public.course_progress"] != want {
+			t.Fatalf("explain shows model %q and rows %v; want course_progress, 1 users row and %d course_progress rows", x.Model, counts, want)
+		}
+	})
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			x, code := w.explain(tc.student)
@@ -122,7 +146,7 @@ func TestExplainNamesEachState(t *testing.T) {
 	})
 	t.Run("equal in text", func(t *testing.T) {
 		out := w.cli.mustRun("explain", "--student", plain.String()).stdout
-		for _, want := range []string{"course_progress:", "linked in the sync state", "HubSpot equals the database."} {
+		for _, want := range []string{"public.course_progress (user_id = the student):", "linked in the sync state", "HubSpot equals the database."} {
 			if !strings.Contains(out, want) {
 				t.Errorf("text output lacks %q:\n%s", want, out)
 			}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/focusenglish/progress-sync/cmd/progress-sync/internal/config"
 	"github.com/focusenglish/progress-sync/hubspot"
+	"github.com/focusenglish/progress-sync/metrics/model"
 	"github.com/focusenglish/progress-sync/replication"
 )
 
@@ -51,7 +52,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	var uErr usageError
 	var hidden *replication.HiddenRowsError
 	var misconfigured *replication.MisconfiguredError
+	var badModel *model.Error
 	switch {
+	case errors.As(err, &badModel):
+		// Refused before anything was written: the file, the part and the line.
+		fmt.Fprintln(stderr, "progress-sync: "+badModel.Error())
+		return exitUsage
 	case errors.Is(err, hubspot.ErrUnknownAPIVersion):
 		// No retry fixes a version HubSpot does not serve.
 		fmt.Fprintln(stderr, "progress-sync: "+err.Error())
@@ -132,6 +138,14 @@ func (a *app) openDatabase(ctx context.Context, needs config.Needs) (config.Conf
 	db, err := pgxpool.New(ctx, cfg.DatabaseURL)
 	if err != nil {
 		return cfg, nil, nil, fmt.Errorf("connect to the database: %w", err)
+	}
+	if needs.SkipModel {
+		return cfg, log, db, nil
+	}
+	// Before anything reads or writes through it: a wrong model is refused with its line.
+	if err := cfg.Model.Verify(ctx, db); err != nil {
+		db.Close()
+		return cfg, nil, nil, err
 	}
 	return cfg, log, db, nil
 }

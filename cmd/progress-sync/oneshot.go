@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
 
@@ -115,7 +114,7 @@ in HubSpot workflows that watch those properties: run it with --dry-run first.`,
 				return err
 			}
 			defer db.Close()
-			if err := replication.CheckVisibility(ctx, db); err != nil {
+			if err := replication.CheckVisibility(ctx, db, cfg.Model); err != nil {
 				return err
 			}
 			requests := &requestCounter{}
@@ -136,8 +135,8 @@ in HubSpot workflows that watch those properties: run it with --dry-run first.`,
 				return err
 			}
 			p := push.New(hs, store, log, push.Options{DryRun: dryRun, ShowEmails: a.showEmails, AllowClearing: allowClearing,
-				CompareWithHubSpot: true})
-			res, err := backfill(ctx, db, p, store, emails, func(total int) *progress {
+				CompareWithHubSpot: true, Properties: cfg.Model.Computes()})
+			res, err := backfill(ctx, replication.CompleteView{DB: db, Model: cfg.Model}, p, store, emails, func(total int) *progress {
 				return newProgress(a.stderr, total, requests, cfg.RateLimit.Sustained(), progressEvery, log)
 			})
 			report(cmd.OutOrStdout(), res, dryRun, a.showEmails)
@@ -155,12 +154,13 @@ in HubSpot workflows that watch those properties: run it with --dry-run first.`,
 // backfill pushes every student, or those with the given emails, in batches of push.MaxBatch,
 // comparing with what HubSpot holds. A full backfill also lets go of the contacts of students
 // deleted since they were synced.
-func backfill(ctx context.Context, db *pgxpool.Pool, p *push.Pusher, store *state.Store, emails []string, show func(total int) *progress) (total push.Result, err error) {
-	// Every batch is computed from a complete view: a policy switched on halfway through
-	// stops the backfill instead of clearing the rest.
-	view := replication.CompleteView{DB: db}
+//
+// Every batch is computed from a complete view: a policy switched on halfway through stops
+// the backfill instead of clearing the rest.
+func backfill(ctx context.Context, view replication.CompleteView, p *push.Pusher, store *state.Store, emails []string, show func(total int) *progress) (total push.Result, err error) {
+	db, m := view.DB, view.Model
 	if len(emails) > 0 {
-		found, err := metrics.IDsByEmail(ctx, db, emails)
+		found, err := m.IDsByEmail(ctx, db, emails)
 		if err != nil {
 			return total, err
 		}
@@ -192,7 +192,7 @@ func backfill(ctx context.Context, db *pgxpool.Pool, p *push.Pusher, store *stat
 		}
 		return total, nil
 	}
-	all, err := metrics.CountStudents(ctx, db)
+	all, err := m.CountStudents(ctx, db)
 	if err != nil {
 		return total, err
 	}

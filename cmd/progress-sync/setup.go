@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/focusenglish/progress-sync/cmd/progress-sync/internal/config"
+	"github.com/focusenglish/progress-sync/metrics/model"
 	"github.com/focusenglish/progress-sync/replication"
 	"github.com/focusenglish/progress-sync/replication/state"
 )
@@ -36,7 +37,7 @@ func (a *app) setupCmd() *cobra.Command {
 			if _, err := state.Open(ctx, db); err != nil {
 				return err
 			}
-			rep, err := replication.Setup(ctx, db, replication.Names{Slot: cfg.Slot, Publication: cfg.Publication}, role)
+			rep, err := replication.Setup(ctx, db, replication.Names{Slot: cfg.Slot, Publication: cfg.Publication}, cfg.Model, role)
 			if err != nil {
 				return err
 			}
@@ -69,9 +70,10 @@ func (a *app) setupCmd() *cobra.Command {
 // names another.
 const leastPrivilegeRole = "progress_sync"
 
-// printSetupSQL prints what setup does, and a least-privilege role, for a DBA. With a
+// printSetupSQL prints what setup does, and a least-privilege role, for a DBA, for the
+// progress model's tables (and first the tables the model needs the DBA to create). With a
 // database to ask, the role's read policies go on exactly the tables with row-level security
-// enabled; without one, on all six (a policy on a table without RLS does nothing until RLS is
+// enabled; without one, on all of them (a policy on a table without RLS does nothing until RLS is
 // switched on, when it keeps the sync working).
 func (a *app) printSetupSQL(ctx context.Context, out io.Writer, role string) error {
 	if role == "" {
@@ -86,38 +88,46 @@ func (a *app) printSetupSQL(ctx context.Context, out io.Writer, role string) err
 	if withDB, _, err := a.load(config.Needs{Database: true}); err == nil {
 		databaseURL = withDB.DatabaseURL
 	}
-	policies, why := readPoliciesOrAll(ctx, databaseURL, role)
-	fmt.Fprintln(out, "-- progress-sync setup: run as a role that owns these tables (Supabase: postgres).")
-	fmt.Fprintln(out, strings.Join(replication.SetupSQL(replication.Names{Slot: cfg.Slot, Publication: cfg.Publication}), "\n"))
+	m := cfg.Model
+	policies, why := readPoliciesOrAll(ctx, databaseURL, m, role)
+	if m.Create != "" {
+		fmt.Fprintf(out, "-- The progress model %s needs these tables, which the platform does not have: create and fill them.\n", m.Name)
+		fmt.Fprintln(out, m.Create)
+		fmt.Fprintln(out)
+	}
+	fmt.Fprintf(out, "-- progress-sync setup for the progress model %s: run as a role that owns these tables (Supabase: postgres).\n", m.Name)
+	fmt.Fprintln(out, strings.Join(replication.SetupSQL(replication.Names{Slot: cfg.Slot, Publication: cfg.Publication}, m), "\n"))
 	fmt.Fprintln(out, "\n-- Optional: a least-privilege role for the service (use it in DATABASE_URL). It may log in,")
-	fmt.Fprintln(out, "-- replicate, read the six tables and own its state schema; nothing else. With it, leave the")
+	fmt.Fprintln(out, "-- replicate, read the model's tables and own its state schema; nothing else. With it, leave the")
 	fmt.Fprintln(out, "-- slot to the service: it creates the slot itself, with a snapshot for the first backfill.")
 	fmt.Fprintln(out, "-- Row-level security hides every row from a role no policy lets read, so each table that")
 	fmt.Fprintf(out, "-- has it gets a read policy for this role alone (%s).\n", why)
-	fmt.Fprintln(out, strings.Join(append(replication.RoleSQL(role, policies), state.SchemaSQL(replication.QuoteIdent(role))), "\n"))
+	fmt.Fprintln(out, strings.Join(append(replication.RoleSQL(role, m, policies), state.SchemaSQL(replication.QuoteIdent(role))), "\n"))
 	return nil
 }
 
-// readPoliciesOrAll asks the database which source tables have row-level security and gives
-// role's read policy for each; when it cannot ask, for all six. It says which it did.
-func readPoliciesOrAll(ctx context.Context, databaseURL, role string) ([]string, string) {
-	all := replication.AllReadPolicies(role)
+// readPoliciesOrAll asks the database which of the model's tables have row-level security
+// and gives role's read policy for each; when it cannot ask, for all of them. It says which
+// it did.
+func readPoliciesOrAll(ctx context.Context, databaseURL string, m *model.Model, role string) ([]string, string) {
+	all := replication.AllReadPolicies(m, role)
+	n := len(m.Tables)
 	if databaseURL == "" {
-		return all, "DATABASE_URL is not set or not valid, so on all six tables; harmless where RLS is off"
+		return all, fmt.Sprintf("DATABASE_URL is not set or not valid, so on all %d tables; harmless where RLS is off", n)
 	}
 	db, err := pgxpool.New(ctx, databaseURL)
 	if err != nil {
-		return all, "the database could not be read, so on all six tables; harmless where RLS is off"
+		return all, fmt.Sprintf("the database could not be read, so on all %d tables; harmless where RLS is off", n)
 	}
 	defer db.Close()
-	policies, err := replication.ReadPolicies(ctx, db, role)
+	policies, err := replication.ReadPolicies(ctx, db, m, role)
 	if err != nil {
-		return all, "the database could not be read, so on all six tables; harmless where RLS is off"
+		return all, fmt.Sprintf("the database could not be read, so on all %d tables; harmless where RLS is off", n)
 	}
 	if len(policies) == 0 {
-		return nil, "none of the six tables has it now"
+		return nil, fmt.Sprintf("none of the %d tables has it now", n)
 	}
-	return policies, fmt.Sprintf("RLS is on for %d of the six", len(policies))
+	return policies, fmt.Sprintf("RLS is on for %d of the %d", len(policies), n)
 }
 
 func (a *app) teardownCmd() *cobra.Command {
@@ -128,7 +138,7 @@ func (a *app) teardownCmd() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, out := cmd.Context(), cmd.OutOrStdout()
-			cfg, _, db, err := a.openDatabase(ctx, config.Needs{Database: true})
+			cfg, _, db, err := a.openDatabase(ctx, config.Needs{Database: true, SkipModel: true})
 			if err != nil {
 				return err
 			}

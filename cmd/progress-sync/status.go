@@ -21,7 +21,7 @@ func (a *app) statusCmd() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, out := cmd.Context(), cmd.OutOrStdout()
-			cfg, _, db, err := a.openDatabase(ctx, config.Needs{Database: true})
+			cfg, _, db, err := a.openDatabase(ctx, config.Needs{Database: true, SkipModel: true})
 			if err != nil {
 				return err
 			}
@@ -51,8 +51,12 @@ func printStatus(ctx context.Context, db *pgxpool.Pool, cfg config.Config, out i
 		return err
 	}
 	if !sum.Exists {
+		fmt.Fprintf(out, "progress model: %s (configured)\n", cfg.Model.Name)
 		fmt.Fprintln(out, "sync state: none yet (the service has not run)")
 		return nil
+	}
+	if err := printModel(ctx, db, cfg, out); err != nil {
+		return err
 	}
 	if cp := sum.Checkpoint; cp.LSN == 0 {
 		fmt.Fprintf(out, "checkpoint: none for slot %s\n", cfg.Slot)
@@ -71,6 +75,27 @@ func printStatus(ctx context.Context, db *pgxpool.Pool, cfg config.Config, out i
 	fmt.Fprintf(out, "pending students: %d (%s)\nunmatched: %d, rejected: %d, conflicts: %d (see %s.problems)\n",
 		sum.Pending, lag, sum.Problems[state.Unmatched], sum.Problems[state.Rejected], sum.Problems[state.Conflict], state.Schema)
 	printReconcile(out, sum.Reconcile)
+	return nil
+}
+
+// printModel names the progress model the service last ran with, and this command's own when
+// it differs (a restart with it recomputes every student).
+func printModel(ctx context.Context, db *pgxpool.Pool, cfg config.Config, out io.Writer) error {
+	store, err := state.OpenReadOnly(ctx, db)
+	if err != nil {
+		return err
+	}
+	running, ok, err := store.ModelOf(ctx, cfg.Slot)
+	switch {
+	case err != nil:
+		return err
+	case !ok:
+		fmt.Fprintf(out, "progress model: %s (configured; none recorded for slot %s yet)\n", cfg.Model.Name, cfg.Slot)
+	case running.Digest == cfg.Model.Digest:
+		fmt.Fprintf(out, "progress model: %s\n", running.Name)
+	default:
+		fmt.Fprintf(out, "progress model: %s; configured here: %s (a restart with it recomputes every student)\n", running.Name, cfg.Model.Name)
+	}
 	return nil
 }
 

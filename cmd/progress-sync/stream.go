@@ -20,7 +20,7 @@ import (
 	"github.com/focusenglish/progress-sync/cmd/progress-sync/internal/statuspage"
 	"github.com/focusenglish/progress-sync/cmd/progress-sync/internal/telemetry"
 	"github.com/focusenglish/progress-sync/hubspot"
-	"github.com/focusenglish/progress-sync/metrics"
+	"github.com/focusenglish/progress-sync/metrics/model"
 	"github.com/focusenglish/progress-sync/replication"
 	"github.com/focusenglish/progress-sync/replication/buffer"
 	"github.com/focusenglish/progress-sync/replication/flush"
@@ -115,9 +115,13 @@ func (a *app) serve(ctx context.Context, f streamFlags, from pglogrepl.LSN) erro
 	if err != nil {
 		return err
 	}
-	log.WithFields(logrus.Fields{"checkpoint": checkpoint.LSN.String(), "pending": buf.Len()}).Info("loaded sync state")
+	log.WithFields(logrus.Fields{"checkpoint": checkpoint.LSN.String(), "pending": buf.Len(), "model": cfg.Model.Name}).Info("loaded sync state")
+	if err := followModel(ctx, db, cfg, store, buf, checkpoint.LSN != 0, log); err != nil {
+		return err
+	}
+	view := replication.CompleteView{DB: db, Model: cfg.Model}
 	consumer := replication.NewConsumer(db, buf, replication.Options{
-		DatabaseURL: cfg.DatabaseURL, Names: replication.Names{Slot: cfg.Slot, Publication: cfg.Publication},
+		DatabaseURL: cfg.DatabaseURL, Names: replication.Names{Slot: cfg.Slot, Publication: cfg.Publication}, Model: cfg.Model,
 		StatusInterval: f.statusInterval, StopGrace: f.grace, Log: log.WithField("component", "replication"), Observer: tm,
 	})
 	// Only the slot's holder writes contacts, asked of the server before every attempt.
@@ -126,7 +130,7 @@ func (a *app) serve(ctx context.Context, f streamFlags, from pglogrepl.LSN) erro
 		return err
 	}
 	p := &pipeline{flags: f, log: log, hs: hs, store: store, buf: buf, consumer: consumer,
-		flusher: flush.New(buf, replication.CompleteView{DB: db}, push.New(hs, store, log.WithField("component", "push"), push.Options{ShowEmails: a.showEmails}),
+		flusher: flush.New(buf, view, push.New(hs, store, log.WithField("component", "push"), push.Options{ShowEmails: a.showEmails, Properties: cfg.Model.Computes()}),
 			flush.Options{Log: log.WithField("component", "flush"), DailyLimitPause: f.dailyLimitPause, StopGrace: f.grace, Observer: tm,
 				MayWrite: consumer.Holds}),
 	}
@@ -142,7 +146,7 @@ func (a *app) serve(ctx context.Context, f streamFlags, from pglogrepl.LSN) erro
 		}
 		sample()
 		go onEveryTick(ctx, telemetry.SampleEvery, sample)
-		page = statuspage.Handler(statuspage.Options{DB: db, Store: store, Slot: cfg.Slot, Metrics: tm, Health: health,
+		page = statuspage.Handler(statuspage.Options{DB: db, Store: store, Slot: cfg.Slot, Model: cfg.Model.Name, Metrics: tm, Health: health,
 			RateLimit: cfg.RateLimit, ShowEmails: a.showEmails, Log: log.WithField("component", "status-page")})
 	}
 	stopServing, err := serveTelemetry(cfg.Listen, telemetry.Handler(tm, health, page), page != nil, log)
@@ -151,18 +155,18 @@ func (a *app) serve(ctx context.Context, f streamFlags, from pglogrepl.LSN) erro
 	}
 	defer stopServing()
 	if cfg.Reconcile > 0 {
-		go p.reconciler(db, cfg, tm).Run(ctx)
+		go p.reconciler(view, cfg, tm).Run(ctx)
 	}
 	go tm.WatchDatabase(ctx, db, cfg.Slot, f.statusInterval, log)
-	go p.watchSource(ctx, db, cfg.Publication, f.statusInterval)
+	go p.watchSource(ctx, db, cfg.Model, cfg.Publication, f.statusInterval)
 	return p.run(ctx, from)
 }
 
 // reconciler walks the linked contacts every cfg.Reconcile, on a tenth of the rate limit, while
 // this instance holds the slot.
-func (p *pipeline) reconciler(db *pgxpool.Pool, cfg config.Config, tm *telemetry.Metrics) *reconcile.Reconciler {
-	return reconcile.New(p.hs, replication.CompleteView{DB: db}, p.buf, p.store, p.store.Reconciliation(cfg.Slot), reconcile.Options{
-		Every: cfg.Reconcile, Budget: reconcile.Budget(cfg.RateLimit), MayWrite: p.consumer.Holds,
+func (p *pipeline) reconciler(view replication.CompleteView, cfg config.Config, tm *telemetry.Metrics) *reconcile.Reconciler {
+	return reconcile.New(p.hs, view, p.buf, p.store, p.store.Reconciliation(cfg.Slot), reconcile.Options{
+		Every: cfg.Reconcile, Budget: reconcile.Budget(cfg.RateLimit), MayWrite: p.consumer.Holds, Properties: cfg.Model.Computes(),
 		DailyLimitPause: p.flags.dailyLimitPause, Log: p.log.WithField("component", "reconcile"), Observer: tm,
 	})
 }
@@ -177,7 +181,7 @@ func prepareDatabase(ctx context.Context, db *pgxpool.Pool, cfg config.Config, l
 	if err != nil {
 		return nil, err
 	}
-	rep, err := replication.Setup(ctx, db, replication.Names{Slot: cfg.Slot, Publication: cfg.Publication}, "")
+	rep, err := replication.Setup(ctx, db, replication.Names{Slot: cfg.Slot, Publication: cfg.Publication}, cfg.Model, "")
 	if err != nil {
 		return nil, err
 	}
@@ -187,10 +191,39 @@ func prepareDatabase(ctx context.Context, db *pgxpool.Pool, cfg config.Config, l
 	if err := replication.CheckSlot(ctx, db, cfg.Slot); err != nil {
 		return nil, err
 	}
-	if err := replication.CheckPublication(ctx, db, cfg.Publication); err != nil {
+	if err := replication.CheckPublication(ctx, db, cfg.Model, cfg.Publication); err != nil {
 		return nil, err
 	}
-	return store, replication.CheckVisibility(ctx, db)
+	return store, replication.CheckVisibility(ctx, db, cfg.Model)
+}
+
+// followModel queues every student once when the deployment's progress model changed since
+// it last ran (another model, or the same one edited): values computed the old way are
+// recomputed the new way, and changes to tables only the new model reads, which were not in
+// the publication, are caught up. The students are queued before the new model is recorded,
+// so a crash in between queues them again. A deployment from before models were recorded
+// computed with the default model.
+func followModel(ctx context.Context, db *pgxpool.Pool, cfg config.Config, store *state.Store, buf *buffer.Buffer, started bool, log *logrus.Entry) error {
+	now := state.ModelInUse{Name: cfg.Model.Name, Digest: cfg.Model.Digest}
+	before, recorded, err := store.ModelOf(ctx, cfg.Slot)
+	if err != nil {
+		return err
+	}
+	if !recorded {
+		before = state.ModelInUse{Name: model.Default, Digest: model.Builtin(model.Default).Digest}
+	}
+	if started && before.Digest != now.Digest {
+		ids, err := cfg.Model.AllStudents(ctx, db)
+		if err != nil {
+			return err
+		}
+		if err := buf.Add(ctx, ids, 0); err != nil {
+			return err
+		}
+		log.WithFields(logrus.Fields{"from": before.Name, "to": now.Name, "students": len(ids)}).
+			Warn("the progress model changed since the last run: queued every student to recompute with the new model")
+	}
+	return store.SetModel(ctx, cfg.Slot, now)
 }
 
 // pipeline is the running service: the consumer streams into the buffer, the flusher drains
@@ -216,7 +249,7 @@ type sourceWatch struct {
 	gap    atomic.Bool // the publication leaves changes out
 }
 
-func (p *pipeline) watchSource(ctx context.Context, db *pgxpool.Pool, publication string, every time.Duration) {
+func (p *pipeline) watchSource(ctx context.Context, db *pgxpool.Pool, m *model.Model, publication string, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	streamed := false
@@ -228,14 +261,14 @@ func (p *pipeline) watchSource(ctx context.Context, db *pgxpool.Pool, publicatio
 				p.buf.Release()
 			}
 		}
-		err := replication.CheckVisibility(ctx, db)
+		err := replication.CheckVisibility(ctx, db, m)
 		switch {
 		case errors.As(err, new(*replication.HiddenRowsError)):
 			p.watch.hidden.Store(true)
 		case err == nil:
 			p.watch.hidden.Store(false)
 		}
-		p.watchPublication(ctx, db, publication)
+		p.watchPublication(ctx, db, m, publication)
 		select {
 		case <-ctx.Done():
 			return
@@ -246,8 +279,8 @@ func (p *pipeline) watchSource(ctx context.Context, db *pgxpool.Pool, publicatio
 
 // watchPublication says so when the publication starts leaving changes out, and once it
 // publishes every change again queues every student: what it left out was never streamed.
-func (p *pipeline) watchPublication(ctx context.Context, db *pgxpool.Pool, publication string) {
-	err := replication.CheckPublication(ctx, db, publication)
+func (p *pipeline) watchPublication(ctx context.Context, db *pgxpool.Pool, m *model.Model, publication string) {
+	err := replication.CheckPublication(ctx, db, m, publication)
 	var gap *replication.MisconfiguredError
 	switch {
 	case errors.As(err, &gap):
@@ -255,7 +288,7 @@ func (p *pipeline) watchPublication(ctx context.Context, db *pgxpool.Pool, publi
 			p.log.WithError(err).Error("the publication leaves changes out of the stream; run `progress-sync setup` or the SQL given")
 		}
 	case err == nil && p.watch.gap.Load() && p.consumer.Holds():
-		ids, err := metrics.AllStudents(ctx, db)
+		ids, err := m.AllStudents(ctx, db)
 		if err == nil {
 			err = p.buf.Add(ctx, ids, 0)
 		}

@@ -1,7 +1,7 @@
 // Package reference is a second, independent implementation of the student metrics (docs/contract.md
 // §3): it loads the raw rows and computes every value in Go with exact rational arithmetic. It
-// is slow and simple on purpose; tests and the chaos soak check the SQL of package metrics
-// against it.
+// is slow and simple on purpose; tests and the chaos soak check the built-in progress models'
+// SQL against it.
 package reference
 
 import (

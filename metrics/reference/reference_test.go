@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/focusenglish/progress-sync/metrics"
+	"github.com/focusenglish/progress-sync/metrics/model"
 	"github.com/focusenglish/progress-sync/replication/pgtest"
 )
 
@@ -32,7 +33,7 @@ func TestRound(t *testing.T) {
 	}
 }
 
-// The SQL of package metrics and this package agree on every student of a varied data set.
+// The course_progress model's SQL and this package agree on every student of a varied data set.
 func TestAgreesWithSQL(t *testing.T) {
 	ctx := context.Background()
 	conn, err := pgx.Connect(ctx, pg.NewDatabase(t))
@@ -65,9 +66,13 @@ func TestAgreesWithSQL(t *testing.T) {
 	for i, s := range seeded {
 		ids[i] = s.ID
 	}
+	m := model.Builtin("course_progress")
+	if err := m.Verify(ctx, conn); err != nil {
+		t.Fatal(err)
+	}
 	diffs := 0
 	for start := 0; start < len(ids); start += 100 {
-		got, err := metrics.ForStudents(ctx, conn, ids[start:min(start+100, len(ids))])
+		got, err := m.ForStudents(ctx, conn, ids[start:min(start+100, len(ids))])
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/focusenglish/progress-sync/hubspot"
 	"github.com/focusenglish/progress-sync/metrics"
+	"github.com/focusenglish/progress-sync/metrics/model/modeltest"
 	"github.com/focusenglish/progress-sync/replication"
 	"github.com/focusenglish/progress-sync/replication/buffer"
 	"github.com/focusenglish/progress-sync/replication/pgtest"
@@ -108,7 +109,7 @@ func TestFlushInBatchesAndRemoveOnlyWhatWasPushed(t *testing.T) {
 	ctx := context.Background()
 	db, buf, ids, c := setup(t, 250)
 	p := &fakePusher{errs: []error{nil, errors.New("HubSpot 503")}}
-	f := New(buf, replication.CompleteView{DB: db}, p, Options{Log: quietLog()})
+	f := New(buf, replication.CompleteView{DB: db, Model: modeltest.CourseProgress(t, db)}, p, Options{Log: quietLog()})
 	if err := buf.Add(ctx, ids, 0); err != nil {
 		t.Fatal(err)
 	}
@@ -142,7 +143,7 @@ func TestDailyLimitPausesPushes(t *testing.T) {
 	ctx := context.Background()
 	db, buf, ids, c := setup(t, 10)
 	p := &fakePusher{errs: []error{fmt.Errorf("update contacts: %w", hubspot.ErrDailyLimit)}}
-	f := New(buf, replication.CompleteView{DB: db}, p, Options{Log: quietLog(), DailyLimitPause: time.Hour})
+	f := New(buf, replication.CompleteView{DB: db, Model: modeltest.CourseProgress(t, db)}, p, Options{Log: quietLog(), DailyLimitPause: time.Hour})
 	if err := buf.Add(ctx, ids, 0); err != nil {
 		t.Fatal(err)
 	}
@@ -165,7 +166,7 @@ func TestDeletedStudentsLeaveTheBuffer(t *testing.T) {
 	ctx := context.Background()
 	db, buf, _, c := setup(t, 1)
 	p := &fakePusher{}
-	f := New(buf, replication.CompleteView{DB: db}, p, Options{Log: quietLog()})
+	f := New(buf, replication.CompleteView{DB: db, Model: modeltest.CourseProgress(t, db)}, p, Options{Log: quietLog()})
 	if err := buf.Add(ctx, []uuid.UUID{uuid.New()}, 0); err != nil {
 		t.Fatal(err)
 	}
@@ -200,7 +201,7 @@ func TestHiddenRowsHoldEveryPush(t *testing.T) {
 	ctx := context.Background()
 	db, buf, ids, c := setup(t, 30)
 	p := &fakePusher{}
-	src := &togglingSource{inner: replication.CompleteView{DB: db}, hidden: true}
+	src := &togglingSource{inner: replication.CompleteView{DB: db, Model: modeltest.CourseProgress(t, db)}, hidden: true}
 	f := New(buf, src, p, Options{Log: quietLog(), HiddenRetry: time.Second})
 	if err := buf.Add(ctx, ids, 0); err != nil {
 		t.Fatal(err)

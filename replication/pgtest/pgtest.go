@@ -28,10 +28,18 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// Schema is the Focus English reference schema (a copy of the platform's migrations).
-//
+// Schema is the Focus English reference schema (a copy of the platform's migrations): the
+// PRD's tables, then the unified lesson progress and the course catalogue its model needs.
+var Schema = prdSchema + "\n" + UnifiedSchema
+
 //go:embed testdata/focus_english.sql
-var Schema string
+var prdSchema string
+
+// UnifiedSchema is the platform's unified lesson progress (user_lesson_progress, since March
+// 2026) and the course_catalog table of the lesson_progress model.
+//
+//go:embed testdata/focus_english_unified.sql
+var UnifiedSchema string
 
 // EnvDatabaseURL names an existing server to use instead of starting one. The role must be
 // allowed to create databases and replication slots, and the server must run wal_level=logical.

@@ -28,7 +28,7 @@ func TestComparingWithHubSpotRepairsValuesChangedBehindTheSyncsBack(t *testing.T
 	}
 	e.p.compare = true
 	e.emu.ResetStats()
-	students, err := metrics.ForStudents(ctx, e.db, []uuid.UUID{a, unmatched})
+	students, err := e.model.ForStudents(ctx, e.db, []uuid.UUID{a, unmatched})
 	if err != nil {
 		t.Fatal(err)
 	}

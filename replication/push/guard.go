@@ -13,7 +13,7 @@ import (
 // database) than a mass deletion.
 const VanishedProgressMin = 5
 
-// VanishedProgressError refuses a batch whose every student has no course_progress rows while
+// VanishedProgressError refuses a batch whose every student has no progress rows while
 // at least VanishedProgressMin of them have progress on their contact.
 type VanishedProgressError struct {
 	Students int // whose contact shows progress
@@ -21,7 +21,7 @@ type VanishedProgressError struct {
 }
 
 func (e *VanishedProgressError) Error() string {
-	return fmt.Sprintf("%d of the %d students of a batch have progress in HubSpot but no course_progress rows in the database; "+
+	return fmt.Sprintf("%d of the %d students of a batch have progress in HubSpot but no progress rows in the database; "+
 		"nothing was written: the database most likely hides rows from the service (row-level security, a revoked grant, a wrong DATABASE_URL). "+
 		"Run `progress-sync check`; if that progress was really deleted, `progress-sync backfill --allow-clearing` writes it",
 		e.Students, e.Batch)

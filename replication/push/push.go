@@ -66,12 +66,18 @@ type Options struct {
 	// (backfill). It costs one batch/read per batch, by email, as a first lookup does; a
 	// linked contact that no longer answers to the student's email is read by id.
 	CompareWithHubSpot bool
+	// Properties are the properties the sync owns: those the progress model computes
+	// (model.Computes). No other is read, compared, written or cleared. Default: all ten.
+	Properties []string
 }
 
 // New returns a Pusher.
 func New(hs HubSpot, store Store, log *logrus.Entry, opts Options) *Pusher {
+	if len(opts.Properties) == 0 {
+		opts.Properties = metrics.Names()
+	}
 	return &Pusher{hs: hs, store: store, log: log, dryRun: opts.DryRun, showEmails: opts.ShowEmails,
-		allowClearing: opts.AllowClearing, compare: opts.CompareWithHubSpot, props: metrics.Names()}
+		allowClearing: opts.AllowClearing, compare: opts.CompareWithHubSpot, props: opts.Properties}
 }
 
 // Change is what a push sends (or, in a dry run, would send) to one contact.

@@ -17,6 +17,8 @@ import (
 	"github.com/focusenglish/progress-sync/hubspot"
 	"github.com/focusenglish/progress-sync/hubspot/hubspottest"
 	"github.com/focusenglish/progress-sync/metrics"
+	"github.com/focusenglish/progress-sync/metrics/model"
+	"github.com/focusenglish/progress-sync/metrics/model/modeltest"
 	"github.com/focusenglish/progress-sync/replication/pgtest"
 	"github.com/focusenglish/progress-sync/replication/state"
 )
@@ -33,6 +35,7 @@ type env struct {
 	store *state.Store
 	p     *Pusher
 	logs  *test.Hook
+	model *model.Model
 }
 
 func newEnv(t *testing.T) *env {
@@ -63,7 +66,8 @@ func newEnv(t *testing.T) *env {
 	if _, err := hs.Provision(ctx, hubspot.PropertyGroup{Name: metrics.GroupName, Label: metrics.GroupLabel}, props); err != nil {
 		t.Fatal(err)
 	}
-	return &env{t: t, db: db, emu: emu, store: store, p: New(hs, store, logrus.NewEntry(logger), Options{}), logs: hook}
+	return &env{t: t, db: db, emu: emu, store: store, p: New(hs, store, logrus.NewEntry(logger), Options{}), logs: hook,
+		model: modeltest.CourseProgress(t, db)}
 }
 
 func (e *env) student(email string, extra ...string) uuid.UUID {
@@ -83,7 +87,7 @@ func (e *env) student(email string, extra ...string) uuid.UUID {
 
 func (e *env) push(ids ...uuid.UUID) Result {
 	e.t.Helper()
-	students, err := metrics.ForStudents(context.Background(), e.db, ids)
+	students, err := e.model.ForStudents(context.Background(), e.db, ids)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -277,7 +281,7 @@ func TestBatchThatLostEveryProgressRowIsRefused(t *testing.T) {
 			}
 			e.p.allowClearing = tc.allow
 			e.emu.ResetStats()
-			students, err := metrics.ForStudents(ctx, e.db, ids)
+			students, err := e.model.ForStudents(ctx, e.db, ids)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -330,7 +334,7 @@ func TestAWriteNeverRecordedIsNotTakenForTheOldValue(t *testing.T) {
 	if _, err := e.db.Exec(ctx, progress("'l1'", "76.09", "60"), a); err != nil {
 		t.Fatal(err)
 	}
-	students, err := metrics.ForStudents(ctx, e.db, []uuid.UUID{a})
+	students, err := e.model.ForStudents(ctx, e.db, []uuid.UUID{a})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -359,7 +363,7 @@ func TestATransientPerInputErrorIsRetriedNotRejected(t *testing.T) {
 	a := e.student("a@example.com", progress("'l1'", "80", "60"))
 	id := e.emu.AddContact("a@example.com", nil, nil)
 	e.emu.FailInputsOnce("INTERNAL_ERROR", id)
-	students, err := metrics.ForStudents(ctx, e.db, []uuid.UUID{a})
+	students, err := e.model.ForStudents(ctx, e.db, []uuid.UUID{a})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -81,6 +81,9 @@ type Options struct {
 	Budget rate.Limit
 	// MayWrite reports whether this instance holds the replication slot; a standby waits.
 	MayWrite func() bool
+	// Properties are the properties the sync owns (model.Computes): the walk reads and
+	// compares these only. Default: all ten.
+	Properties []string
 	// Pause is how long the walk waits after a failure before it tries the page again.
 	// Default 30 s.
 	Pause time.Duration
@@ -119,6 +122,9 @@ type shownProgress struct {
 
 // New returns a Reconciler.
 func New(hs HubSpot, source Source, queue Queue, store Store, position Position, opts Options) *Reconciler {
+	if len(opts.Properties) == 0 {
+		opts.Properties = metrics.Names()
+	}
 	if opts.Pause <= 0 {
 		opts.Pause = 30 * time.Second
 	}
@@ -132,7 +138,7 @@ func New(hs HubSpot, source Source, queue Queue, store Store, position Position,
 		opts.MayWrite = func() bool { return true }
 	}
 	return &Reconciler{hs: hs, source: source, queue: queue, store: store, position: position, opts: opts,
-		limiter: rate.NewLimiter(opts.Budget, 1), props: metrics.Names()}
+		limiter: rate.NewLimiter(opts.Budget, 1), props: opts.Properties}
 }
 
 // Budget is the share of a HubSpot rate limit the walk uses: a tenth.

@@ -19,6 +19,7 @@ import (
 	"github.com/focusenglish/progress-sync/hubspot"
 	"github.com/focusenglish/progress-sync/hubspot/hubspottest"
 	"github.com/focusenglish/progress-sync/metrics"
+	"github.com/focusenglish/progress-sync/metrics/model/modeltest"
 	"github.com/focusenglish/progress-sync/replication"
 	"github.com/focusenglish/progress-sync/replication/pgtest"
 	"github.com/focusenglish/progress-sync/replication/push"
@@ -104,7 +105,7 @@ func newEnv(t *testing.T, students int) *env {
 		t.Fatal(err)
 	}
 	e := &env{t: t, emu: emu, store: store, students: seeded, contact: map[uuid.UUID]string{}, logs: hook, log: logrus.NewEntry(logger), hs: hs,
-		queue: &queue{added: map[uuid.UUID]int{}, waiting: map[uuid.UUID]bool{}, inFlight: map[uuid.UUID]bool{}}, view: replication.CompleteView{DB: db}, db: db}
+		queue: &queue{added: map[uuid.UUID]int{}, waiting: map[uuid.UUID]bool{}, inFlight: map[uuid.UUID]bool{}}, view: replication.CompleteView{DB: db, Model: modeltest.CourseProgress(t, db)}, db: db}
 	for _, d := range metrics.Definitions() {
 		p := hubspottest.Property{Name: d.Name, Label: d.Label, GroupName: metrics.GroupName, Type: d.Type, FieldType: d.FieldType}
 		for _, o := range d.Options {

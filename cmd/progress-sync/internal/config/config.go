@@ -19,6 +19,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/focusenglish/progress-sync/hubspot"
+	"github.com/focusenglish/progress-sync/metrics/model"
 )
 
 // Config is the validated configuration of one command.
@@ -33,9 +34,12 @@ type Config struct {
 	HubSpotAPIVersion string
 	Slot              string
 	Publication       string
-	Debounce          time.Duration
-	MaxDelay          time.Duration
-	RateLimit         hubspot.Rate
+	// Model is the progress model (docs/contract.md §2b), read and checked as far as it can
+	// be without a database; model.Verify checks it against one.
+	Model     *model.Model
+	Debounce  time.Duration
+	MaxDelay  time.Duration
+	RateLimit hubspot.Rate
 	// Reconcile is how often run reads every linked contact back from HubSpot; 0: never.
 	Reconcile time.Duration
 	Listen    string
@@ -49,6 +53,9 @@ type Needs struct {
 	Database    bool
 	Replication bool
 	HubSpot     bool
+	// SkipModel says the command does not read through the progress model (teardown,
+	// status, check, which verifies it itself), so its tables need not exist yet.
+	SkipModel bool
 }
 
 // setting is one row of the docs/contract.md §4 table.
@@ -65,6 +72,7 @@ func settings() []setting {
 		{"HUBSPOT_API_VERSION", "hubspot-api-version", hubspot.DefaultAPIVersion, "HubSpot API version: a date version such as 2026-09, or v3 for the legacy /crm/v3 paths"},
 		{"PROGRESS_SYNC_SLOT", "slot", "progress_sync", "replication slot name"},
 		{"PROGRESS_SYNC_PUBLICATION", "publication", "progress_sync", "publication name"},
+		{"PROGRESS_SYNC_MODEL", "model", model.Default, "progress model: course_progress, lesson_progress, or the path of a model file (docs/models.md)"},
 		{"PROGRESS_SYNC_DEBOUNCE", "debounce", "3s", "quiet period per student before a push"},
 		{"PROGRESS_SYNC_MAX_DELAY", "max-delay", "30s", "longest a change may wait before a push"},
 		{"PROGRESS_SYNC_RATE_LIMIT", "rate-limit", "100/10s", "HubSpot requests allowed per window (the portal's burst limit)"},
@@ -179,6 +187,11 @@ func Load(fs *pflag.FlagSet, getenv func(string) (string, bool), needs Needs) (C
 	}
 	if !identifier.MatchString(c.Publication) {
 		bad("PROGRESS_SYNC_PUBLICATION", "%q is not a valid publication name: use 1-63 lower-case letters, digits and underscores", c.Publication)
+	}
+	if m, err := model.Load(raw["PROGRESS_SYNC_MODEL"]); err != nil {
+		bad("PROGRESS_SYNC_MODEL", "%v", err)
+	} else {
+		c.Model = m
 	}
 	c.Debounce = duration(raw, "PROGRESS_SYNC_DEBOUNCE", bad)
 	c.MaxDelay = duration(raw, "PROGRESS_SYNC_MAX_DELAY", bad)

@@ -36,9 +36,11 @@ const PerPage = 25
 
 // Options say where the page reads from.
 type Options struct {
-	DB      *pgxpool.Pool
-	Store   *state.Store
-	Slot    string
+	DB    *pgxpool.Pool
+	Store *state.Store
+	Slot  string
+	// Model names the progress model the service computes with.
+	Model   string
 	Metrics *telemetry.Metrics
 	Health  *telemetry.Health
 	// RateLimit is PROGRESS_SYNC_RATE_LIMIT: the page counts requests over its window.
@@ -144,6 +146,7 @@ type view struct {
 	Role              string // streaming, standby, connecting
 	Slot              replication.Slot
 	SlotName          string
+	Model             string // the progress model's name
 	Summary           state.Summary
 	DailyPaused       bool
 	Requests          int
@@ -180,7 +183,7 @@ var kindWords = map[state.Kind]string{
 // collect reads what the page shows; what cannot be read is named in Errors and shown as
 // unknown, never as zero.
 func collect(ctx context.Context, o Options, page int) view {
-	v := view{Now: time.Now().UTC(), RefreshSeconds: int(o.Refresh.Seconds()), SlotName: o.Slot, RateLimit: o.RateLimit}
+	v := view{Now: time.Now().UTC(), RefreshSeconds: int(o.Refresh.Seconds()), SlotName: o.Slot, Model: o.Model, RateLimit: o.RateLimit}
 	v.Ready, v.ReadyWhy = o.Health.Ready()
 	v.Role = role(o.Health)
 	v.ReadyWhy = strings.TrimPrefix(v.ReadyWhy, v.Role+": ")
