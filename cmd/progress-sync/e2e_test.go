@@ -21,7 +21,9 @@ import (
 	"github.com/focusenglish/progress-sync/hubspot"
 	"github.com/focusenglish/progress-sync/hubspot/hubspottest"
 	"github.com/focusenglish/progress-sync/metrics"
+	"github.com/focusenglish/progress-sync/metrics/model"
 	"github.com/focusenglish/progress-sync/metrics/model/modeltest"
+	"github.com/focusenglish/progress-sync/metrics/reference"
 	"github.com/focusenglish/progress-sync/replication/pgtest"
 	"github.com/focusenglish/progress-sync/replication/state"
 )
@@ -134,6 +136,10 @@ type world struct {
 	// 2026-09 version on; not on v3, where the rejected student's value is taken).
 	rulesEnforced bool
 	contactIDs    map[uuid.UUID]string
+	// model is the progress model the binary runs with; what HubSpot must hold is computed
+	// by the model's SQL for the default, and independently (metrics/reference) for
+	// lesson_progress.
+	model string
 	// contactsMade counts the contacts the test created, to prove the sync created none.
 	contactsMade int
 }
@@ -160,7 +166,7 @@ func newWorldOn(t *testing.T, srv *pgtest.Server, total int) *world {
 	t.Cleanup(emu.Close)
 	// The portal refuses average scores above 100, as a HubSpot validation rule would.
 	emu.AddValidationRule(metrics.AverageScore, hubspottest.MaxNumber(100))
-	w := &world{t: t, dbURL: dbURL, db: db, emu: emu, students: students, contactIDs: map[uuid.UUID]string{},
+	w := &world{t: t, dbURL: dbURL, db: db, emu: emu, students: students, contactIDs: map[uuid.UUID]string{}, model: model.Default,
 		cli: cli{t: t, env: map[string]string{
 			"DATABASE_URL": dbURL, "HUBSPOT_ACCESS_TOKEN": token, "HUBSPOT_BASE_URL": emu.URL(), "LOG_FORMAT": "json",
 		}}}
@@ -234,7 +240,14 @@ func (w *world) expected() map[uuid.UUID]metrics.Student {
 	for i, s := range w.students {
 		ids[i] = s.ID
 	}
-	got, err := modeltest.CourseProgress(w.t, w.db).ForStudents(context.Background(), w.db, ids)
+	if w.model == "lesson_progress" {
+		want, err := reference.LessonProgress(context.Background(), w.db)
+		if err != nil {
+			w.t.Fatal(err)
+		}
+		return want
+	}
+	got, err := modeltest.Verified(w.t, w.db, w.model).ForStudents(context.Background(), w.db, ids)
 	if err != nil {
 		w.t.Fatal(err)
 	}

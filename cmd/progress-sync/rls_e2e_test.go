@@ -36,9 +36,17 @@ func (w *world) asLeastPrivilegeRole(withPolicies bool) (printed string, policie
 		w.db.Exec(ctx, `DROP ROLE IF EXISTS progress_sync`)
 	})
 	printed = w.cli.mustRun("setup", "--print-sql").stdout
+	var stmt string // a statement may span lines (a model's CREATE TABLE)
 	for _, line := range strings.Split(printed, "\n") {
 		line = strings.TrimSpace(line)
-		if line == "" || strings.HasPrefix(line, "--") || strings.Contains(line, "pg_create_logical_replication_slot") {
+		if line == "" || strings.HasPrefix(line, "--") {
+			continue
+		}
+		if stmt += line + "\n"; !strings.HasSuffix(line, ";") {
+			continue
+		}
+		stmt, line = "", strings.TrimSpace(stmt)
+		if strings.Contains(line, "pg_create_logical_replication_slot") {
 			continue
 		}
 		if strings.HasPrefix(line, "CREATE POLICY") {

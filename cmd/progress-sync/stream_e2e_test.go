@@ -20,9 +20,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pglogrepl"
 
 	"github.com/focusenglish/progress-sync/hubspot/hubspottest"
+	"github.com/focusenglish/progress-sync/replication/pgtest"
 	"github.com/focusenglish/progress-sync/replication/state"
 )
 
@@ -364,14 +366,20 @@ func (w *world) studyLoad(stop <-chan struct{}, seed uint64) <-chan int {
 					ON CONFLICT (user_id) DO UPDATE SET total_xp = user_xp.total_xp + $2`, s, rng.IntN(50))
 			case 1:
 				_, err = conn.Exec(ctx, `UPDATE user_streaks SET current_streak = $2 WHERE user_id = $1`, s, rng.IntN(40))
-			case 2:
+			case 2, 3:
+				if w.model == "lesson_progress" {
+					err = lessonChange(ctx, conn, rng, s, rng.IntN(4) == 0)
+					break
+				}
+				if rng.IntN(2) == 1 {
+					_, err = conn.Exec(ctx, `DELETE FROM course_progress WHERE id = (SELECT id FROM course_progress WHERE user_id = $1 LIMIT 1)`, s)
+					break
+				}
 				_, err = conn.Exec(ctx, `INSERT INTO course_progress (user_id, course_level, course_goal, module_id, lesson_id, completed, score, time_spent, last_accessed_at)
 					VALUES ($1, 'B2', 'trabajo', 'b2-trabajo-m1', $2, $3, $4, $5, now())
 					ON CONFLICT (user_id, course_level, course_goal, module_id, lesson_id)
 					DO UPDATE SET completed = excluded.completed, score = excluded.score, time_spent = course_progress.time_spent + excluded.time_spent, last_accessed_at = now()`,
 					s, fmt.Sprintf("b2-trabajo-m1-l%d", 1+rng.IntN(4)), rng.IntN(2) == 0, fmt.Sprintf("%d.%02d", 40+rng.IntN(60), rng.IntN(100)), rng.IntN(900))
-			case 3:
-				_, err = conn.Exec(ctx, `DELETE FROM course_progress WHERE id = (SELECT id FROM course_progress WHERE user_id = $1 LIMIT 1)`, s)
 			case 4:
 				// Several students in one transaction.
 				_, err = conn.Exec(ctx, `UPDATE user_xp SET total_xp = total_xp + 1 WHERE user_id IN ($1, $2, $3)`,
@@ -386,6 +394,31 @@ func (w *world) studyLoad(stop <-chan struct{}, seed uint64) <-chan int {
 		}
 	}()
 	return done
+}
+
+// lessonChange is a student's study as the unified progress records it: the app's progress
+// endpoint upserts the lesson's row; or a row is deleted.
+func lessonChange(ctx context.Context, conn *pgx.Conn, rng *rand.Rand, s uuid.UUID, remove bool) error {
+	if remove {
+		_, err := conn.Exec(ctx, `DELETE FROM user_lesson_progress WHERE id = (SELECT id FROM user_lesson_progress WHERE user_id = $1 LIMIT 1)`, s)
+		return err
+	}
+	courses := pgtest.LessonCourses()
+	course := courses[rng.IntN(len(courses))]
+	lesson := rng.IntN(course.Lessons)
+	status := "in_progress"
+	if rng.IntN(2) == 0 {
+		status = "completed"
+	}
+	_, err := conn.Exec(ctx, `INSERT INTO user_lesson_progress (user_id, course_id, unit_id, lesson_key, status, accuracy_percent,
+			time_spent_seconds, completed_at, last_activity_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, CASE WHEN $5 = 'completed' THEN now() END, now())
+		ON CONFLICT (user_id, course_id, unit_id, lesson_key) DO UPDATE SET status = excluded.status,
+			accuracy_percent = excluded.accuracy_percent, time_spent_seconds = user_lesson_progress.time_spent_seconds + excluded.time_spent_seconds,
+			completed_at = coalesce(user_lesson_progress.completed_at, excluded.completed_at), last_activity_at = now()`,
+		s, course.ID, lesson/4+1, fmt.Sprintf("lesson-%d-grammar", lesson%4+1), status,
+		fmt.Sprintf("%d.%02d", rng.IntN(100), rng.IntN(100)), rng.IntN(900))
+	return err
 }
 
 func TestKilledAtRandomMomentsLosesNothing(t *testing.T) {

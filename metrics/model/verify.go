@@ -136,6 +136,9 @@ func (m *Model) verifyProperties(ctx context.Context, conn *pgconn.PgConn) ([]st
 	if len(sd.ParamOIDs) != 1 {
 		return nil, m.errorf(p, 0, "uses $%d: the query takes one parameter, $1, the student ids (uuid[])", len(sd.ParamOIDs))
 	}
+	if !slices.ContainsFunc(sd.Fields, func(f pgconn.FieldDescription) bool { return f.Name == "id" }) {
+		return nil, m.errorf(p, 0, "returns no column id: return the student's id as id, and one column per property")
+	}
 	seen := map[string]bool{}
 	for _, f := range sd.Fields {
 		name := f.Name
@@ -157,9 +160,6 @@ func (m *Model) verifyProperties(ctx context.Context, conn *pgconn.PgConn) ([]st
 		if !slices.Contains(acceptedTypes[typ], f.DataTypeOID) {
 			return nil, m.errorf(p, 0, "column %s is %s; HubSpot's %s property %s takes %s", name, typeName(f.DataTypeOID), typ, name, typeAdvice[typ])
 		}
-	}
-	if !seen["id"] {
-		return nil, m.errorf(p, 0, "returns no column id: return the student's id as id, and one column per property")
 	}
 	var computes []string
 	for _, name := range metrics.Names() {
