@@ -6,7 +6,7 @@
 // an operator's actions, the slot dropped and re-created by setup and replays from the stored
 // checkpoint (--mode operator). Then it stops the faults,
 // waits for the buffer to drain, and checks every contact against metrics it computes itself
-// (package metrics/reference). It prints one summary and exits 1 if anything was lost,
+// (package metrics/reference), under the progress model chosen with --model. It prints one summary and exits 1 if anything was lost,
 // corrupted, created or leaked.
 package main
 
@@ -59,6 +59,7 @@ type options struct {
 	logDir      string
 	race        bool
 	mode        string
+	model       string
 }
 
 func main() {
@@ -74,7 +75,12 @@ func main() {
 	flag.BoolVar(&o.race, "race", false, "build progress-sync with the race detector")
 	flag.StringVar(&o.mode, "mode", "fire", "what to break: fire (kills, PostgreSQL restarts, walsender cuts, HubSpot faults), "+
 		"handover (two instances on one slot, the holder killed or stopped again and again), or operator (slot dropped and re-created by setup, replay from the checkpoint, kills)")
+	flag.StringVar(&o.model, "model", "course_progress", "the progress model the service runs: course_progress (the students study in course_progress) or lesson_progress (in user_lesson_progress, with course_catalog changes)")
 	flag.Parse()
+	if o.model != "course_progress" && o.model != "lesson_progress" {
+		fmt.Fprintf(os.Stderr, "chaos: --model %q: want course_progress or lesson_progress\n", o.model)
+		os.Exit(2)
+	}
 	if o.mode != "fire" && o.mode != "handover" && o.mode != "operator" {
 		fmt.Fprintf(os.Stderr, "chaos: --mode %q: want fire, handover or operator\n", o.mode)
 		os.Exit(2)
@@ -141,6 +147,10 @@ func soak(ctx context.Context, o options, out io.Writer) (bool, error) {
 		return false, err
 	}
 	seeded, err := pgtest.Seed(ctx, conn, pgtest.SeedOptions{Students: o.students, Seed: o.seed})
+	if err == nil && o.model == "lesson_progress" {
+		// ingles-c2 starts without its catalogue row; the studier's resizes may add it.
+		err = pgtest.SeedLessons(ctx, conn, studentIDs(seeded), pgtest.LessonSeedOptions{Seed: o.seed, SkipCatalog: []string{"ingles-c2"}})
+	}
 	conn.Close(ctx)
 	if err != nil {
 		return false, err
@@ -169,7 +179,8 @@ func soak(ctx context.Context, o options, out io.Writer) (bool, error) {
 	u, _ := url.Parse(dbURL)
 	u.User = url.UserPassword("postgres", dbPassword) // trust auth ignores it; the logs must not show it
 	env := append(os.Environ(), "DATABASE_URL="+u.String(), "HUBSPOT_ACCESS_TOKEN="+token, "HUBSPOT_BASE_URL="+emu.URL(),
-		"PROGRESS_SYNC_DEBOUNCE=500ms", "PROGRESS_SYNC_MAX_DELAY=3s", "PROGRESS_SYNC_RECONCILE=10s", "LOG_FORMAT=json", "LOG_LEVEL=info")
+		"PROGRESS_SYNC_DEBOUNCE=500ms", "PROGRESS_SYNC_MAX_DELAY=3s", "PROGRESS_SYNC_RECONCILE=10s", "LOG_FORMAT=json", "LOG_LEVEL=info",
+		"PROGRESS_SYNC_MODEL="+o.model)
 	if o.mode == "handover" {
 		// Students must be pending at every kill: a debounce longer than the kills' spacing.
 		env = append(env, fmt.Sprintf("PROGRESS_SYNC_DEBOUNCE=%s", max(2*time.Second, o.every)), "PROGRESS_SYNC_MAX_DELAY=30s")
@@ -272,7 +283,7 @@ func soak(ctx context.Context, o options, out io.Writer) (bool, error) {
 	for {
 		pending, err := pendingCount(ctx, dbURL)
 		if err == nil && pending == 0 {
-			mismatches, err = compare(ctx, dbURL, emu, contactOf)
+			mismatches, err = compare(ctx, dbURL, o.model, emu, contactOf)
 			if err == nil && len(mismatches) == 0 {
 				break
 			}
@@ -307,7 +318,7 @@ func soak(ctx context.Context, o options, out io.Writer) (bool, error) {
 	for _, k := range others[1:] {
 		faultNames = append(faultNames, fmt.Sprintf("%s %d", k, c.faults[k]))
 	}
-	fmt.Fprintf(out, "\nchaos summary (mode %s, %s, %d students, seed %d)\n", o.mode, o.duration, o.students, o.seed)
+	fmt.Fprintf(out, "\nchaos summary (mode %s, model %s, %s, %d students, seed %d)\n", o.mode, o.model, o.duration, o.students, o.seed)
 	fmt.Fprintf(out, "  changes made:        %d\n", c.changes.Load())
 	fmt.Fprintf(out, "  SIGKILL restarts:    %d\n", c.kills.Load())
 	switch o.mode {
@@ -393,7 +404,12 @@ func driftContacts(emu *hubspottest.Server, contactOf map[uuid.UUID]string, rng 
 }
 
 func study(ctx context.Context, dbURL string, ids []uuid.UUID, o options, c *counters) {
-	studier := pgtest.NewStudier(ids, o.seed+1)
+	var studier interface {
+		Step(ctx context.Context, conn *pgx.Conn) (pgtest.Change, error)
+	} = pgtest.NewStudier(ids, o.seed+1)
+	if o.model == "lesson_progress" {
+		studier = pgtest.NewLessonStudier(ids, o.seed+1)
+	}
 	limit := rate.NewLimiter(rate.Limit(o.rate), 1)
 	var conn *pgx.Conn
 	defer func() {
@@ -471,13 +487,17 @@ func pendingCount(ctx context.Context, dbURL string) (int, error) {
 }
 
 // compare lists the contact values that differ from the reference metrics.
-func compare(ctx context.Context, dbURL string, emu *hubspottest.Server, contactOf map[uuid.UUID]string) ([]string, error) {
+func compare(ctx context.Context, dbURL, model string, emu *hubspottest.Server, contactOf map[uuid.UUID]string) ([]string, error) {
 	conn, err := pgx.Connect(ctx, dbURL)
 	if err != nil {
 		return nil, err
 	}
 	defer conn.Close(ctx)
-	want, err := reference.Compute(ctx, conn)
+	compute := reference.Compute
+	if model == "lesson_progress" {
+		compute = reference.LessonProgress
+	}
+	want, err := compute(ctx, conn)
 	if err != nil {
 		return nil, err
 	}
@@ -702,4 +722,12 @@ func (s *service) dbURL() string {
 		}
 	}
 	return ""
+}
+
+func studentIDs(seeded []pgtest.SeededStudent) []uuid.UUID {
+	ids := make([]uuid.UUID, len(seeded))
+	for i, s := range seeded {
+		ids[i] = s.ID
+	}
+	return ids
 }

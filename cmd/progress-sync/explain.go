@@ -162,7 +162,7 @@ type explainedIssue struct {
 
 type explainedValue struct {
 	Name       string  `json:"name"`
-	Database   string  `json:"database"`
+	Database   *string `json:"database"`    // null: the model does not compute it
 	HubSpot    *string `json:"hubspot"`     // null: no contact
 	LastPushed *string `json:"last_pushed"` // null: no record
 	State      string  `json:"state"`
@@ -287,8 +287,15 @@ func (x *explanation) readContact(ctx context.Context, store *state.Store, hs *h
 // judge decides each property's state.
 func (x *explanation) judge(s metrics.Student, held, pushed map[string]string) {
 	for _, name := range metrics.Names() {
-		v := explainedValue{Name: name, Database: s.Values[name]}
+		db := s.Values[name]
+		v := explainedValue{Name: name, Database: &db}
 		if _, computed := s.Values[name]; !computed {
+			// Not the sync's: what HubSpot holds stays, whatever it is.
+			v.Database = nil
+			if x.Contact != nil {
+				h := held[name]
+				v.HubSpot = &h
+			}
 			v.State, v.Detail = stateNotOwned, "the progress model does not compute it: the sync never writes it"
 			x.Properties = append(x.Properties, v)
 			continue
@@ -311,7 +318,7 @@ func (x *explanation) stateOf(v explainedValue) (string, string) {
 	switch {
 	case x.Contact == nil:
 		return stateUnmatched, x.Unmatched
-	case *v.HubSpot == v.Database:
+	case *v.HubSpot == *v.Database:
 		return stateEqual, ""
 	case pr != nil && pr.Kind == string(state.Conflict):
 		who := "another student"
@@ -341,7 +348,7 @@ func (x *explanation) print(out io.Writer) {
 	fmt.Fprintf(out, "student %s <%s>\n", x.StudentID, x.Email)
 	fmt.Fprintf(out, "progress model %s; the student's rows:\n", x.Model)
 	for _, t := range x.Rows {
-		fmt.Fprintf(out, "  %s (%s = the student): %d rows\n", t.Table, t.Column, t.Count)
+		fmt.Fprintf(out, "  %s (%s = the student): %s\n", t.Table, t.Column, plural(t.Count, "row"))
 		for _, r := range t.Rows {
 			fmt.Fprintf(out, "    %s\n", r)
 		}
@@ -366,7 +373,7 @@ func (x *explanation) print(out io.Writer) {
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "\nproperty\tdatabase\thubspot\tlast pushed\tstate")
 	for _, p := range x.Properties {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", p.Name, quoted(&p.Database), quoted(p.HubSpot), quoted(p.LastPushed), p.State)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", p.Name, quoted(p.Database), quoted(p.HubSpot), quoted(p.LastPushed), p.State)
 	}
 	_ = tw.Flush()
 	for _, p := range x.Properties {
@@ -390,4 +397,11 @@ func quoted(s *string) string {
 		return "-"
 	}
 	return fmt.Sprintf("%q", *s)
+}
+
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
 }

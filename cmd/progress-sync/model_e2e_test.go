@@ -13,6 +13,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/focusenglish/progress-sync/metrics"
 	"github.com/focusenglish/progress-sync/replication/pgtest"
 )
 
@@ -296,5 +297,101 @@ func TestABadModelIsRefusedBeforeAnything(t *testing.T) {
 	r := w.cli.run("check")
 	if r.code != 1 || !strings.Contains(r.stdout, "PROBLEM  progress model: progress model "+path+": properties (line 11): column x.totl_xp does not exist") {
 		t.Fatalf("check: exit %d\n%s", r.code, r.stdout)
+	}
+}
+
+// xpModel computes two properties only: the others are HubSpot's.
+const xpModel = `model: xp_and_streak
+students:
+  table: public.users
+  id: id
+  email: email
+tables:
+  - table: public.user_xp
+    student: user_id
+  - table: public.user_streaks
+    student: user_id
+properties: |
+  SELECT u.id, coalesce(x.total_xp, 0) AS total_xp, coalesce(s.current_streak, 0) AS study_streak
+  FROM public.users u
+  LEFT JOIN public.user_xp x ON x.user_id = u.id
+  LEFT JOIN public.user_streaks s ON s.user_id = u.id
+  WHERE u.id = ANY($1::uuid[])
+`
+
+func TestAPropertyTheModelDoesNotComputeIsNeverWritten(t *testing.T) {
+	w := newWorld(t, 300)
+	w.rejected = uuid.Nil // its refused value is an average score, which this model leaves alone
+	path := filepath.Join(t.TempDir(), "xp.yaml")
+	if err := os.WriteFile(path, []byte(xpModel), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	w.useModel(path)
+	theirs := map[string]string{metrics.CourseStatus: "completed", metrics.LessonsCompleted: "999", metrics.CourseCompletedDate: "2025-12-24"}
+	for _, cid := range w.contactIDs {
+		w.emu.EditContact(cid, theirs)
+	}
+	untouched := func() {
+		t.Helper()
+		for id, cid := range w.contactIDs {
+			c, _ := w.emu.Contact(cid)
+			for name, v := range theirs {
+				if c.Properties[name] != v {
+					t.Fatalf("contact %s (student %s): %s = %q, want %q: the sync wrote a property its model does not compute", cid, id, name, c.Properties[name], v)
+				}
+			}
+		}
+	}
+	w.cli.mustRun("provision")
+	w.cli.mustRun("backfill")
+	w.checkContacts()
+	untouched()
+
+	w.streamEnv(map[string]string{"PROGRESS_SYNC_RECONCILE": "5s"})
+	svc := w.start()
+	pool := w.matched()
+	for i, id := range pool[:20] {
+		w.exec(`INSERT INTO user_xp (user_id, total_xp) VALUES ($1, $2) ON CONFLICT (user_id) DO UPDATE SET total_xp = $2`, id, 5000+i)
+	}
+	// A student who leaves their contact: only what the model computes is cleared there.
+	leaver := pool[30]
+	left := w.contactIDs[leaver]
+	delete(w.contactIDs, leaver)
+	w.exec(`UPDATE users SET email = 'moved-away@example.com' WHERE id = $1`, leaver)
+	w.waitEqual(time.Minute)
+	deadline := time.Now().Add(time.Minute)
+	for {
+		c, _ := w.emu.Contact(left)
+		if c.Properties[metrics.TotalXP] == "" && c.Properties[metrics.StudyStreak] == "" {
+			if c.Properties[metrics.CourseStatus] != "completed" || c.Properties[metrics.LessonsCompleted] != "999" {
+				t.Fatalf("the left contact lost what the model does not compute: %v", c.Properties)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the left contact still holds the synced values: %v", c.Properties)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	// A reconcile pass reads back what the model computes, and leaves the rest.
+	w.emu.EditContact(w.contactIDs[pool[40]], map[string]string{metrics.TotalXP: "1", metrics.CourseStatus: "not_started"})
+	theirs2 := w.contactIDs[pool[40]]
+	w.waitEqual(time.Minute)
+	if c, _ := w.emu.Contact(theirs2); c.Properties[metrics.CourseStatus] != "not_started" {
+		t.Fatalf("reconcile wrote course_status: %v", c.Properties)
+	}
+	w.emu.EditContact(theirs2, theirs)
+	svc.mustStop()
+	untouched()
+
+	x, _ := w.explain(pool[0])
+	for _, p := range x.Properties {
+		computed := p.Name == metrics.TotalXP || p.Name == metrics.StudyStreak
+		if !computed && (p.State != "not_computed" || p.HubSpot == nil || *p.HubSpot != theirs[p.Name] && theirs[p.Name] != "") {
+			t.Fatalf("explain: %s is %s with HubSpot %v, want not_computed with HubSpot's value", p.Name, p.State, p.HubSpot)
+		}
+		if computed && p.State != "equal" {
+			t.Fatalf("explain: %s is %s, want equal", p.Name, p.State)
+		}
 	}
 }

@@ -220,7 +220,7 @@ func followModel(ctx context.Context, db *pgxpool.Pool, cfg config.Config, store
 		if err := buf.Add(ctx, ids, 0); err != nil {
 			return err
 		}
-		log.WithFields(logrus.Fields{"from": before.Name, "to": now.Name, "students": len(ids)}).
+		log.WithFields(logrus.Fields{"from": before.Name, "from_digest": before.Digest, "to": now.Name, "to_digest": now.Digest, "students": len(ids)}).
 			Warn("the progress model changed since the last run: queued every student to recompute with the new model")
 	}
 	return store.SetModel(ctx, cfg.Slot, now)

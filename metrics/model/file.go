@@ -2,6 +2,7 @@ package model
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -47,7 +48,17 @@ var (
 	qualified  = regexp.MustCompile(`^[a-z_][a-z0-9_$]*\.[a-z_][a-z0-9_$]*$`)
 	columnName = regexp.MustCompile(`^[a-z_][a-z0-9_$]*$`)
 	yamlLine   = regexp.MustCompile(`line (\d+)`)
+	// unknownField is yaml's message for a key the shape lacks.
+	unknownField = regexp.MustCompile(`field (\S+) not found in type model\.(\w+)`)
 )
+
+// allowedKeys says, per part of the file, which keys it takes.
+var allowedKeys = map[string]string{
+	"fileModel":    "the file's keys are model, students, tables, create, checks and properties",
+	"fileStudents": "students takes table, id and email",
+	"fileTable":    "a table takes table and student, or table, keys and students",
+	"fileCheck":    "a check takes name, problems and fix",
+}
 
 // parse reads a model file's text and checks what can be checked without a database.
 func parse(data []byte, source, file string) (*Model, error) {
@@ -63,6 +74,10 @@ func parse(data []byte, source, file string) (*Model, error) {
 			fmt.Sscan(m[1], &line)
 		}
 		msg := strings.TrimPrefix(strings.ReplaceAll(err.Error(), "\n", " "), "yaml: ")
+		if m := unknownField.FindStringSubmatch(msg); m != nil {
+			// A misspelt key: say which keys that part takes, not the decoder's type names.
+			msg = fmt.Sprintf("unknown key %q (%s)", m[1], allowedKeys[m[2]])
+		}
 		if errors.Is(err, io.EOF) {
 			msg = "the file is empty"
 		}
@@ -72,7 +87,10 @@ func parse(data []byte, source, file string) (*Model, error) {
 	_ = yaml.Unmarshal(data, &doc) // decoded above: it parses
 	lines := nodeLines(&doc)
 
-	m := &Model{Name: f.Model, File: file, Digest: digest(data), Create: strings.TrimSpace(f.Create)}
+	// The digest covers what the file says, not how: a YAML comment or a re-indented block
+	// is not a new model (a change of model recomputes every student).
+	canonical, _ := json.Marshal(f)
+	m := &Model{Name: f.Model, File: file, Digest: digest(canonical), Create: strings.TrimSpace(f.Create)}
 	if file != "" {
 		m.Name = f.Model + " (" + file + ")"
 	}

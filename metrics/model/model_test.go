@@ -67,7 +67,7 @@ func TestLoadRefusesABadFile(t *testing.T) {
 		says             string
 	}{
 		{"syntax error", strings.Replace(goodModel, "  id: id", "  id: [id", 1), "", 3, "not a valid model file"}, // the YAML parser's line
-		{"unknown key", strings.Replace(goodModel, "    student: user_id", "    studnet: user_id", 1), "", 8, "studnet"},
+		{"unknown key", strings.Replace(goodModel, "    student: user_id", "    studnet: user_id", 1), "", 8, `unknown key "studnet" (a table takes table and student, or table, keys and students)`},
 		{"no name", strings.Replace(goodModel, "model: xp_only\n", "", 1), "model", 0, "missing"},
 		{"students incomplete", strings.Replace(goodModel, "  email: email\n", "", 1), "students", 2, "email"},
 		{"table without a student mapping", strings.Replace(goodModel, "    student: user_id\n", "", 1), "tables[1] public.user_xp", 7, "no student mapping"},
@@ -112,12 +112,12 @@ func TestVerifyRefusesAModelTheDatabaseContradicts(t *testing.T) {
 		{"unknown key column", "keys: [module_id]", "keys: [modul_id]", "tables public.course_lessons", 9, "has no column modul_id"},
 		{"syntax error in the query", "  LEFT JOIN public.user_xp x", "  LEFT JION public.user_xp x", "properties", props + 3, "syntax error"},
 		{"unknown column in the query", "coalesce(x.total_xp, 0)", "coalesce(x.totl_xp, 0)", "properties", props + 1, "totl_xp"},
-		{"a column that is not a property", "AS total_xp", "AS xp", "properties", props, "not a property"},
-		{"a float for a number", "coalesce(x.total_xp, 0) AS", "coalesce(x.total_xp, 0)::float8 AS", "properties", props, "is float8"},
-		{"a timestamp for a date", "coalesce(x.total_xp, 0) AS total_xp", "x.created_at AS last_activity_date", "properties", props, "a date"},
+		{"a column that is not a property", "AS total_xp", "AS xp", "properties", props + 1, "not a property"},
+		{"a float for a number", "coalesce(x.total_xp, 0) AS", "coalesce(x.total_xp, 0)::float8 AS", "properties", props + 1, "is float8"},
+		{"a timestamp for a date", "coalesce(x.total_xp, 0) AS total_xp", "x.created_at AS last_activity_date", "properties", props + 1, "a date"},
 		{"no id", "SELECT u.id,", "SELECT u.id AS student,", "properties", props, "no column id"},
 		{"a second parameter", "WHERE u.id = ANY($1::uuid[])", "WHERE u.id = ANY($1::uuid[]) AND $2::int > 0", "properties", props, "$2"},
-		{"a table the model does not list", "LEFT JOIN public.user_xp x ON x.user_id = u.id", "LEFT JOIN public.user_xp x ON x.user_id = u.id JOIN public.user_streaks s ON s.user_id = u.id", "properties", props, "reads public.user_streaks"},
+		{"a table the model does not list", "LEFT JOIN public.user_xp x ON x.user_id = u.id", "LEFT JOIN public.user_xp x ON x.user_id = u.id JOIN public.user_streaks s ON s.user_id = u.id", "properties", props + 3, "reads public.user_streaks"},
 		{"a query that writes", "  SELECT u.id,\n", "  WITH gone AS (DELETE FROM public.user_xp RETURNING 1) SELECT u.id,\n", "properties", props, "changes the database"},
 		{"a students query of the wrong shape", "SELECT u.id FROM public.users u WHERE", "SELECT u.email FROM public.users u WHERE", "tables[2] public.course_lessons students", 12, "uuid"},
 	}

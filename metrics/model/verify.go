@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"regexp"
 	"slices"
 	"strings"
 
@@ -143,22 +144,22 @@ func (m *Model) verifyProperties(ctx context.Context, conn *pgconn.PgConn) ([]st
 	for _, f := range sd.Fields {
 		name := f.Name
 		if seen[name] {
-			return nil, m.errorf(p, 0, "returns column %s twice", name)
+			return nil, m.errorf(p, p.lineOfColumn(name), "returns column %s twice", name)
 		}
 		seen[name] = true
 		if name == "id" {
 			if f.DataTypeOID != pgtype.UUIDOID {
-				return nil, m.errorf(p, 0, "column id must be the student's uuid, not %s", typeName(f.DataTypeOID))
+				return nil, m.errorf(p, p.lineOfColumn(name), "column id must be the student's uuid, not %s", typeName(f.DataTypeOID))
 			}
 			continue
 		}
 		typ := typeOf(name)
 		if typ == "" {
-			return nil, m.errorf(p, 0, "returns column %s, which is not a property: name each column after the property it computes (%s), besides id",
+			return nil, m.errorf(p, p.lineOfColumn(name), "returns column %s, which is not a property: name each column after the property it computes (%s), besides id",
 				name, strings.Join(metrics.Names(), ", "))
 		}
 		if !slices.Contains(acceptedTypes[typ], f.DataTypeOID) {
-			return nil, m.errorf(p, 0, "column %s is %s; HubSpot's %s property %s takes %s", name, typeName(f.DataTypeOID), typ, name, typeAdvice[typ])
+			return nil, m.errorf(p, p.lineOfColumn(name), "column %s is %s; HubSpot's %s property %s takes %s", name, typeName(f.DataTypeOID), typ, name, typeAdvice[typ])
 		}
 	}
 	var computes []string
@@ -242,14 +243,35 @@ func (m *Model) verifyReads(ctx context.Context, tx pgx.Tx) error {
 		}
 	}
 	if writes {
-		return m.errorf(m.Properties, 0, "changes the database (INSERT, UPDATE or DELETE): a model reads the platform, it never changes it")
+		return m.errorf(m.Properties, m.Properties.lineOf(`(?i)\b(INSERT|UPDATE|DELETE|MERGE)\b`), "changes the database (INSERT, UPDATE or DELETE): a model reads the platform, it never changes it")
 	}
 	for _, table := range slices.Sorted(maps.Keys(read)) {
 		if _, ok := m.Table(table); !ok {
-			return m.errorf(m.Properties, 0, "reads %s, which tables does not list: its changes would never reach HubSpot; list it under tables with its student column, or its keys and a students query", table)
+			return m.errorf(m.Properties, m.Properties.lineOf(`(?i)\b(`+regexp.QuoteMeta(table)+`|`+regexp.QuoteMeta(table[strings.IndexByte(table, '.')+1:])+`)\b`), "reads %s, which tables does not list: its changes would never reach HubSpot; list it under tables with its student column, or its keys and a students query", table)
 		}
 	}
 	return nil
+}
+
+// lineOf is the file's line of the last match of pattern in the part's SQL, or 0.
+func (p Part) lineOf(pattern string) int {
+	if p.Line == 0 {
+		return 0
+	}
+	found := regexp.MustCompile(pattern).FindAllStringIndex(p.SQL, -1)
+	if len(found) == 0 {
+		return 0
+	}
+	return p.Line + strings.Count(p.SQL[:found[len(found)-1][0]], "\n")
+}
+
+// lineOfColumn is the line where the query names an output column: its last "AS name", or
+// failing that the last mention of the name (the final select list comes last).
+func (p Part) lineOfColumn(name string) int {
+	if line := p.lineOf(`(?i)\bAS\s+"?` + regexp.QuoteMeta(name) + `\b`); line > 0 {
+		return line
+	}
+	return p.lineOf(`\b` + regexp.QuoteMeta(name) + `\b`)
 }
 
 // sqlError turns a database error about a part's SQL into an *Error on the line it points at.
