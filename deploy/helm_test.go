@@ -92,6 +92,7 @@ type manifests struct {
 	deployment     *appsv1.Deployment
 	service        *corev1.Service
 	secret         *corev1.Secret
+	configMap      *corev1.ConfigMap
 	serviceMonitor *serviceMonitor
 	prometheusRule *prometheusRule
 	notes          string
@@ -193,6 +194,9 @@ func mustRender(t *testing.T, values string) manifests {
 			case "v1/Secret":
 				m.secret = &corev1.Secret{}
 				into = m.secret
+			case "v1/ConfigMap":
+				m.configMap = &corev1.ConfigMap{}
+				into = m.configMap
 			case "monitoring.coreos.com/v1/ServiceMonitor":
 				m.serviceMonitor = &serviceMonitor{}
 				into = m.serviceMonitor
@@ -277,6 +281,7 @@ func TestHelmDefaults(t *testing.T) {
 		"PROGRESS_SYNC_MAX_DELAY":   "30s",
 		"PROGRESS_SYNC_RATE_LIMIT":  "100/10s",
 		"PROGRESS_SYNC_RECONCILE":   "24h",
+		"PROGRESS_SYNC_MODEL":       "course_progress",
 		"LOG_LEVEL":                 "info",
 		"LOG_FORMAT":                "json",
 	} {
@@ -590,6 +595,43 @@ func checkTokenFile(t *testing.T, d *appsv1.Deployment, secret, key string) {
 }
 
 // TestHelmRefusesBadValues: an install that cannot work stops with one clear line.
+func TestHelmModelFile(t *testing.T) {
+	const model = "model: mine\nstudents:\n  table: public.users\n  id: id\n  email: email\nproperties: |\n  SELECT id, 0 AS total_xp FROM public.users WHERE id = ANY($1::uuid[])\n"
+	values := minimalValues + "modelFile: |\n" + indent(model, "  ")
+	m := mustRender(t, values)
+	if m.configMap == nil || strings.TrimSpace(m.configMap.Data["model.yaml"]) != strings.TrimSpace(model) {
+		t.Fatalf("the model's ConfigMap holds %+v, want the file as given", m.configMap)
+	}
+	d := m.deployment
+	c := container(t, d)
+	if ev := envMap(c)["PROGRESS_SYNC_MODEL"]; ev.Value != "/etc/progress-sync/model/model.yaml" {
+		t.Fatalf("PROGRESS_SYNC_MODEL = %q, want the mounted file", ev.Value)
+	}
+	mounted := false
+	for _, vm := range c.VolumeMounts {
+		mounted = mounted || (vm.MountPath == "/etc/progress-sync/model" && vm.ReadOnly)
+	}
+	volume := false
+	for _, v := range d.Spec.Template.Spec.Volumes {
+		volume = volume || (v.ConfigMap != nil && v.ConfigMap.Name == m.configMap.Name)
+	}
+	if !mounted || !volume || d.Spec.Template.Annotations["checksum/model"] == "" {
+		t.Fatalf("the model is not mounted read-only from its ConfigMap with a checksum (mounted %v, volume %v, annotations %v)", mounted, volume, d.Spec.Template.Annotations)
+	}
+	other := mustRender(t, minimalValues+"modelFile: |\n"+indent(strings.Replace(model, "0 AS", "1 AS", 1), "  "))
+	if other.deployment.Spec.Template.Annotations["checksum/model"] == d.Spec.Template.Annotations["checksum/model"] {
+		t.Fatal("an edited model does not roll the pod")
+	}
+	builtin := mustRender(t, minimalValues+"config:\n  model: lesson_progress\n")
+	if ev := envMap(container(t, builtin.deployment))["PROGRESS_SYNC_MODEL"]; ev.Value != "lesson_progress" || builtin.configMap != nil {
+		t.Fatalf("config.model lesson_progress: PROGRESS_SYNC_MODEL = %q, ConfigMap %v", ev.Value, builtin.configMap)
+	}
+}
+
+func indent(s, prefix string) string {
+	return prefix + strings.ReplaceAll(strings.TrimSuffix(s, "\n"), "\n", "\n"+prefix) + "\n"
+}
+
 func TestHelmRefusesBadValues(t *testing.T) {
 	for _, tc := range []struct{ name, values, want string }{
 		{"no secrets", ``, "no DATABASE_URL"},
