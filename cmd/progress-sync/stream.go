@@ -11,7 +11,9 @@ import (
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
+	"github.com/google/uuid"
 	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
@@ -213,7 +215,12 @@ func followModel(ctx context.Context, db *pgxpool.Pool, cfg config.Config, store
 		before = state.ModelInUse{Name: model.Default, Digest: model.Builtin(model.Default).Digest}
 	}
 	if started && before.Digest != now.Digest {
-		ids, err := cfg.Model.AllStudents(ctx, db)
+		// From a complete view: a student hidden from the list would keep the old model's values.
+		var ids []uuid.UUID
+		err := replication.ReadComplete(ctx, db, cfg.Model, func(tx pgx.Tx) (err error) {
+			ids, err = cfg.Model.AllStudents(ctx, tx)
+			return err
+		})
 		if err != nil {
 			return err
 		}
