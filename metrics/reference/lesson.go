@@ -86,30 +86,17 @@ func LessonProgress(ctx context.Context, conn *pgx.Conn) (map[uuid.UUID]metrics.
 		return nil, fmt.Errorf("reference: lesson progress: %w", err)
 	}
 
-	var n int64
-	for _, q := range []struct {
-		sql string
-		set func(*lessonStudent, int64)
-	}{
-		{`SELECT user_id, current_streak FROM public.user_streaks`, func(st *lessonStudent, v int64) { st.streak = &v }},
-		{`SELECT user_id, total_xp FROM public.user_xp`, func(st *lessonStudent, v int64) { st.xp = &v }},
-	} {
-		rows, err := conn.Query(ctx, q.sql)
-		if err != nil {
-			return nil, fmt.Errorf("reference: %w", err)
-		}
-		if _, err := pgx.ForEachRow(rows, []any{&id, &n}, func() error {
-			if st, ok := students[id]; ok {
-				q.set(st, n)
-			}
-			return nil
-		}); err != nil {
-			return nil, fmt.Errorf("reference: %w", err)
-		}
+	streaks, xp, err := streaksAndXP(ctx, conn)
+	if err != nil {
+		return nil, err
+	}
+	for id, st := range students {
+		st.streak, st.xp = streaks[id], xp[id]
 	}
 
 	catalog := map[string]int64{}
 	var course string
+	var n int64
 	rows, err = conn.Query(ctx, `SELECT course_id, lessons FROM public.course_catalog`)
 	if err != nil {
 		return nil, fmt.Errorf("reference: course catalogue: %w", err)

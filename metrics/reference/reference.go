@@ -68,26 +68,12 @@ func Compute(ctx context.Context, conn *pgx.Conn) (map[uuid.UUID]metrics.Student
 		return nil, fmt.Errorf("reference: progress: %w", err)
 	}
 
-	var n int64
-	for _, q := range []struct {
-		sql string
-		set func(*student, int64)
-	}{
-		{`SELECT user_id, current_streak FROM public.user_streaks`, func(st *student, v int64) { st.streak = &v }},
-		{`SELECT user_id, total_xp FROM public.user_xp`, func(st *student, v int64) { st.xp = &v }},
-	} {
-		rows, err := conn.Query(ctx, q.sql)
-		if err != nil {
-			return nil, fmt.Errorf("reference: %w", err)
-		}
-		if _, err := pgx.ForEachRow(rows, []any{&id, &n}, func() error {
-			if st, ok := students[id]; ok {
-				q.set(st, n)
-			}
-			return nil
-		}); err != nil {
-			return nil, fmt.Errorf("reference: %w", err)
-		}
+	streaks, xp, err := streaksAndXP(ctx, conn)
+	if err != nil {
+		return nil, err
+	}
+	for id, st := range students {
+		st.streak, st.xp = streaks[id], xp[id]
 	}
 
 	courses := map[[2]string]map[string]bool{}
@@ -246,4 +232,31 @@ func Round(r *big.Rat, scale int) string {
 		digits = "-" + digits
 	}
 	return digits
+}
+
+// streaksAndXP reads user_streaks.current_streak and user_xp.total_xp by student, the same in
+// every model.
+func streaksAndXP(ctx context.Context, conn *pgx.Conn) (streaks, xp map[uuid.UUID]*int64, err error) {
+	read := func(sql string) (map[uuid.UUID]*int64, error) {
+		rows, err := conn.Query(ctx, sql)
+		if err != nil {
+			return nil, fmt.Errorf("reference: %w", err)
+		}
+		out := map[uuid.UUID]*int64{}
+		var id uuid.UUID
+		var n int64
+		if _, err := pgx.ForEachRow(rows, []any{&id, &n}, func() error {
+			v := n
+			out[id] = &v
+			return nil
+		}); err != nil {
+			return nil, fmt.Errorf("reference: %w", err)
+		}
+		return out, nil
+	}
+	if streaks, err = read(`SELECT user_id, current_streak FROM public.user_streaks`); err != nil {
+		return nil, nil, err
+	}
+	xp, err = read(`SELECT user_id, total_xp FROM public.user_xp`)
+	return streaks, xp, err
 }

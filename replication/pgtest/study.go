@@ -66,18 +66,22 @@ func (s *Studier) Step(ctx context.Context, conn *pgx.Conn) (Change, error) {
 }
 
 // pickStudent continues a study session, or now and then lets one end and another begin.
-func (s *Studier) pickStudent() uuid.UUID {
-	size := min(sessionSize, len(s.students))
+func (s *Studier) pickStudent() uuid.UUID { return pickInSession(s.rng, s.students, &s.session) }
+
+// pickInSession picks a student of the session (students studying at once), filling it up
+// first and now and then letting one leave for another of students.
+func pickInSession(rng *rand.Rand, students []uuid.UUID, session *[]uuid.UUID) uuid.UUID {
+	size := min(sessionSize, len(students))
 	switch {
-	case len(s.session) < size:
-		s.session = append(s.session, s.students[s.rng.IntN(len(s.students))])
-		return s.session[len(s.session)-1]
-	case s.rng.IntN(5) == 0:
-		i := s.rng.IntN(len(s.session))
-		s.session[i] = s.students[s.rng.IntN(len(s.students))]
-		return s.session[i]
+	case len(*session) < size:
+		*session = append(*session, students[rng.IntN(len(students))])
+		return (*session)[len(*session)-1]
+	case rng.IntN(5) == 0:
+		i := rng.IntN(len(*session))
+		(*session)[i] = students[rng.IntN(len(students))]
+		return (*session)[i]
 	default:
-		return s.session[s.rng.IntN(len(s.session))]
+		return (*session)[rng.IntN(len(*session))]
 	}
 }
 

@@ -68,20 +68,7 @@ func (s *LessonStudier) Step(ctx context.Context, conn *pgx.Conn) (Change, error
 }
 
 // pickStudent continues a study session, or lets one end and another begin (see Studier).
-func (s *LessonStudier) pickStudent() uuid.UUID {
-	size := min(sessionSize, len(s.students))
-	switch {
-	case len(s.session) < size:
-		s.session = append(s.session, s.students[s.rng.IntN(len(s.students))])
-		return s.session[len(s.session)-1]
-	case s.rng.IntN(5) == 0:
-		i := s.rng.IntN(len(s.session))
-		s.session[i] = s.students[s.rng.IntN(len(s.students))]
-		return s.session[i]
-	default:
-		return s.session[s.rng.IntN(len(s.session))]
-	}
-}
+func (s *LessonStudier) pickStudent() uuid.UUID { return pickInSession(s.rng, s.students, &s.session) }
 
 // study works on a lesson of the student's latest course (or, now and then, another course),
 // upserting its row as the app's progress endpoint does; complete finishes it with a score.
