@@ -60,6 +60,9 @@ type DB interface {
 // SetupReport says what Setup changed.
 type SetupReport struct {
 	Done []string // one line per change made
+	// Added are the tables added to a publication that existed: their changes before now
+	// were never streamed.
+	Added []string
 	// Hidden are the tables whose rows the read role still cannot see in full, because the
 	// connecting role may not create the policy: a DBA runs each one's Fix.
 	Hidden []HiddenTable
@@ -97,6 +100,7 @@ func Setup(ctx context.Context, db *pgxpool.Pool, n Names, m *model.Model, readR
 			return rep, explainPrivilege(fmt.Errorf("add %s to publication %s: %w", strings.Join(missing, ", "), n.Publication, err), stmt)
 		}
 		rep.Done = append(rep.Done, fmt.Sprintf("added %s to publication %s", strings.Join(missing, ", "), n.Publication))
+		rep.Added = missing
 	}
 	gaps, err := PublicationGaps(ctx, db, m, n.Publication)
 	if err != nil {
@@ -175,7 +179,7 @@ func identityCovers(ctx context.Context, db *pgxpool.Pool, t model.Table) (bool,
 
 // MissingTables lists the source tables the publication does not publish (all six when it
 // does not exist).
-func MissingTables(ctx context.Context, db *pgxpool.Pool, m *model.Model, publication string) ([]string, error) {
+func MissingTables(ctx context.Context, db DB, m *model.Model, publication string) ([]string, error) {
 	rows, err := db.Query(ctx, `SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1`, publication)
 	if err != nil {
 		return nil, fmt.Errorf("list tables of publication %s: %w", publication, err)
@@ -251,8 +255,28 @@ func PublicationGaps(ctx context.Context, db DB, m *model.Model, publication str
 // source tables out of the stream.
 func CheckPublication(ctx context.Context, db DB, m *model.Model, publication string) error {
 	gaps, err := PublicationGaps(ctx, db, m, publication)
-	if err != nil || len(gaps) == 0 {
+	if err != nil {
 		return err
+	}
+	// A table of the model dropped from the publication (or dropped and created again, which
+	// leaves it out) streams nothing more. A publication that is gone is the stream's to
+	// re-create.
+	var exists bool
+	if err := db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)`, publication).Scan(&exists); err != nil {
+		return fmt.Errorf("look up publication %s: %w", publication, err)
+	}
+	if exists {
+		missing, err := MissingTables(ctx, db, m, publication)
+		if err != nil {
+			return err
+		}
+		if len(missing) > 0 {
+			gaps = append(gaps, PublicationGap{Problem: "it does not publish " + strings.Join(missing, ", "),
+				Fix: []string{fmt.Sprintf("ALTER PUBLICATION %s ADD TABLE %s;", publication, strings.Join(missing, ", "))}})
+		}
+	}
+	if len(gaps) == 0 {
+		return nil
 	}
 	var lines []string
 	for _, g := range gaps {

@@ -395,3 +395,75 @@ func TestAPropertyTheModelDoesNotComputeIsNeverWritten(t *testing.T) {
 		}
 	}
 }
+
+func TestARollingDeployToAnotherModelRecomputesEveryStudent(t *testing.T) {
+	w := newLessonWorld(t, 300)
+	w.useModel("course_progress")
+	w.streamEnv(nil)
+	old := w.start()
+	w.waitEqual(time.Minute)
+
+	// The new version starts beside the old one, which still holds the slot.
+	w.useModel("lesson_progress")
+	next := w.start()
+	next.waitLog("waiting as a warm standby", 30*time.Second)
+	old.waitLog("streaming", 30*time.Second)
+	if strings.Contains(next.logs.String(), "the progress model changed") {
+		t.Fatal("a standby queued every student: the holder would push them with its own model")
+	}
+	old.mustStop()
+	next.waitLog("the progress model changed since the last run", time.Minute)
+	w.waitEqual(time.Minute)
+	next.mustStop()
+	if out := w.cli.mustRun("status").stdout; !strings.Contains(out, "progress model: lesson_progress\n") {
+		t.Fatalf("status does not name the new model:\n%s", out)
+	}
+}
+
+func TestATableLeftOutOfThePublicationIsNoticedAndCaughtUp(t *testing.T) {
+	w := newLessonWorld(t, 300)
+	w.streamEnv(nil)
+	svc := w.start()
+	w.waitEqual(time.Minute)
+
+	// Running: the catalogue is dropped from the publication, then changed.
+	w.exec(`ALTER PUBLICATION progress_sync DROP TABLE course_catalog`)
+	svc.waitLog("the publication leaves changes out of the stream", time.Minute)
+	waitReadyz(t, svc, 503, "publication")
+	w.exec(`UPDATE course_catalog SET lessons = 12 WHERE course_id = 'ingles-a2'`)
+	w.exec(`ALTER PUBLICATION progress_sync ADD TABLE course_catalog`)
+	w.waitEqual(time.Minute)
+	svc.mustStop()
+
+	// Stopped: the same, then a restart puts it back and catches up.
+	w.exec(`ALTER PUBLICATION progress_sync DROP TABLE course_catalog`)
+	w.exec(`UPDATE course_catalog SET lessons = 20 WHERE course_id = 'ingles-a1'`)
+	svc = w.start()
+	svc.waitLog("added public.course_catalog to publication progress_sync", 30*time.Second)
+	svc.waitLog("tables the progress model reads were added to the publication", 30*time.Second)
+	w.waitEqual(time.Minute)
+	svc.mustStop()
+}
+
+func TestSIGTERMDuringASlowBatchExits(t *testing.T) {
+	w := newWorld(t, 300)
+	w.rejected = uuid.Nil
+	path := filepath.Join(t.TempDir(), "slow.yaml")
+	slow := strings.Replace(xpModel, "  FROM public.users u\n", "  FROM public.users u CROSS JOIN (SELECT pg_sleep(3)) slow\n", 1)
+	if err := os.WriteFile(path, []byte(slow), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	w.useModel(path)
+	w.streamEnv(nil)
+	svc := w.start("run", "--grace", "1s")
+	// The first load's batches take 3 s each, longer than the grace: once one is pushed, the
+	// next is under way.
+	svc.waitLog(`"msg":"pushed batch"`, time.Minute)
+	if code := svc.stop(); code != 0 {
+		t.Fatalf("exit %d after SIGTERM during a slow batch", code)
+	}
+	// Nothing was lost: the students still wait in the sync state.
+	if out := w.cli.mustRun("status").stdout; !strings.Contains(out, "pending students: ") || strings.Contains(out, "pending students: 0 ") {
+		t.Fatalf("status after the stop:\n%s", out)
+	}
+}

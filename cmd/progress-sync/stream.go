@@ -108,7 +108,7 @@ func (a *app) serve(ctx context.Context, f streamFlags, from pglogrepl.LSN) erro
 		return err
 	}
 	defer db.Close()
-	store, err := prepareDatabase(ctx, db, cfg, log)
+	store, added, err := prepareDatabase(ctx, db, cfg, log)
 	if err != nil {
 		return err
 	}
@@ -118,8 +118,13 @@ func (a *app) serve(ctx context.Context, f streamFlags, from pglogrepl.LSN) erro
 		return err
 	}
 	log.WithFields(logrus.Fields{"checkpoint": checkpoint.LSN.String(), "pending": buf.Len(), "model": cfg.Model.Name}).Info("loaded sync state")
-	if err := followModel(ctx, db, cfg, store, buf, checkpoint.LSN != 0, log); err != nil {
-		return err
+	started := checkpoint.LSN != 0
+	if len(added) > 0 && started {
+		// Their changes before now were never streamed.
+		if err := queueEveryStudent(ctx, db, cfg.Model, buf, log.WithField("tables", added),
+			"tables the progress model reads were added to the publication: queued every student for the changes they had that were never streamed"); err != nil {
+			return err
+		}
 	}
 	view := replication.CompleteView{DB: db, Model: cfg.Model}
 	consumer := replication.NewConsumer(db, buf, replication.Options{
@@ -160,6 +165,7 @@ func (a *app) serve(ctx context.Context, f streamFlags, from pglogrepl.LSN) erro
 		go p.reconciler(view, cfg, tm).Run(ctx)
 	}
 	go tm.WatchDatabase(ctx, db, cfg.Slot, f.statusInterval, log)
+	p.followModel = func(ctx context.Context) error { return followModel(ctx, db, cfg, store, buf, started, log) }
 	go p.watchSource(ctx, db, cfg.Model, cfg.Publication, f.statusInterval)
 	return p.run(ctx, from)
 }
@@ -174,37 +180,57 @@ func (p *pipeline) reconciler(view replication.CompleteView, cfg config.Config, 
 }
 
 // prepareDatabase migrates the sync state, sets up the publication and replica identities
-// where needed, and refuses a view of the source tables that hides rows.
-func prepareDatabase(ctx context.Context, db *pgxpool.Pool, cfg config.Config, log *logrus.Entry) (*state.Store, error) {
+// where needed, and refuses a view of the source tables that hides rows. It returns the
+// tables it added to an existing publication.
+func prepareDatabase(ctx context.Context, db *pgxpool.Pool, cfg config.Config, log *logrus.Entry) (*state.Store, []string, error) {
 	if err := replication.CheckServer(ctx, db); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	store, err := state.Open(ctx, db)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	rep, err := replication.Setup(ctx, db, replication.Names{Slot: cfg.Slot, Publication: cfg.Publication}, cfg.Model, "")
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	for _, line := range rep.Done {
 		log.Info(line)
 	}
 	if err := replication.CheckSlot(ctx, db, cfg.Slot); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if err := replication.CheckPublication(ctx, db, cfg.Model, cfg.Publication); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return store, replication.CheckVisibility(ctx, db, cfg.Model)
+	return store, rep.Added, replication.CheckVisibility(ctx, db, cfg.Model)
+}
+
+// queueEveryStudent queues every student, listed from a complete view (a student hidden from
+// the list would be left out), and logs why.
+func queueEveryStudent(ctx context.Context, db *pgxpool.Pool, m *model.Model, buf *buffer.Buffer, log *logrus.Entry, why string) error {
+	var ids []uuid.UUID
+	err := replication.ReadComplete(ctx, db, m, func(tx pgx.Tx) (err error) {
+		ids, err = m.AllStudents(ctx, tx)
+		return err
+	})
+	if err == nil {
+		err = buf.Add(ctx, ids, 0)
+	}
+	if err != nil {
+		return err
+	}
+	log.WithField("students", len(ids)).Warn(why)
+	return nil
 }
 
 // followModel queues every student once when the deployment's progress model changed since
-// it last ran (another model, or the same one edited): values computed the old way are
-// recomputed the new way, and changes to tables only the new model reads, which were not in
-// the publication, are caught up. The students are queued before the new model is recorded,
-// so a crash in between queues them again. A deployment from before models were recorded
-// computed with the default model.
+// the slot's holder last recorded it (another model, or the same one edited): values computed
+// the old way are recomputed the new way. Only the instance holding the slot follows: a
+// standby with a new model (a rolling deploy) would have its queue drained by the old holder,
+// with the old model, before it takes over. The students are queued before the new model is
+// recorded, so a crash in between queues them again. A deployment from before models were
+// recorded computed with the default model.
 func followModel(ctx context.Context, db *pgxpool.Pool, cfg config.Config, store *state.Store, buf *buffer.Buffer, started bool, log *logrus.Entry) error {
 	now := state.ModelInUse{Name: cfg.Model.Name, Digest: cfg.Model.Digest}
 	before, recorded, err := store.ModelOf(ctx, cfg.Slot)
@@ -215,20 +241,11 @@ func followModel(ctx context.Context, db *pgxpool.Pool, cfg config.Config, store
 		before = state.ModelInUse{Name: model.Default, Digest: model.Builtin(model.Default).Digest}
 	}
 	if started && before.Digest != now.Digest {
-		// From a complete view: a student hidden from the list would keep the old model's values.
-		var ids []uuid.UUID
-		err := replication.ReadComplete(ctx, db, cfg.Model, func(tx pgx.Tx) (err error) {
-			ids, err = cfg.Model.AllStudents(ctx, tx)
-			return err
-		})
+		err := queueEveryStudent(ctx, db, cfg.Model, buf, log.WithFields(logrus.Fields{"from": before.Name, "from_digest": before.Digest, "to": now.Name, "to_digest": now.Digest}),
+			"the progress model changed since the last run: queued every student to recompute with the new model")
 		if err != nil {
 			return err
 		}
-		if err := buf.Add(ctx, ids, 0); err != nil {
-			return err
-		}
-		log.WithFields(logrus.Fields{"from": before.Name, "from_digest": before.Digest, "to": now.Name, "to_digest": now.Digest, "students": len(ids)}).
-			Warn("the progress model changed since the last run: queued every student to recompute with the new model")
 	}
 	return store.SetModel(ctx, cfg.Slot, now)
 }
@@ -244,6 +261,8 @@ type pipeline struct {
 	consumer *replication.Consumer
 	flusher  *flush.Flusher
 	watch    sourceWatch
+	// followModel records the model once this instance holds the slot (see followModel).
+	followModel func(context.Context) error
 }
 
 // sourceWatch tests, every interval, what the service reads (and releases the students held
@@ -259,13 +278,20 @@ type sourceWatch struct {
 func (p *pipeline) watchSource(ctx context.Context, db *pgxpool.Pool, m *model.Model, publication string, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
-	streamed := false
+	streamed, followed := false, false
 	for {
 		// Back on the stream after an outage: students held back by the failures it caused
 		// go now, not when their backoff ends.
 		if now := p.consumer.Streaming(); now != streamed {
 			if streamed = now; now {
 				p.buf.Release()
+			}
+		}
+		if !followed && p.consumer.Holds() {
+			if err := p.followModel(ctx); err != nil {
+				p.log.WithError(err).Warn("could not compare the progress model with the one last recorded; trying again")
+			} else {
+				followed = true
 			}
 		}
 		err := replication.CheckVisibility(ctx, db, m)

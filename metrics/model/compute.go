@@ -152,7 +152,23 @@ func (m *Model) StudentsOfKeys(ctx context.Context, q Querier, table string, key
 		}
 		args[i] = col
 	}
-	return queryIDs(ctx, q, fmt.Sprintf("find the students of %d changed rows of %s", len(keys), table), t.StudentsOf.SQL, args...)
+	rows, err := q.Query(ctx, t.StudentsOf.SQL, args...)
+	if err != nil {
+		return nil, fmt.Errorf("find the students of %d changed rows of %s: %w", len(keys), table, err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[uuid.NullUUID])
+	if err != nil {
+		return nil, fmt.Errorf("find the students of %d changed rows of %s: %w", len(keys), table, err)
+	}
+	out := make([]uuid.UUID, 0, len(ids))
+	for _, id := range ids {
+		if !id.Valid {
+			// A NULL would be read as the nil uuid and the change would concern no one.
+			return nil, m.errorf(t.StudentsOf, 0, "returned a NULL student id: return the ids of the students the changed keys affect, never NULL")
+		}
+		out = append(out, id.UUID)
+	}
+	return out, nil
 }
 
 func queryIDs(ctx context.Context, q Querier, what, sql string, args ...any) ([]uuid.UUID, error) {

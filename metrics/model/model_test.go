@@ -231,3 +231,18 @@ func TestBuiltinsAreValidFiles(t *testing.T) {
 		})
 	}
 }
+
+func TestAStudentsQueryReturningNULLIsAnError(t *testing.T) {
+	conn := connect(t)
+	path := writeModel(t, strings.Replace(goodModel, "SELECT u.id FROM public.users u WHERE", "SELECT NULL::uuid FROM public.users u WHERE", 1))
+	m, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Verify(context.Background(), conn); err != nil {
+		t.Fatal(err)
+	}
+	insertStudent(t, conn, &student{email: "n@example.com", level: "B2", goal: "trabajo"})
+	_, err = m.StudentsOfKeys(context.Background(), conn, "public.course_lessons", [][]string{{"trabajo"}})
+	wantModelError(t, err, path, "tables[2] public.course_lessons students", 12, "NULL student id")
+}

@@ -128,6 +128,11 @@ func (f *Flusher) Run(ctx context.Context) error {
 			return nil // ctx ended
 		}
 		_, _ = f.flushEntries(work, entries) // errors are logged and the students rescheduled
+		if work.Err() != nil {
+			// The grace is over: what is left waits in the durable buffer. (Next would hand
+			// the students just put back straight out again.)
+			return nil
+		}
 	}
 }
 
