@@ -27,4 +27,4 @@ chaos-short:
 # A minute of each fuzz target.
 fuzz:
 	go test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime 60s ./replication/
-	go test -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime 60s ./cmd/progress-sync/internal/config/
+	go test -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime 60s ./replication/config/

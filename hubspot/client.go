@@ -55,10 +55,15 @@ type Config struct {
 	MaxRetryElapsed time.Duration // stop retrying a request after this long; default 10m
 	InitialBackoff  time.Duration // first retry wait before jitter; default 500ms
 	Observer        Observer      // optional: hears about every attempt, for metrics
-	// WriteFence, when set, is asked before every attempt to write contacts; an error stops
-	// the write unsent. It lets only the instance that holds the replication slot write, also
-	// in the middle of a retry (a process frozen past the slot's timeout).
-	WriteFence func(ctx context.Context) error
+	// Fence, when set, is asked before every attempt to write contacts; an error stops the
+	// write unsent. It lets only the instance that holds the replication slot write, also in
+	// the middle of a retry (a process frozen past the slot's timeout).
+	Fence Fence
+}
+
+// Fence says whether this instance may write now (replication.Lease).
+type Fence interface {
+	Confirm(ctx context.Context) error
 }
 
 // Rate is an allowance of Requests per rolling window of length Per.
@@ -119,7 +124,7 @@ type Client struct {
 	maxElapsed     time.Duration
 	initialBackoff time.Duration
 	observer       Observer
-	writeFence     func(ctx context.Context) error
+	fence          Fence
 	paths          paths
 	version        string
 
@@ -182,7 +187,7 @@ func New(cfg Config) (*Client, error) {
 		maxElapsed:     cfg.MaxRetryElapsed,
 		initialBackoff: cfg.InitialBackoff,
 		observer:       cfg.Observer,
-		writeFence:     cfg.WriteFence,
+		fence:          cfg.Fence,
 		paths:          pathsFor(version),
 		version:        version,
 		clock:          backoff.SystemClock,
@@ -272,22 +277,15 @@ func (c *Client) do(ctx context.Context, cl call) (int, []byte, error) {
 		}
 	}
 
-	eb := backoff.NewExponentialBackOff(
-		backoff.WithInitialInterval(c.initialBackoff),
-		backoff.WithMaxInterval(maxBackoffInterval),
-		backoff.WithMaxElapsedTime(c.maxElapsed),
-		backoff.WithRandomizationFactor(0.5),
-		backoff.WithClockProvider(c.clock),
-	)
-	ra := &retryAfterBackOff{ExponentialBackOff: eb, maxElapsed: c.maxElapsed}
+	ra := c.newBackOff()
 	b := backoff.WithContext(ra, ctx)
 
 	attempts := 0
 	renewed := false
 	op := func() (response, error) {
 		attempts++
-		if cl.writes && c.writeFence != nil {
-			if err := c.writeFence(ctx); err != nil {
+		if cl.writes && c.fence != nil {
+			if err := c.fence.Confirm(ctx); err != nil {
 				return response{}, backoff.Permanent(fmt.Errorf("hubspot: %s: not sent: %w", cl, err))
 			}
 		}
@@ -307,19 +305,7 @@ func (c *Client) do(ctx context.Context, cl call) (int, []byte, error) {
 		}
 		return response{}, backoff.Permanent(err)
 	}
-	notify := func(err error, wait time.Duration) {
-		f := logrus.Fields{"method": cl.method, "path": cl.path, "attempt": attempts, "wait": wait.String()}
-		var ae *APIError
-		if errors.As(err, &ae) {
-			f["status"] = ae.StatusCode
-			if ae.PolicyName != "" {
-				f["policy"] = ae.PolicyName
-			}
-		} else {
-			f["error"] = err.Error()
-		}
-		c.log.WithFields(f).Warn("hubspot request failed; retrying")
-	}
+	notify := func(err error, wait time.Duration) { c.logRetry(cl, attempts, err, wait) }
 	var timer backoff.Timer
 	if c.newTimer != nil {
 		timer = c.newTimer()
@@ -341,6 +327,34 @@ func (c *Client) do(ctx context.Context, cl call) (int, []byte, error) {
 type response struct {
 	status int
 	body   []byte
+}
+
+// newBackOff is the wait between attempts: exponential with jitter, or what HubSpot's
+// Retry-After asks, up to the client's MaxRetryElapsed.
+func (c *Client) newBackOff() *retryAfterBackOff {
+	eb := backoff.NewExponentialBackOff(
+		backoff.WithInitialInterval(c.initialBackoff),
+		backoff.WithMaxInterval(maxBackoffInterval),
+		backoff.WithMaxElapsedTime(c.maxElapsed),
+		backoff.WithRandomizationFactor(0.5),
+		backoff.WithClockProvider(c.clock),
+	)
+	return &retryAfterBackOff{ExponentialBackOff: eb, maxElapsed: c.maxElapsed}
+}
+
+// logRetry says why an attempt failed and when the next one goes.
+func (c *Client) logRetry(cl call, attempts int, err error, wait time.Duration) {
+	f := logrus.Fields{"method": cl.method, "path": cl.path, "attempt": attempts, "wait": wait.String()}
+	var ae *APIError
+	if errors.As(err, &ae) {
+		f["status"] = ae.StatusCode
+		if ae.PolicyName != "" {
+			f["policy"] = ae.PolicyName
+		}
+	} else {
+		f["error"] = err.Error()
+	}
+	c.log.WithFields(f).Warn("hubspot request failed; retrying")
 }
 
 // retryableError marks a failure worth another attempt, with the wait the

@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"github.com/sirupsen/logrus"
+
+	"github.com/focusenglish/progress-sync/metrics"
 )
 
 const (
@@ -29,10 +31,6 @@ type Contact struct {
 	Properties       map[string]string // requested properties; unset is ""
 }
 
-// normalizeEmail is the form emails are matched in: HubSpot stores them
-// lower-cased, and stray whitespace from user input must not break a match.
-func normalizeEmail(s string) string { return strings.ToLower(strings.TrimSpace(s)) }
-
 // ReadByEmail looks up contacts by email without ever creating one. The result
 // is keyed by the normalized input email; emails that match no contact are
 // absent. Every requested property appears in Contact.Properties, with ""
@@ -41,7 +39,7 @@ func (c *Client) ReadByEmail(ctx context.Context, emails []string, properties []
 	var want []string
 	seen := make(map[string]bool, len(emails))
 	for _, e := range emails {
-		n := normalizeEmail(e)
+		n := metrics.NormalizeEmail(e)
 		// An input without "@" cannot name a contact; sending it would only
 		// risk HubSpot refusing the whole batch.
 		if n == "" || !strings.Contains(n, "@") || seen[n] {
@@ -192,9 +190,9 @@ func toContact(r objectResult, props []string) Contact {
 	for _, p := range props {
 		ct.Properties[p] = rawString(r.Properties[p])
 	}
-	ct.Email = normalizeEmail(ct.Properties[propEmail])
+	ct.Email = metrics.NormalizeEmail(ct.Properties[propEmail])
 	for _, e := range strings.Split(ct.Properties[propAdditionalEmails], ";") {
-		if n := normalizeEmail(e); n != "" {
+		if n := metrics.NormalizeEmail(e); n != "" {
 			ct.AdditionalEmails = append(ct.AdditionalEmails, n)
 		}
 	}

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+
+	"github.com/focusenglish/progress-sync/metrics"
 )
 
 // FuzzResponses feeds one HubSpot response body, answered with one status, to everything
@@ -106,7 +108,7 @@ func FuzzResponses(f *testing.F) {
 						t.Fatalf("contact %q lacks requested property %q", ct.ID, p)
 					}
 				}
-				if ct.Email != normalizeEmail(ct.Email) || slices.ContainsFunc(ct.AdditionalEmails, func(a string) bool { return a == "" || a != normalizeEmail(a) }) {
+				if ct.Email != metrics.NormalizeEmail(ct.Email) || slices.ContainsFunc(ct.AdditionalEmails, func(a string) bool { return a == "" || a != metrics.NormalizeEmail(a) }) {
 					t.Fatalf("contact %q: emails not normalized: %q %q", ct.ID, ct.Email, ct.AdditionalEmails)
 				}
 			}
@@ -140,7 +142,7 @@ func FuzzResponses(f *testing.F) {
 			checkText("the ReadByEmail error", err.Error())
 		}
 		for email, ct := range found {
-			if !slices.Contains(asked, email) && !slices.ContainsFunc(asked, func(a string) bool { return normalizeEmail(a) == email }) {
+			if !slices.Contains(asked, email) && !slices.ContainsFunc(asked, func(a string) bool { return metrics.NormalizeEmail(a) == email }) {
 				t.Fatalf("ReadByEmail returned %q, which was not asked for", email)
 			}
 			if ct.Email != email && !slices.Contains(ct.AdditionalEmails, email) {

@@ -325,13 +325,13 @@ func TestAWriteFenceStopsEveryAttempt(t *testing.T) {
 	})
 	holding := true
 	env := newTestClient(t, srv.URL, func(c *Config) {
-		c.WriteFence = func(context.Context) error {
+		c.Fence = fenceFunc(func(context.Context) error {
 			if !holding {
 				return errors.New("no longer holds the slot")
 			}
 			holding = false // the next attempt finds the slot taken
 			return nil
-		}
+		})
 	})
 	_, err := env.client.UpdateContacts(context.Background(), []Update{{ContactID: "1", Properties: map[string]string{"total_xp": "5"}}})
 	if err == nil || !strings.Contains(err.Error(), "no longer holds the slot") {
@@ -341,3 +341,8 @@ func TestAWriteFenceStopsEveryAttempt(t *testing.T) {
 		t.Fatalf("%d requests sent (%d answered), want the one before the fence closed", n, calls)
 	}
 }
+
+// fenceFunc is a Fence from a function.
+type fenceFunc func(context.Context) error
+
+func (f fenceFunc) Confirm(ctx context.Context) error { return f(ctx) }

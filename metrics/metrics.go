@@ -10,6 +10,7 @@ package metrics
 
 import (
 	"context"
+	"fmt"
 	"net/mail"
 	"strings"
 
@@ -41,10 +42,22 @@ const (
 	StatusCompleted  = "completed"
 )
 
-// NormalizeEmail is how emails are matched (docs/contract.md §3): trimmed and lower-cased, as
-// HubSpot stores them.
+// NormalizeEmail is how emails are matched (docs/contract.md §3): trimmed of Unicode white
+// space and lower-cased (Unicode), as HubSpot stores them. It is the one rule: SQL only
+// narrows rows down for it (EmailCandidatesSQL); it decides.
 func NormalizeEmail(email string) string {
 	return strings.ToLower(strings.TrimSpace(email))
+}
+
+// EmailCandidatesSQL is the email rule as a SQL condition on column: true for every row whose
+// email NormalizeEmail maps to one of the normalized emails in param (a text[]), and for some
+// more, which the caller drops by applying NormalizeEmail to what it reads. SQL decides only
+// pure-ASCII emails, exactly (ASCII white space, ASCII lower case under the C collation,
+// whatever the database's own); any other goes to Go: lower() under a database collation does
+// not follow Go's Unicode rule (a C database leaves É, and the Turkish İ differs), and btrim
+// knows no no-break space.
+func EmailCandidatesSQL(column, param string) string {
+	return fmt.Sprintf(`(lower(btrim(%[1]s, E' \t\n\x0b\f\r') COLLATE "C") = ANY(%[2]s) OR octet_length(%[1]s) <> char_length(%[1]s))`, column, param)
 }
 
 // MatchableEmail normalizes a student's email for matching a contact, or says why it cannot

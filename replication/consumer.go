@@ -72,12 +72,8 @@ type Consumer struct {
 
 	confirmed atomic.Uint64 // durable position, reported to the server as flushed
 	received  atomic.Uint64 // last WAL position received, reported as written
-	streaming atomic.Bool
-	standby   atomic.Bool // another instance holds the slot
-	// heldAtStop says the last session held the slot when it was stopped: pushes may go on
-	// for the grace period.
-	heldAtStop atomic.Bool
-	walsender  atomic.Uint32 // the server process of the last streaming session
+	standby   atomic.Bool   // another instance holds the slot
+	lease     *Lease
 }
 
 // NewConsumer returns a Consumer; db is a regular pool on the same database.
@@ -91,42 +87,20 @@ func NewConsumer(db *pgxpool.Pool, sink Sink, opts Options) *Consumer {
 	if opts.StopGrace <= 0 {
 		opts.StopGrace = 30 * time.Second
 	}
-	return &Consumer{db: db, sink: sink, opts: opts, log: opts.Log}
+	return &Consumer{db: db, sink: sink, opts: opts, log: opts.Log, lease: NewLease(db, opts.Names.Slot)}
 }
 
 // Confirmed is the position the consumer has reported as durable.
 func (c *Consumer) Confirmed() pglogrepl.LSN { return pglogrepl.LSN(c.confirmed.Load()) }
 
 // Streaming reports whether the consumer is connected and streaming.
-func (c *Consumer) Streaming() bool { return c.streaming.Load() }
+func (c *Consumer) Streaming() bool { return c.lease.Streaming() }
 
 // Standby reports whether another instance holds the slot and this one waits for it.
 func (c *Consumer) Standby() bool { return c.standby.Load() }
 
-// Holds reports whether this instance holds the slot, or held it when it was stopped: only
-// then may it write to HubSpot.
-func (c *Consumer) Holds() bool { return c.streaming.Load() || c.heldAtStop.Load() }
-
-// ErrNotHolding says another instance holds the slot now.
-var ErrNotHolding = errors.New("this instance no longer holds the replication slot")
-
-// Fence asks the server, not this process's own belief, whether the slot is still this
-// instance's: a process frozen past wal_sender_timeout still thinks it streams until it next
-// reads, while the server has given the slot to a standby. Writes to HubSpot ask it first.
-func (c *Consumer) Fence(ctx context.Context) error {
-	if !c.Holds() {
-		return ErrNotHolding
-	}
-	var pid uint32
-	err := c.db.QueryRow(ctx, `SELECT coalesce(active_pid, 0) FROM pg_replication_slots WHERE slot_name = $1`, c.opts.Names.Slot).Scan(&pid)
-	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-		return fmt.Errorf("ask who holds the slot: %w", err)
-	}
-	if pid != 0 && pid != c.walsender.Load() {
-		return fmt.Errorf("%w (process %d has it)", ErrNotHolding, pid)
-	}
-	return nil
-}
+// Lease is this instance's hold on the slot, which every writer to HubSpot asks.
+func (c *Consumer) Lease() *Lease { return c.lease }
 
 // ErrReplayTooOld means the slot has already confirmed past the requested LSN: a logical
 // slot cannot be rewound.
@@ -142,20 +116,6 @@ func (e *MisconfiguredError) Error() string { return e.Problem }
 
 // errStandby says another instance holds the slot.
 var errStandby = errors.New("another instance holds the replication slot")
-
-// position is where the next session starts streaming, and what it must do first.
-type position struct {
-	lsn pglogrepl.LSN // 0: from the slot's confirmed position
-	// explicit marks an LSN the operator asked for (replay): it must not be behind the slot.
-	// Later sessions resume from wherever the stream got to.
-	explicit bool
-	// needsLoad says every student must be queued before streaming: the slot was created or
-	// lost and the load has not succeeded yet.
-	needsLoad bool
-	// recreate says the slot cannot decode past a point: its publication was dropped while
-	// it streamed. The next session makes the publication again and starts a new slot.
-	recreate bool
-}
 
 // Run streams from start (0: from the slot's confirmed position) until ctx ends, reconnecting
 // with backoff after a lost connection and waiting as a standby while another instance holds
@@ -248,56 +208,20 @@ func (c *Consumer) session(ctx context.Context, pos position) (position, error) 
 	return pos, err
 }
 
-// prepareSlot makes the slot ready and returns where to stream from. It waits (errStandby)
-// while another instance holds the slot. A lost slot is dropped (not by a replay) and, like a
-// missing one, created with a snapshot from which every student is loaded. A replay is
-// refused when it would start behind the slot or skip changes past the checkpoint. Every
-// student is loaded when there is no checkpoint, or the slot is ahead of it.
+// prepareSlot reads the slot and the checkpoint, plans the start-up (planStart) and carries
+// the plan out. It returns where to stream from; errStandby while another instance holds the
+// slot.
 func (c *Consumer) prepareSlot(ctx context.Context, conn *pgconn.PgConn, pos position) (position, error) {
-	slot, err := ReadSlot(ctx, c.db, c.opts.Names.Slot)
+	name := c.opts.Names.Slot
+	slot, err := ReadSlot(ctx, c.db, name)
 	if err != nil {
 		return pos, err
 	}
-	if err := slot.inThisDatabase(c.opts.Names.Slot); err != nil {
-		return pos, err
-	}
-	if slot.Active {
-		return pos, errStandby
-	}
-	if pos.recreate && slot.Exists {
-		if _, err := Setup(ctx, c.db, c.opts.Names, c.opts.Model, ""); err != nil {
-			return pos, err
+	var confirmed pglogrepl.LSN
+	if slot.Exists && slot.ConfirmedFlushLSN != "" {
+		if confirmed, err = pglogrepl.ParseLSN(slot.ConfirmedFlushLSN); err != nil {
+			return pos, fmt.Errorf("read slot %s: %w", name, err)
 		}
-		if _, err := DropSlot(ctx, c.db, c.opts.Names.Slot, false); err != nil {
-			return pos, err
-		}
-		slot, pos.recreate = Slot{}, false
-	}
-	if slot.Exists && slot.WALStatus == "lost" {
-		if pos.explicit {
-			return pos, fmt.Errorf("%w: slot %s is lost (the server removed WAL it still needed), so nothing can be replayed from it; "+
-				"`progress-sync run` recreates it and backfills every student", ErrReplayRefused, c.opts.Names.Slot)
-		}
-		c.log.WithField("slot", c.opts.Names.Slot).Error("replication slot is LOST: the server removed WAL it still needed " +
-			"(max_slot_wal_keep_size exceeded). Changes since the last checkpoint cannot be streamed; recreating the slot and backfilling every student")
-		if _, err := DropSlot(ctx, c.db, c.opts.Names.Slot, true); err != nil {
-			return pos, err
-		}
-		slot = Slot{}
-		pos.lsn = 0
-	}
-	if !slot.Exists {
-		if pos.explicit {
-			return pos, fmt.Errorf("%w: requested %s, but slot %s does not exist; run `progress-sync run` to create it, which backfills every student",
-				ErrReplayTooOld, pos.lsn, c.opts.Names.Slot)
-		}
-		// A new slot always needs the load; should it fail, the next session does it.
-		pos.needsLoad = true
-		return c.createSlot(ctx, conn, pos)
-	}
-	confirmed, err := pglogrepl.ParseLSN(slot.ConfirmedFlushLSN)
-	if err != nil {
-		return pos, fmt.Errorf("read slot %s: %w", c.opts.Names.Slot, err)
 	}
 	// Read after the slot: the checkpoint is written before the slot is confirmed, so it
 	// can only be ahead of what was just read, never behind, unless the slot is not ours.
@@ -305,48 +229,44 @@ func (c *Consumer) prepareSlot(ctx context.Context, conn *pgconn.PgConn, pos pos
 	if err != nil {
 		return pos, err
 	}
-	if pos.explicit {
-		if err := c.checkReplay(pos.lsn, confirmed, checkpoint); err != nil {
+	plan := planStart(slot, confirmed, checkpoint, pos, name)
+	if plan.warning != "" {
+		c.log.WithFields(logrus.Fields{"slot": name, "slot_confirmed": confirmed.String(), "checkpoint": checkpoint.String()}).Log(plan.level, plan.warning)
+	}
+	return c.carryOut(ctx, conn, plan, pos, confirmed)
+}
+
+// carryOut does what the start-up plan says and returns where to stream from.
+func (c *Consumer) carryOut(ctx context.Context, conn *pgconn.PgConn, plan startPlan, pos position, confirmed pglogrepl.LSN) (position, error) {
+	switch plan.action {
+	case startRefuse:
+		return pos, plan.refusal
+	case startStandby:
+		return pos, errStandby
+	}
+	if plan.setup {
+		if _, err := Setup(ctx, c.db, c.opts.Names, c.opts.Model, ""); err != nil {
 			return pos, err
 		}
 	}
-	pos.lsn = max(pos.lsn, confirmed)
-	return c.loadIfBehind(ctx, pos, confirmed, checkpoint)
-}
-
-// checkReplay refuses a replay LSN the slot cannot serve, or one that would skip changes.
-func (c *Consumer) checkReplay(from, confirmed, checkpoint pglogrepl.LSN) error {
-	switch {
-	case from < confirmed:
-		return fmt.Errorf("%w: requested %s, slot %s confirmed %s; a logical slot cannot be rewound: run `progress-sync backfill` to recompute every student from current data",
-			ErrReplayTooOld, from, c.opts.Names.Slot, confirmed)
-	case checkpoint == 0:
-		return fmt.Errorf("%w: requested %s, but no checkpoint is stored for slot %s: run `progress-sync run`", ErrReplayRefused, from, c.opts.Names.Slot)
-	case from > checkpoint:
-		return fmt.Errorf("%w: requested %s is ahead of the stored checkpoint %s (slot %s confirmed %s): the changes in between would be skipped; "+
-			"replay from %s or earlier", ErrReplayRefused, from, checkpoint, c.opts.Names.Slot, confirmed, checkpoint)
+	if plan.drop {
+		if _, err := DropSlot(ctx, c.db, c.opts.Names.Slot, plan.force); err != nil {
+			return pos, err
+		}
 	}
-	return nil
-}
-
-// loadIfBehind queues every student when the sync state cannot vouch for the slot's position:
-// a pending load, no checkpoint, or a slot that has confirmed past the checkpoint, which this
-// service's own slot never does (someone dropped and re-created it, and the changes in between
-// were never seen).
-func (c *Consumer) loadIfBehind(ctx context.Context, pos position, confirmed, checkpoint pglogrepl.LSN) (position, error) {
-	switch {
-	case pos.needsLoad || checkpoint == 0:
-	case confirmed > checkpoint:
-		c.log.WithFields(logrus.Fields{"slot": c.opts.Names.Slot, "slot_confirmed": confirmed.String(), "checkpoint": checkpoint.String()}).
-			Warn("the slot has confirmed past the stored checkpoint: it was re-created (by setup, or by hand) and the changes in between were never seen; queueing every student")
-	default:
-		return pos, nil
+	if plan.action == startCreate {
+		// A new slot always needs the load; should it fail, the next session does it.
+		pos.recreate, pos.needsLoad = false, true
+		return c.createSlot(ctx, conn, pos)
 	}
-	pos.needsLoad = true
-	if err := c.initialLoad(ctx, "", confirmed); err != nil {
-		return pos, err
+	pos.lsn = plan.from
+	if plan.queueAll {
+		pos.needsLoad = true
+		if err := c.initialLoad(ctx, "", confirmed); err != nil {
+			return pos, err
+		}
+		pos.needsLoad = false
 	}
-	pos.needsLoad = false
 	return pos, nil
 }
 
@@ -376,9 +296,7 @@ func (c *Consumer) createSlot(ctx context.Context, conn *pgconn.PgConn, pos posi
 func (c *Consumer) stream(ctx context.Context, conn *pgconn.PgConn, from pglogrepl.LSN) error {
 	c.confirmed.Store(uint64(from))
 	c.received.Store(uint64(from))
-	c.walsender.Store(conn.PID())
-	c.streaming.Store(true)
-	defer c.streaming.Store(false)
+	c.lease.take(conn.PID())
 	c.log.WithFields(logrus.Fields{"slot": c.opts.Names.Slot, "from": from.String()}).Info("streaming")
 
 	events := make(chan event, 1024)
@@ -392,13 +310,13 @@ func (c *Consumer) stream(ctx context.Context, conn *pgconn.PgConn, from pglogre
 		perr = c.process(procCtx, events)
 	}()
 
-	wireErr := c.receive(ctx, conn, events, procDone)
-	c.heldAtStop.Store(ctx.Err() != nil)
-	c.streaming.Store(false) // no more pushes on a lost connection, even while the processor finishes
+	wire := pgConn{conn}
+	wireErr := c.receive(ctx, wire, events, procDone)
+	c.lease.release(ctx.Err() != nil) // a lost connection: no more pushes, even while the processor finishes
 	close(events)
 	<-procDone
 	if ctx.Err() != nil {
-		c.sendStatus(conn, false) // the final, durable position
+		c.sendStatus(wire, false) // the final, durable position
 		return nil
 	}
 	if errors.Is(wireErr, errProcessorStopped) {

@@ -306,7 +306,7 @@ func TestALoadRefusedForHiddenRowsIsDoneOnceTheyAreVisible(t *testing.T) {
 	}
 }
 
-func TestFenceAsksTheServerWhoHoldsTheSlot(t *testing.T) {
+func TestTheLeaseAsksTheServerWhoHoldsTheSlot(t *testing.T) {
 	db, dbURL := newSourceDB(t)
 	sink := &fakeSink{students: map[uuid.UUID]pglogrepl.LSN{}, named: map[uuid.UUID]int{}}
 	c := NewConsumer(db, sink, Options{DatabaseURL: dbURL, Names: Names{Slot: "progress_sync", Publication: "progress_sync"}, Model: defaultModel(),
@@ -316,16 +316,16 @@ func TestFenceAsksTheServerWhoHoldsTheSlot(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- c.Run(ctx, 0) }()
 	waitFor(t, "streaming", c.Streaming)
-	if err := c.Fence(ctx); err != nil {
+	if err := c.Lease().Confirm(ctx); err != nil {
 		t.Fatalf("fence while streaming: %v", err)
 	}
 	// The server says another process holds the slot, whatever this one believes.
-	mine := c.walsender.Load()
-	c.walsender.Store(mine + 1)
-	if err := c.Fence(ctx); !errors.Is(err, ErrNotHolding) {
+	mine := c.lease.walsender.Load()
+	c.lease.walsender.Store(mine + 1)
+	if err := c.Lease().Confirm(ctx); !errors.Is(err, ErrNotHolding) {
 		t.Fatalf("fence with the slot held by another process: %v, want ErrNotHolding", err)
 	}
-	c.walsender.Store(mine)
+	c.lease.walsender.Store(mine)
 	stop()
 	if err := <-done; err != nil {
 		t.Fatal(err)

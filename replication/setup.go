@@ -29,7 +29,7 @@ type Names struct {
 func SetupSQL(n Names, m *model.Model) []string {
 	stmts := []string{fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s;", n.Publication, strings.Join(m.TableNames(), ", "))}
 	for _, t := range m.Tables[1:] {
-		stmts = append(stmts, fmt.Sprintf("ALTER TABLE %s REPLICA IDENTITY FULL;", t.Name))
+		stmts = append(stmts, identityFix(t.Name)+";")
 	}
 	return append(stmts, fmt.Sprintf("SELECT pg_create_logical_replication_slot('%s', 'pgoutput');", n.Slot))
 }
@@ -114,39 +114,45 @@ func Setup(ctx context.Context, db *pgxpool.Pool, n Names, m *model.Model, readR
 		}
 		rep.Done = append(rep.Done, fmt.Sprintf("publication %s: fixed that %s", n.Publication, g.Problem))
 	}
-	for _, t := range m.Tables {
-		ok, err := identityCovers(ctx, db, t)
-		if err != nil {
-			return rep, err
+	weak, err := WeakIdentities(ctx, db, m)
+	if err != nil {
+		return rep, err
+	}
+	for _, w := range weak {
+		if _, err := db.Exec(ctx, w.Fix); err != nil {
+			return rep, explainPrivilege(fmt.Errorf("set replica identity of %s: %w", w.Table, err), w.Fix)
 		}
-		if ok {
-			continue
-		}
-		stmt := fmt.Sprintf("ALTER TABLE %s REPLICA IDENTITY FULL", t.Name)
-		if _, err := db.Exec(ctx, stmt); err != nil {
-			return rep, explainPrivilege(fmt.Errorf("set replica identity of %s: %w", t.Name, err), stmt)
-		}
-		rep.Done = append(rep.Done, fmt.Sprintf("set REPLICA IDENTITY FULL on %s (deletes must name the student)", t.Name))
+		rep.Done = append(rep.Done, fmt.Sprintf("set REPLICA IDENTITY FULL on %s (deletes must name the student)", w.Table))
 	}
 	done, left, err := grantReadPolicies(ctx, db, m, readRole)
 	rep.Done, rep.Hidden = append(rep.Done, done...), left
 	return rep, err
 }
 
-// WeakIdentities lists the tables whose replica identity would leave deletes without the
-// student (or course) key.
-func WeakIdentities(ctx context.Context, db *pgxpool.Pool, m *model.Model) ([]string, error) {
-	var out []string
+// WeakIdentity is a table whose replica identity would leave deletes without the student (or
+// key) columns, and the statement that fixes it.
+type WeakIdentity struct{ Table, Fix string }
+
+// WeakIdentities lists the model's tables whose replica identity would leave deletes without
+// the student (or key) columns: Setup fixes them, check reports them.
+func WeakIdentities(ctx context.Context, db *pgxpool.Pool, m *model.Model) ([]WeakIdentity, error) {
+	var out []WeakIdentity
 	for _, t := range m.Tables {
 		ok, err := identityCovers(ctx, db, t)
 		if err != nil {
 			return nil, err
 		}
 		if !ok {
-			out = append(out, t.Name)
+			out = append(out, WeakIdentity{Table: t.Name, Fix: identityFix(t.Name)})
 		}
 	}
 	return out, nil
+}
+
+// identityFix makes a table's deletes carry every column: the student column need not be in
+// the primary key.
+func identityFix(table string) string {
+	return fmt.Sprintf("ALTER TABLE %s REPLICA IDENTITY FULL", table)
 }
 
 // identityCovers reports whether the table's replica identity already makes deletes carry its
@@ -308,7 +314,7 @@ type Slot struct {
 }
 
 // ReadSlot reports the slot named name.
-func ReadSlot(ctx context.Context, db *pgxpool.Pool, name string) (Slot, error) {
+func ReadSlot(ctx context.Context, db DB, name string) (Slot, error) {
 	s := Slot{}
 	err := db.QueryRow(ctx, `SELECT coalesce(database, ''), coalesce(database = current_database(), false), active, coalesce(active_pid, 0), coalesce(wal_status, ''),
 			coalesce(confirmed_flush_lsn::text, ''),

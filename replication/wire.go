@@ -14,6 +14,20 @@ import (
 // The wire loop: it receives, answers keepalives and reports the durable position; it waits
 // on nothing slow, so the server never times the walsender out.
 
+// wireConn is the replication connection as the wire loop uses it: pgConn, or a scripted
+// server in tests of the status-reporting rules.
+type wireConn interface {
+	ReceiveMessage(ctx context.Context) (pgproto3.BackendMessage, error)
+	SendStatus(ctx context.Context, status pglogrepl.StandbyStatusUpdate) error
+}
+
+// pgConn is a started replication connection.
+type pgConn struct{ *pgconn.PgConn }
+
+func (c pgConn) SendStatus(ctx context.Context, status pglogrepl.StandbyStatusUpdate) error {
+	return pglogrepl.SendStandbyStatusUpdate(ctx, c.PgConn, status)
+}
+
 // event is one message from the server, in stream order.
 type event struct {
 	data      []byte        // pgoutput message; nil for a keepalive
@@ -23,7 +37,7 @@ type event struct {
 
 // receive is the wire loop. It hands messages to the processor and answers the server; it
 // waits on nothing else.
-func (c *Consumer) receive(ctx context.Context, conn *pgconn.PgConn, events chan<- event, procDone <-chan struct{}) error {
+func (c *Consumer) receive(ctx context.Context, conn wireConn, events chan<- event, procDone <-chan struct{}) error {
 	w := &wire{c: c, conn: conn, events: events, procDone: procDone, ticker: time.NewTicker(c.opts.StatusInterval)}
 	defer w.ticker.Stop()
 	for {
@@ -62,7 +76,7 @@ func (c *Consumer) receive(ctx context.Context, conn *pgconn.PgConn, events chan
 // wire is one wire loop's connection, its way to the processor and its status timer.
 type wire struct {
 	c        *Consumer
-	conn     *pgconn.PgConn
+	conn     wireConn
 	events   chan<- event
 	procDone <-chan struct{}
 	ticker   *time.Ticker
@@ -129,13 +143,13 @@ func ignoreCancel(err error) error {
 
 // sendStatus reports the durable position as flushed and applied; replyRequested asks the
 // server for a keepalive, whose WAL end lets an idle slot advance.
-func (c *Consumer) sendStatus(conn *pgconn.PgConn, replyRequested bool) error {
+func (c *Consumer) sendStatus(conn wireConn, replyRequested bool) error {
 	confirmed := c.Confirmed()
 	if confirmed == 0 {
 		return nil // pglogrepl would report the write position as flushed
 	}
 	written := max(pglogrepl.LSN(c.received.Load()), confirmed)
-	err := pglogrepl.SendStandbyStatusUpdate(context.Background(), conn, pglogrepl.StandbyStatusUpdate{
+	err := conn.SendStatus(context.Background(), pglogrepl.StandbyStatusUpdate{
 		WALWritePosition: written, WALFlushPosition: confirmed, WALApplyPosition: confirmed, ReplyRequested: replyRequested,
 	})
 	if err != nil {

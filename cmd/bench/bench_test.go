@@ -175,7 +175,7 @@ func BenchmarkBuffer(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer pool.Close()
-	store, err := state.Open(ctx, pool)
+	store, err := state.Open(ctx, pool, model.Builtin(model.Default).Students)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -24,7 +24,6 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/focusenglish/progress-sync/hubspot/hubspottest"
-	"github.com/focusenglish/progress-sync/metrics"
 	"github.com/focusenglish/progress-sync/metrics/reference"
 	"github.com/focusenglish/progress-sync/replication/pgtest"
 	"github.com/focusenglish/progress-sync/replication/state"
@@ -516,7 +515,7 @@ func waitSlot(ctx context.Context, conn *pgx.Conn, slot string, lsn pglogrepl.LS
 }
 
 func pendingCount(ctx context.Context, conn *pgx.Conn) (int, error) {
-	sum, err := state.Summarize(ctx, conn, "progress_sync")
+	sum, err := state.Summarize(ctx, conn, serviceSlot)
 	return sum.Pending, err
 }
 
@@ -563,21 +562,7 @@ func compare(ctx context.Context, conn *pgx.Conn, emu *hubspottest.Server, conta
 	if err != nil {
 		return nil, err
 	}
-	var out []string
-	for id, cid := range contactOf {
-		got, ok := emu.Contact(cid)
-		if !ok {
-			out = append(out, "contact "+cid+" disappeared")
-			continue
-		}
-		for _, name := range metrics.Names() {
-			if got.Properties[name] != want[id].Values[name] {
-				out = append(out, fmt.Sprintf("contact %s %s = %q, want %q", cid, name, got.Properties[name], want[id].Values[name]))
-			}
-		}
-	}
-	sort.Strings(out)
-	return out, nil
+	return reference.Differences(emu, want, contactOf), nil
 }
 
 // contactMap links each seeded student to its contact in the emulator.

@@ -11,6 +11,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/focusenglish/progress-sync/metrics/model"
 	"github.com/focusenglish/progress-sync/replication/buffer"
 	"github.com/focusenglish/progress-sync/replication/pgtest"
 	"github.com/focusenglish/progress-sync/replication/state"
@@ -43,7 +44,7 @@ func TestBufferHeapProfile(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pool.Close()
-	store, err := state.Open(ctx, pool)
+	store, err := state.Open(ctx, pool, model.Builtin(model.Default).Students)
 	if err != nil {
 		t.Fatal(err)
 	}

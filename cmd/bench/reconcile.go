@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/focusenglish/progress-sync/replication/state"
 )
 
 type reconcileOptions struct {
@@ -46,8 +48,8 @@ func runReconcile(ctx context.Context, args []string, out io.Writer) error {
 	}
 	defer ss.conn.Close(context.Background())
 	defer ss.svc.stop(time.Minute) //nolint:errcheck
-	var links int
-	if err := ss.conn.QueryRow(ctx, `SELECT count(*) FROM progress_sync.contact_links`).Scan(&links); err != nil {
+	links, err := state.CountLinks(ctx, ss.conn)
+	if err != nil {
 		return err
 	}
 	h.logf("first-start backfill done: %d linked contacts; starting a reconcile pass", links)
@@ -123,25 +125,29 @@ func reconcileFreshness(ctx context.Context, h *harness, ss *streaming, o reconc
 }
 
 // startPass makes the service start its next pass within a minute (it looks for a due pass
-// once a minute) by backdating the last one, and returns that pass's number.
+// once a minute) by backdating the last one past the bench's day between passes, and returns
+// that pass's number.
 func startPass(ctx context.Context, conn *pgx.Conn) (int64, error) {
-	var pass int64
-	err := conn.QueryRow(ctx, `UPDATE progress_sync.reconcile SET completed_at = now() - interval '25 hours'
-		WHERE after_student IS NULL RETURNING pass + 1`).Scan(&pass)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return 0, errors.New("no reconcile state, or a pass is already under way")
+	return state.BackdateReconcile(ctx, conn, serviceSlot, 25*time.Hour)
+}
+
+// reconcileOf reads where the bench slot's reconcile stands (a zero pass before the first).
+func reconcileOf(ctx context.Context, conn *pgx.Conn) (state.ReconcilePass, error) {
+	sum, err := state.Summarize(ctx, conn, serviceSlot)
+	if err != nil || sum.Reconcile == nil {
+		return state.ReconcilePass{}, err
 	}
-	return pass, err
+	return *sum.Reconcile, nil
 }
 
 // waitPassStarted waits for the service to begin pass.
 func waitPassStarted(ctx context.Context, conn *pgx.Conn, pass int64, limit time.Duration) error {
 	for deadline := time.Now().Add(limit); time.Now().Before(deadline); {
-		var started bool
-		if err := conn.QueryRow(ctx, `SELECT pass >= $1 FROM progress_sync.reconcile`, pass).Scan(&started); err != nil {
+		rp, err := reconcileOf(ctx, conn)
+		if err != nil {
 			return err
 		}
-		if started {
+		if rp.Pass >= pass {
 			return nil
 		}
 		select {
@@ -154,9 +160,8 @@ func waitPassStarted(ctx context.Context, conn *pgx.Conn, pass int64, limit time
 }
 
 func passRunning(ctx context.Context, conn *pgx.Conn) (bool, error) {
-	var running bool
-	err := conn.QueryRow(ctx, `SELECT after_student IS NOT NULL FROM progress_sync.reconcile`).Scan(&running)
-	return running, err
+	rp, err := reconcileOf(ctx, conn)
+	return rp.Running, err
 }
 
 // waitPassDone waits for pass to complete and returns its wall time as the state records it.
@@ -166,14 +171,12 @@ func waitPassDone(ctx context.Context, conn *pgx.Conn, pass int64, limit time.Du
 		if !alive() {
 			return 0, errors.New("the service exited")
 		}
-		var took *float64
-		err := conn.QueryRow(ctx, `SELECT extract(epoch FROM completed_at - started_at)::float8 FROM progress_sync.reconcile
-			WHERE pass = $1 AND after_student IS NULL AND completed_at > started_at`, pass).Scan(&took)
-		if err == nil && took != nil {
-			return time.Duration(*took * float64(time.Second)), nil
-		}
-		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		rp, err := reconcileOf(ctx, conn)
+		if err != nil {
 			return 0, err
+		}
+		if rp.Pass == pass && !rp.Running && rp.CompletedAt.After(rp.StartedAt) {
+			return rp.CompletedAt.Sub(rp.StartedAt), nil
 		}
 		select {
 		case <-ctx.Done():

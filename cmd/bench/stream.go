@@ -312,7 +312,7 @@ func profileConsumer(ctx context.Context, h *harness, conn *pgx.Conn, o streamOp
 		return profileResult{}, err
 	}
 	defer pool.Close()
-	store, err := state.Open(ctx, pool)
+	store, err := state.Open(ctx, pool, model.Builtin(model.Default).Students)
 	if err != nil {
 		return profileResult{}, err
 	}

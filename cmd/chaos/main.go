@@ -37,7 +37,6 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/focusenglish/progress-sync/hubspot/hubspottest"
-	"github.com/focusenglish/progress-sync/metrics"
 	"github.com/focusenglish/progress-sync/metrics/reference"
 	"github.com/focusenglish/progress-sync/replication/pgtest"
 	"github.com/focusenglish/progress-sync/replication/state"
@@ -493,29 +492,11 @@ func compare(ctx context.Context, dbURL, model string, emu *hubspottest.Server, 
 		return nil, err
 	}
 	defer conn.Close(ctx)
-	compute := reference.Compute
-	if model == "lesson_progress" {
-		compute = reference.LessonProgress
-	}
-	want, err := compute(ctx, conn)
+	want, err := reference.Of(model)(ctx, conn)
 	if err != nil {
 		return nil, err
 	}
-	var out []string
-	for id, cid := range contactOf {
-		got, ok := emu.Contact(cid)
-		if !ok {
-			out = append(out, fmt.Sprintf("contact %s disappeared", cid))
-			continue
-		}
-		for _, name := range metrics.Names() {
-			if got.Properties[name] != want[id].Values[name] {
-				out = append(out, fmt.Sprintf("contact %s %s = %q, want %q", cid, name, got.Properties[name], want[id].Values[name]))
-			}
-		}
-	}
-	sort.Strings(out)
-	return out, nil
+	return reference.Differences(emu, want, contactOf), nil
 }
 
 // service is the progress-sync process, restarted after every kill, logging to one file.

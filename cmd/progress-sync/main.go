@@ -16,10 +16,10 @@ import (
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
 
-	"github.com/focusenglish/progress-sync/cmd/progress-sync/internal/config"
 	"github.com/focusenglish/progress-sync/hubspot"
 	"github.com/focusenglish/progress-sync/metrics/model"
 	"github.com/focusenglish/progress-sync/replication"
+	"github.com/focusenglish/progress-sync/replication/config"
 )
 
 // exitUsage is the status for a wrong setting or flag (docs/contract.md §4).

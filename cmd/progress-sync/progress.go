@@ -34,6 +34,22 @@ type progress struct {
 	log                           *logrus.Entry
 }
 
+// backfillProgress shows a backfill's progress from its start, when the total is known.
+type backfillProgress struct {
+	out       io.Writer
+	requests  *requestCounter
+	sustained float64
+	every     time.Duration
+	log       *logrus.Entry
+	shown     *progress
+}
+
+func (b *backfillProgress) Start(total int) {
+	b.shown = newProgress(b.out, total, b.requests, b.sustained, b.every, b.log)
+}
+func (b *backfillProgress) Batch(res push.Result) { b.shown.add(res) }
+func (b *backfillProgress) Finish(err error)      { b.shown.finish(err) }
+
 // newProgress starts showing the progress of total students on out (a bar when out is a
 // terminal) or in the log. requests counts the HubSpot requests the run makes; sustained is
 // the client's requests per second over a long run.

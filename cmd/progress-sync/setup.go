@@ -9,9 +9,9 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
 
-	"github.com/focusenglish/progress-sync/cmd/progress-sync/internal/config"
 	"github.com/focusenglish/progress-sync/metrics/model"
 	"github.com/focusenglish/progress-sync/replication"
+	"github.com/focusenglish/progress-sync/replication/config"
 	"github.com/focusenglish/progress-sync/replication/state"
 )
 
@@ -34,7 +34,7 @@ func (a *app) setupCmd() *cobra.Command {
 				return err
 			}
 			defer db.Close()
-			if _, err := state.Open(ctx, db); err != nil {
+			if _, err := state.Open(ctx, db, cfg.Model.Students); err != nil {
 				return err
 			}
 			rep, err := replication.Setup(ctx, db, replication.Names{Slot: cfg.Slot, Publication: cfg.Publication}, cfg.Model, role)

@@ -9,8 +9,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
 
-	"github.com/focusenglish/progress-sync/cmd/progress-sync/internal/config"
 	"github.com/focusenglish/progress-sync/replication"
+	"github.com/focusenglish/progress-sync/replication/config"
 	"github.com/focusenglish/progress-sync/replication/state"
 )
 
@@ -81,7 +81,7 @@ func printStatus(ctx context.Context, db *pgxpool.Pool, cfg config.Config, out i
 // printModel names the progress model the service last ran with, and this command's own when
 // it differs (a restart with it recomputes every student).
 func printModel(ctx context.Context, db *pgxpool.Pool, cfg config.Config, out io.Writer) error {
-	store, err := state.OpenReadOnly(ctx, db)
+	store, err := state.OpenReadOnly(ctx, db, cfg.Model.Students)
 	if err != nil {
 		return err
 	}

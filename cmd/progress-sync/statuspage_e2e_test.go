@@ -16,6 +16,8 @@ import (
 
 	"github.com/chromedp/chromedp"
 	"github.com/jackc/pglogrepl"
+
+	"github.com/focusenglish/progress-sync/metrics"
 )
 
 // browser is a headless Chromium the test drives, Debian's `chromium` package unless
@@ -197,7 +199,7 @@ func TestTheStatusPageShowsWhatStatusAndMetricsSay(t *testing.T) {
 		t.Errorf("%d rows listed over the pages, want %d", len(listed), len(probs))
 	}
 	for _, s := range w.students {
-		if e := strings.ToLower(strings.TrimSpace(s.Email)); strings.Contains(strings.ToLower(html), e) {
+		if e := metrics.NormalizeEmail(s.Email); strings.Contains(strings.ToLower(html), e) {
 			t.Errorf("the page shows the full email %s", e)
 		}
 	}
@@ -264,7 +266,7 @@ func saveScreenshot(t *testing.T, png []byte) {
 func TestTheStatusPageFlags(t *testing.T) {
 	w := newWorld(t, 300)
 	w.streamEnv(nil)
-	unmatched := strings.ToLower(strings.TrimSpace(w.students[len(w.students)-1].Email))
+	unmatched := metrics.NormalizeEmail(w.students[len(w.students)-1].Email)
 
 	svc := w.start("run", "--show-emails")
 	w.waitEqual(time.Minute)

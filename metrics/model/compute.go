@@ -210,9 +210,7 @@ func (m *Model) IDsByEmail(ctx context.Context, q Querier, emails []string) (map
 		return out, nil
 	}
 	s := m.Students
-	sql := fmt.Sprintf(`SELECT %[1]s, %[2]s FROM %[3]s
-WHERE lower(btrim(%[2]s, E' \t\n\x0b\f\r')) = ANY($1::text[]) OR octet_length(%[2]s) <> char_length(%[2]s)
-ORDER BY %[1]s`, s.ID, s.Email, s.Table)
+	sql := fmt.Sprintf(`SELECT %s, %s FROM %s WHERE %s ORDER BY %s`, s.ID, s.Email, s.Table, metrics.EmailCandidatesSQL(s.Email, "$1::text[]"), s.ID)
 	rows, err := q.Query(ctx, sql, list)
 	if err != nil {
 		return nil, fmt.Errorf("look up %d emails: %w", len(list), err)

@@ -33,6 +33,7 @@ type Entry struct {
 // (*state.Journal).
 type Journal interface {
 	Load(ctx context.Context) (state.Checkpoint, []state.PendingStudent, error)
+	Checkpoint(ctx context.Context) (state.Checkpoint, error)
 	RecordChanges(ctx context.Context, students []uuid.UUID, at time.Time, version int64, end pglogrepl.LSN) error
 	AdvanceCheckpoint(ctx context.Context, end pglogrepl.LSN) error
 	RemovePushed(ctx context.Context, students []uuid.UUID, versions []int64) error
@@ -104,7 +105,7 @@ func New(journal Journal, opts Options, pending []state.PendingStudent) *Buffer 
 
 // Checkpoint reads the stored checkpoint.
 func (b *Buffer) Checkpoint(ctx context.Context) (pglogrepl.LSN, error) {
-	cp, _, err := b.journal.Load(ctx)
+	cp, err := b.journal.Checkpoint(ctx)
 	return cp.LSN, err
 }
 
@@ -380,13 +381,17 @@ func (b *Buffer) signal() {
 	}
 }
 
-func (b *Buffer) dueAt(e *entry) time.Time {
-	at := e.last.Add(b.opts.Debounce)
-	if latest := e.first.Add(b.opts.MaxDelay); latest.Before(at) {
+func (b *Buffer) dueAt(e *entry) time.Time { return b.opts.DueAt(e.first, e.last, e.notBefore) }
+
+// DueAt is when a student falls due: Debounce after its last change, but no later than
+// MaxDelay after its first, and not before a retry's notBefore.
+func (o Options) DueAt(first, last, notBefore time.Time) time.Time {
+	at := last.Add(o.Debounce)
+	if latest := first.Add(o.MaxDelay); latest.Before(at) {
 		at = latest
 	}
-	if e.notBefore.After(at) {
-		at = e.notBefore
+	if notBefore.After(at) {
+		at = notBefore
 	}
 	return at
 }

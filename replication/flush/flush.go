@@ -21,18 +21,6 @@ import (
 	"github.com/focusenglish/progress-sync/replication/push"
 )
 
-// Buffer is the part of the keyed buffer a flusher drains: it asks for work (waiting for it,
-// or taking what is due now) and says how each batch went.
-type Buffer interface {
-	Next(ctx context.Context, max int, linger time.Duration) ([]buffer.Entry, error)
-	Due(max int) []buffer.Entry
-	Done(ctx context.Context, entries []buffer.Entry) error
-	Retry(entries []buffer.Entry, wait time.Duration)
-	Release()
-}
-
-var _ Buffer = (*buffer.Buffer)(nil)
-
 // Source computes students' metrics. replication.CompleteView refuses a view of the source
 // tables that hides rows, with a *replication.HiddenRowsError.
 type Source interface {
@@ -52,6 +40,11 @@ type Observer interface {
 	Flushed(students, updated int, oldest, latest []time.Duration)
 }
 
+// Lease says whether this instance may write to HubSpot now (replication.Lease).
+type Lease interface {
+	MayWrite() bool
+}
+
 // Options configure a Flusher.
 type Options struct {
 	// DailyLimitPause is how long flushing pauses when HubSpot's daily limit is spent. The
@@ -63,9 +56,9 @@ type Options struct {
 	Linger time.Duration
 	// StopGrace bounds the batch in hand once Run's context ends. Default 30 s.
 	StopGrace time.Duration
-	// MayWrite reports whether this instance may write to HubSpot now: only the one holding
-	// the replication slot does. While it is false batches are put back untouched. Optional.
-	MayWrite func() bool
+	// Lease says whether this instance may write to HubSpot now: only the one holding the
+	// replication slot does. While it says no, batches are put back untouched. Optional.
+	Lease Lease
 	// HiddenRetry is how often held students are tried again while the source hides rows.
 	// Default 5 s.
 	HiddenRetry time.Duration
@@ -73,9 +66,9 @@ type Options struct {
 	Observer    Observer // optional
 }
 
-// Flusher drains a Buffer.
+// Flusher drains the keyed buffer.
 type Flusher struct {
-	buf    Buffer
+	buf    *buffer.Buffer
 	source Source
 	pusher Pusher
 	opts   Options
@@ -95,7 +88,7 @@ type Flusher struct {
 }
 
 // New returns a Flusher.
-func New(buf Buffer, source Source, p Pusher, opts Options) *Flusher {
+func New(buf *buffer.Buffer, source Source, p Pusher, opts Options) *Flusher {
 	if opts.DailyLimitPause <= 0 {
 		opts.DailyLimitPause = 15 * time.Minute
 	}
@@ -148,7 +141,7 @@ func (f *Flusher) FlushDue(ctx context.Context) (int, error) {
 // flushEntries pushes one batch taken from the buffer and settles it there: done, or back
 // with a wait that fits the failure.
 func (f *Flusher) flushEntries(ctx context.Context, entries []buffer.Entry) (int, error) {
-	if f.opts.MayWrite != nil && !f.opts.MayWrite() {
+	if f.opts.Lease != nil && !f.opts.Lease.MayWrite() {
 		if !f.waiting.Swap(true) {
 			f.log.WithField("students", len(entries)).Info("not pushing: this instance does not hold the replication slot (another instance holds it, or the database is out of reach); these students wait")
 		}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/focusenglish/progress-sync/hubspot"
 	"github.com/focusenglish/progress-sync/metrics"
+	"github.com/focusenglish/progress-sync/metrics/model"
 	"github.com/focusenglish/progress-sync/metrics/model/modeltest"
 	"github.com/focusenglish/progress-sync/replication"
 	"github.com/focusenglish/progress-sync/replication/buffer"
@@ -74,7 +75,7 @@ func setup(t *testing.T, n int) (*pgxpool.Pool, *buffer.Buffer, []uuid.UUID, *cl
 	ctx := context.Background()
 	db := pg.NewPool(t)
 	dbURL := db.Config().ConnString()
-	store, err := state.Open(ctx, db)
+	store, err := state.Open(ctx, db, model.Builtin(model.Default).Students)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -23,13 +23,6 @@ import (
 // students costs at most one batch/read and one batch/update.
 const MaxBatch = 100
 
-// HubSpot is the part of the HubSpot API a push needs.
-type HubSpot interface {
-	ReadByEmail(ctx context.Context, emails []string, properties []string) (map[string]hubspot.Contact, error)
-	ReadByID(ctx context.Context, ids []string, properties []string) (map[string]hubspot.Contact, error)
-	UpdateContacts(ctx context.Context, updates []hubspot.Update) (hubspot.UpdateResult, error)
-}
-
 // Store is the part of the sync state a push needs.
 type Store interface {
 	Links(ctx context.Context, students []uuid.UUID) (map[uuid.UUID]state.Link, error)
@@ -42,7 +35,7 @@ type Store interface {
 
 // Pusher pushes batches of students.
 type Pusher struct {
-	hs            HubSpot
+	hs            *hubspot.Client
 	store         Store
 	log           *logrus.Entry
 	dryRun        bool
@@ -72,7 +65,7 @@ type Options struct {
 }
 
 // New returns a Pusher.
-func New(hs HubSpot, store Store, log *logrus.Entry, opts Options) *Pusher {
+func New(hs *hubspot.Client, store Store, log *logrus.Entry, opts Options) *Pusher {
 	if len(opts.Properties) == 0 {
 		opts.Properties = metrics.Names()
 	}
@@ -147,6 +140,8 @@ type batch struct {
 	known map[uuid.UUID]state.Problem
 	// baseline is what each contact holds: freshly read values, else what was last pushed.
 	baseline map[string]map[string]string
+	// contactEmail is each freshly read contact's primary email.
+	contactEmail map[string]string
 	// released are the links students left behind: their email changed to another contact's
 	// (or to none), or they were deleted. Their contacts get the synced values cleared.
 	released []state.Link
@@ -207,7 +202,7 @@ func (p *Pusher) newBatch(ctx context.Context, ids []uuid.UUID) (*batch, error) 
 	if err != nil {
 		return nil, err
 	}
-	return &batch{known: known, baseline: map[string]map[string]string{}}, nil
+	return &batch{known: known, baseline: map[string]map[string]string{}, contactEmail: map[string]string{}}, nil
 }
 
 // pass runs the phases up to the write for students, skipping the cached links of the lost
@@ -346,6 +341,7 @@ func (p *Pusher) link(b *batch, t *target, c hubspot.Contact) {
 // keepBaseline takes what a contact holds, just read, as the baseline, and records it.
 func (p *Pusher) keepBaseline(b *batch, t *target, c hubspot.Contact) {
 	b.baseline[c.ID] = p.canonical(c.Properties)
+	b.contactEmail[c.ID] = c.Email
 	b.out.Pushed = append(b.out.Pushed, state.Pushed{ContactID: c.ID, StudentID: t.student.ID, Properties: b.baseline[c.ID]})
 }
 

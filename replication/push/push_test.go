@@ -42,7 +42,7 @@ func newEnv(t *testing.T) *env {
 	t.Helper()
 	ctx := context.Background()
 	db := pg.NewPool(t)
-	store, err := state.Open(ctx, db)
+	store, err := state.Open(ctx, db, model.Builtin(model.Default).Students)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,15 +55,7 @@ func newEnv(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var props []hubspot.Property
-	for _, d := range metrics.Definitions() {
-		p := hubspot.Property{Name: d.Name, Label: d.Label, GroupName: metrics.GroupName, Type: d.Type, FieldType: d.FieldType}
-		for _, o := range d.Options {
-			p.Options = append(p.Options, hubspot.Option{Label: o.Label, Value: o.Value})
-		}
-		props = append(props, p)
-	}
-	if _, err := hs.Provision(ctx, hubspot.PropertyGroup{Name: metrics.GroupName, Label: metrics.GroupLabel}, props); err != nil {
+	if _, err := Provision(ctx, hs); err != nil {
 		t.Fatal(err)
 	}
 	return &env{t: t, db: db, emu: emu, store: store, p: New(hs, store, logrus.NewEntry(logger), Options{}), logs: hook,

@@ -35,11 +35,6 @@ type HubSpot interface {
 	ReadByID(ctx context.Context, ids []string, properties []string) (map[string]hubspot.Contact, error)
 }
 
-// Source computes students' metrics from a complete view of the database.
-type Source interface {
-	ForStudents(ctx context.Context, ids []uuid.UUID) ([]metrics.Student, error)
-}
-
 // Queue is the keyed buffer: the reconcile puts the students it finds different there.
 type Queue interface {
 	Add(ctx context.Context, students []uuid.UUID, end pglogrepl.LSN) error
@@ -48,30 +43,21 @@ type Queue interface {
 	Waiting(students []uuid.UUID) (queued, inFlight map[uuid.UUID]bool)
 }
 
-// Store is the part of the sync state the walk reads and writes besides its own position.
-type Store interface {
-	Records(ctx context.Context, contactIDs []string) (map[string]state.Record, time.Time, error)
-	ProblemsOf(ctx context.Context, students []uuid.UUID) (map[uuid.UUID]state.Problem, error)
-	Unsettle(ctx context.Context, properties map[string][]string) error
-	Record(ctx context.Context, o state.Outcome) error
-}
-
-// Position is where the walk stands (*state.Reconciliation).
-type Position interface {
-	Load(ctx context.Context) (state.ReconcilePass, error)
-	Start(ctx context.Context) (state.ReconcilePass, error)
-	Page(ctx context.Context, after uuid.UUID, limit int) ([]state.LinkedStudent, error)
-	Advance(ctx context.Context, p state.ReconcilePass, drifted map[string][]string) error
-	Finish(ctx context.Context, p state.ReconcilePass) (recurring map[string]int, err error)
-	// Left counts the links after a student, for the progress lines.
-	Left(ctx context.Context, after uuid.UUID) (int, error)
-}
-
 // Observer hears what the walk finds, for metrics.
 type Observer interface {
 	Drifted(property string, contacts int)
 	PassCompleted(at time.Time)
 }
+
+// Lease says whether this instance may write to HubSpot now (replication.Lease).
+type Lease interface {
+	MayWrite() bool
+}
+
+// always is the lease of a reconciler run on its own.
+type always struct{}
+
+func (always) MayWrite() bool { return true }
 
 // Options configure a Reconciler.
 type Options struct {
@@ -79,8 +65,9 @@ type Options struct {
 	Every time.Duration
 	// Budget is the HubSpot rate the walk may use: a tenth of the portal's limit.
 	Budget rate.Limit
-	// MayWrite reports whether this instance holds the replication slot; a standby waits.
-	MayWrite func() bool
+	// Lease says whether this instance holds the replication slot; a standby waits.
+	// Default: always.
+	Lease Lease
 	// Properties are the properties the sync owns (model.Computes): the walk reads and
 	// compares these only. Default: all ten.
 	Properties []string
@@ -98,10 +85,10 @@ type Options struct {
 // Reconciler runs the passes.
 type Reconciler struct {
 	hs       HubSpot
-	source   Source
+	source   replication.CompleteView
 	queue    Queue
-	store    Store
-	position Position
+	store    *state.Store
+	position *state.Reconciliation
 	opts     Options
 	limiter  *rate.Limiter
 	props    []string
@@ -121,7 +108,7 @@ type shownProgress struct {
 }
 
 // New returns a Reconciler.
-func New(hs HubSpot, source Source, queue Queue, store Store, position Position, opts Options) *Reconciler {
+func New(hs HubSpot, source replication.CompleteView, queue Queue, store *state.Store, position *state.Reconciliation, opts Options) *Reconciler {
 	if len(opts.Properties) == 0 {
 		opts.Properties = metrics.Names()
 	}
@@ -134,8 +121,8 @@ func New(hs HubSpot, source Source, queue Queue, store Store, position Position,
 	if opts.ProgressEvery <= 0 {
 		opts.ProgressEvery = 10 * time.Second
 	}
-	if opts.MayWrite == nil {
-		opts.MayWrite = func() bool { return true }
+	if opts.Lease == nil {
+		opts.Lease = always{}
 	}
 	return &Reconciler{hs: hs, source: source, queue: queue, store: store, position: position, opts: opts,
 		limiter: rate.NewLimiter(opts.Budget, 1), props: opts.Properties}
@@ -189,7 +176,7 @@ func (r *Reconciler) step(ctx context.Context) error {
 			return nil
 		}
 	}
-	if !r.opts.MayWrite() {
+	if !r.opts.Lease.MayWrite() {
 		sleep(ctx, 5*time.Second)
 		return nil
 	}

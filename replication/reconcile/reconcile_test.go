@@ -19,6 +19,7 @@ import (
 	"github.com/focusenglish/progress-sync/hubspot"
 	"github.com/focusenglish/progress-sync/hubspot/hubspottest"
 	"github.com/focusenglish/progress-sync/metrics"
+	"github.com/focusenglish/progress-sync/metrics/model"
 	"github.com/focusenglish/progress-sync/metrics/model/modeltest"
 	"github.com/focusenglish/progress-sync/replication"
 	"github.com/focusenglish/progress-sync/replication/pgtest"
@@ -91,7 +92,7 @@ func newEnv(t *testing.T, students int) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	store, err := state.Open(ctx, db)
+	store, err := state.Open(ctx, db, model.Builtin(model.Default).Students)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,12 +107,8 @@ func newEnv(t *testing.T, students int) *env {
 	}
 	e := &env{t: t, emu: emu, store: store, students: seeded, contact: map[uuid.UUID]string{}, logs: hook, log: logrus.NewEntry(logger), hs: hs,
 		queue: &queue{added: map[uuid.UUID]int{}, waiting: map[uuid.UUID]bool{}, inFlight: map[uuid.UUID]bool{}}, view: replication.CompleteView{DB: db, Model: modeltest.CourseProgress(t, db)}, db: db}
-	for _, d := range metrics.Definitions() {
-		p := hubspottest.Property{Name: d.Name, Label: d.Label, GroupName: metrics.GroupName, Type: d.Type, FieldType: d.FieldType}
-		for _, o := range d.Options {
-			p.Options = append(p.Options, hubspottest.Option{Label: o.Label, Value: o.Value})
-		}
-		emu.DefineProperty(p)
+	if _, err := push.Provision(context.Background(), hs); err != nil {
+		t.Fatal(err)
 	}
 	ids := make([]uuid.UUID, len(seeded))
 	for i, s := range seeded {
@@ -150,8 +147,12 @@ func (e *env) flushQueued() {
 }
 
 func (e *env) reconciler(mayWrite func() bool) *Reconciler {
+	var lease Lease // nil: always
+	if mayWrite != nil {
+		lease = leaseFunc(mayWrite)
+	}
 	return New(e.hs, e.view, e.queue, e.store, e.store.Reconciliation("s"), Options{Every: time.Nanosecond, Budget: rate.Inf,
-		MayWrite: mayWrite, Log: e.log})
+		Lease: lease, Log: e.log})
 }
 
 // pass runs steps until a pass completes, or at most pages+2 steps.
@@ -427,3 +428,8 @@ func TestTimeLeftIsNoLessThanTheBudgetAllows(t *testing.T) {
 		t.Errorf("with no budget, TimeLeft = %s, want 0", got)
 	}
 }
+
+// leaseFunc is a Lease from a function.
+type leaseFunc func() bool
+
+func (f leaseFunc) MayWrite() bool { return f() }

@@ -82,6 +82,12 @@ func (s *Store) PendingOf(ctx context.Context, id uuid.UUID) (PendingStudent, bo
 	return p, true, nil
 }
 
+// Checkpoint reads the slot's checkpoint alone: one row, where Load reads every pending
+// student too.
+func (j *Journal) Checkpoint(ctx context.Context) (Checkpoint, error) {
+	return readCheckpoint(ctx, j.db, j.slot)
+}
+
 // RecordChanges records, in one transaction, that students changed at the given time (their
 // new version) and that the stream has got to end (0 leaves the checkpoint alone). Only after
 // it returns may end be confirmed to the slot. Rows are written in key order, so two writers

@@ -7,6 +7,8 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pglogrepl"
+
+	"github.com/focusenglish/progress-sync/metrics/model"
 )
 
 func TestJournalKeepsPendingAndCheckpointTogether(t *testing.T) {
@@ -16,7 +18,7 @@ func TestJournalKeepsPendingAndCheckpointTogether(t *testing.T) {
 	if err != nil || sum.Exists {
 		t.Fatalf("summary before the service ran: %+v, %v", sum, err)
 	}
-	store, err := Open(ctx, db)
+	store, err := Open(ctx, db, model.Builtin(model.Default).Students)
 	if err != nil {
 		t.Fatal(err)
 	}

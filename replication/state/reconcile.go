@@ -10,6 +10,9 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/focusenglish/progress-sync/metrics"
+	"github.com/focusenglish/progress-sync/metrics/model"
 )
 
 // ReconcilePass is where one slot's reconcile stands: the pass under way (Running) or the last
@@ -40,13 +43,14 @@ type LinkedStudent struct {
 
 // Reconciliation is the durable side of one slot's reconcile.
 type Reconciliation struct {
-	db   *pgxpool.Pool
-	slot string
+	db       *pgxpool.Pool
+	slot     string
+	students model.Students
 }
 
 // Reconciliation returns the reconcile state of slot.
 func (s *Store) Reconciliation(slot string) *Reconciliation {
-	return &Reconciliation{db: s.db, slot: slot}
+	return &Reconciliation{db: s.db, slot: slot, students: s.students}
 }
 
 // Load reads where the reconcile stands. The first time it is asked it records that
@@ -100,6 +104,31 @@ func linksAfter(ctx context.Context, db RowQuerier, after uuid.UUID) (int, error
 	return n, nil
 }
 
+// BackdateReconcile moves the end of slot's last complete pass back by d, so that the next
+// pass falls due sooner (the service looks for a due pass once a minute), and returns that
+// pass's number. It fails while a pass is under way. For tools and benchmarks.
+func BackdateReconcile(ctx context.Context, db RowQuerier, slot string, d time.Duration) (int64, error) {
+	var next int64
+	err := db.QueryRow(ctx, `UPDATE `+Schema+`.reconcile SET completed_at = completed_at - $2::interval
+		WHERE slot = $1 AND after_student IS NULL RETURNING pass + 1`, slot, d).Scan(&next)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, fmt.Errorf("backdate the reconcile of slot %s: no reconcile state, or a pass is under way", slot)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("backdate the reconcile of slot %s: %w", slot, err)
+	}
+	return next, nil
+}
+
+// CountLinks counts the students linked to a contact.
+func CountLinks(ctx context.Context, db RowQuerier) (int, error) {
+	var n int
+	if err := db.QueryRow(ctx, `SELECT count(*) FROM `+Schema+`.contact_links`).Scan(&n); err != nil {
+		return 0, fmt.Errorf("count contact links: %w", err)
+	}
+	return n, nil
+}
+
 // Start begins the next pass from the first student.
 func (r *Reconciliation) Start(ctx context.Context) (ReconcilePass, error) {
 	_, err := r.db.Exec(ctx, `UPDATE `+Schema+`.reconcile SET pass = pass + 1, after_student = $2, started_at = now(),
@@ -117,16 +146,20 @@ func (r *Reconciliation) Start(ctx context.Context) (ReconcilePass, error) {
 // Page returns up to limit links after the given student, in student order, each with the
 // student's email now.
 func (r *Reconciliation) Page(ctx context.Context, after uuid.UUID, limit int) ([]LinkedStudent, error) {
-	rows, err := r.db.Query(ctx, `SELECT l.student_id, l.email, l.contact_id, l.is_primary,
-			coalesce(lower(btrim(u.email)), ''), u.id IS NULL
-		FROM `+Schema+`.contact_links l LEFT JOIN public.users u ON u.id = l.student_id
+	st := r.students
+	rows, err := r.db.Query(ctx, `SELECT l.student_id, l.email, l.contact_id, l.is_primary, u.`+st.Email+`, u.`+st.ID+` IS NULL
+		FROM `+Schema+`.contact_links l LEFT JOIN `+st.Table+` u ON u.`+st.ID+` = l.student_id
 		WHERE l.student_id > $1 ORDER BY l.student_id LIMIT $2`, after, limit)
 	if err != nil {
 		return nil, fmt.Errorf("read linked students: %w", err)
 	}
 	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (LinkedStudent, error) {
 		var ls LinkedStudent
-		err := row.Scan(&ls.StudentID, &ls.Email, &ls.ContactID, &ls.Primary, &ls.Current, &ls.Gone)
+		var email *string
+		err := row.Scan(&ls.StudentID, &ls.Email, &ls.ContactID, &ls.Primary, &email, &ls.Gone)
+		if email != nil {
+			ls.Current = metrics.NormalizeEmail(*email)
+		}
 		return ls, err
 	})
 	if err != nil {

@@ -24,6 +24,9 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/focusenglish/progress-sync/metrics"
+	"github.com/focusenglish/progress-sync/metrics/model"
 )
 
 //go:embed migrations/*.sql
@@ -44,27 +47,31 @@ func SchemaSQL(role string) string {
 // Store reads and writes the sync state.
 type Store struct {
 	db *pgxpool.Pool
+	// students is the progress model's students table, which links point into: a link
+	// holds while its student exists with the linked email.
+	students model.Students
 	// absent marks a read-only store over a database the sync never wrote to: every read
 	// finds nothing.
 	absent   bool
 	readOnly bool
 }
 
-// Open applies any pending migrations and returns a Store on db.
-func Open(ctx context.Context, db *pgxpool.Pool) (*Store, error) {
+// Open applies any pending migrations and returns a Store on db, whose links point into the
+// students table of the progress model.
+func Open(ctx context.Context, db *pgxpool.Pool, students model.Students) (*Store, error) {
 	if err := Migrate(ctx, db); err != nil {
 		return nil, err
 	}
-	return &Store{db: db}, nil
+	return &Store{db: db, students: students}, nil
 }
 
 // OpenReadOnly returns a Store that never writes, for dry runs: it neither migrates nor records.
-func OpenReadOnly(ctx context.Context, db *pgxpool.Pool) (*Store, error) {
+func OpenReadOnly(ctx context.Context, db *pgxpool.Pool, students model.Students) (*Store, error) {
 	var exists bool
 	if err := db.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, Schema+".contact_links").Scan(&exists); err != nil {
 		return nil, fmt.Errorf("look for the sync state: %w", err)
 	}
-	return &Store{db: db, absent: !exists, readOnly: true}, nil
+	return &Store{db: db, students: students, absent: !exists, readOnly: true}, nil
 }
 
 // Migrate brings the progress_sync schema to the latest version. It is safe to run from
@@ -208,18 +215,26 @@ func (s *Store) Claimants(ctx context.Context, contactIDs []string) ([]Link, err
 	if s.absent {
 		return nil, nil
 	}
-	rows, err := s.db.Query(ctx, `SELECT l.student_id, l.email, l.contact_id, l.is_primary
-		FROM `+Schema+`.contact_links l
-		JOIN public.users u ON u.id = l.student_id AND lower(btrim(u.email)) = l.email
-		WHERE l.contact_id = ANY($1)`, contactIDs)
+	st := s.students
+	rows, err := s.db.Query(ctx, `SELECT l.student_id, l.email, l.contact_id, l.is_primary, u.`+st.Email+`
+		FROM `+Schema+`.contact_links l JOIN `+st.Table+` u ON u.`+st.ID+` = l.student_id
+		WHERE l.contact_id = ANY($1) AND `+metrics.EmailCandidatesSQL("u."+st.Email, "array[l.email]"), contactIDs)
 	if err != nil {
 		return nil, fmt.Errorf("read contact claimants: %w", err)
 	}
-	links, err := pgx.CollectRows(rows, scanLink)
+	var claimants []Link
+	var l Link
+	var email *string // the student's email now, which the link must still match
+	_, err = pgx.ForEachRow(rows, []any{&l.StudentID, &l.Email, &l.ContactID, &l.Primary, &email}, func() error {
+		if email != nil && metrics.NormalizeEmail(*email) == l.Email {
+			claimants = append(claimants, l)
+		}
+		return nil
+	})
 	if err != nil {
 		return nil, fmt.Errorf("read contact claimants: %w", err)
 	}
-	return links, nil
+	return claimants, nil
 }
 
 func scanLink(row pgx.CollectableRow) (Link, error) {
@@ -228,14 +243,14 @@ func scanLink(row pgx.CollectableRow) (Link, error) {
 	return l, err
 }
 
-// Departed lists the students whose link outlived them: deleted from public.users since their
-// contact was found. Their contacts still hold what was last synced.
+// Departed lists the students whose link outlived them: deleted from the students table since
+// their contact was found. Their contacts still hold what was last synced.
 func (s *Store) Departed(ctx context.Context) ([]uuid.UUID, error) {
 	if s.absent {
 		return nil, nil
 	}
 	rows, err := s.db.Query(ctx, `SELECT l.student_id FROM `+Schema+`.contact_links l
-		WHERE NOT EXISTS (SELECT 1 FROM public.users u WHERE u.id = l.student_id) ORDER BY l.student_id`)
+		WHERE NOT EXISTS (SELECT 1 FROM `+s.students.Table+` u WHERE u.`+s.students.ID+` = l.student_id) ORDER BY l.student_id`)
 	if err != nil {
 		return nil, fmt.Errorf("read links of deleted students: %w", err)
 	}

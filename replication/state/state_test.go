@@ -9,6 +9,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/focusenglish/progress-sync/metrics/model"
 	"github.com/focusenglish/progress-sync/replication/pgtest"
 )
 
@@ -64,7 +65,7 @@ func addUser(t *testing.T, db *pgxpool.Pool, email string) uuid.UUID {
 func TestRecordAndRead(t *testing.T) {
 	ctx := context.Background()
 	db := newPool(t)
-	s, err := Open(ctx, db)
+	s, err := Open(ctx, db, model.Builtin(model.Default).Students)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,7 +149,7 @@ func TestRecordAndRead(t *testing.T) {
 func TestReadOnlyStoreWritesNothing(t *testing.T) {
 	ctx := context.Background()
 	db := newPool(t)
-	s, err := OpenReadOnly(ctx, db)
+	s, err := OpenReadOnly(ctx, db, model.Builtin(model.Default).Students)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -170,7 +171,7 @@ func TestReadOnlyStoreWritesNothing(t *testing.T) {
 func TestProblemPageWalksEveryProblemOnce(t *testing.T) {
 	ctx := context.Background()
 	db := newPool(t)
-	s, err := Open(ctx, db)
+	s, err := Open(ctx, db, model.Builtin(model.Default).Students)
 	if err != nil {
 		t.Fatal(err)
 	}

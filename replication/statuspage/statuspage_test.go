@@ -11,10 +11,10 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
-	"github.com/focusenglish/progress-sync/cmd/progress-sync/internal/telemetry"
 	"github.com/focusenglish/progress-sync/hubspot"
 	"github.com/focusenglish/progress-sync/replication"
 	"github.com/focusenglish/progress-sync/replication/state"
+	"github.com/focusenglish/progress-sync/replication/telemetry"
 )
 
 func TestMaskHidesEveryEmailUnlessShown(t *testing.T) {

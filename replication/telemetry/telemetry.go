@@ -18,6 +18,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/focusenglish/progress-sync/metrics"
+	"github.com/focusenglish/progress-sync/replication"
 	"github.com/focusenglish/progress-sync/replication/state"
 )
 
@@ -155,15 +156,15 @@ func (m *Metrics) WatchDatabase(ctx context.Context, db *pgxpool.Pool, slot stri
 }
 
 func (m *Metrics) readDatabase(ctx context.Context, db *pgxpool.Pool, slot string) error {
-	var status string
-	var lag int64
-	err := db.QueryRow(ctx, `SELECT coalesce((SELECT coalesce(wal_status, 'missing') FROM pg_replication_slots WHERE slot_name = $1), 'missing'),
-		coalesce((SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn) FROM pg_replication_slots WHERE slot_name = $1), 0)::bigint`,
-		slot).Scan(&status, &lag)
+	s, err := replication.ReadSlot(ctx, db, slot)
 	if err != nil {
-		return fmt.Errorf("read slot: %w", err)
+		return err
 	}
-	m.slotLag.Set(float64(lag))
+	status := s.WALStatus
+	if status == "" {
+		status = "missing"
+	}
+	m.slotLag.Set(float64(s.LagBytes))
 	for _, s := range walStatuses {
 		v := 0.0
 		if s == status {

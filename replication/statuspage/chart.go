@@ -7,7 +7,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/focusenglish/progress-sync/cmd/progress-sync/internal/telemetry"
+	"github.com/focusenglish/progress-sync/replication/telemetry"
 )
 
 // Chart size in SVG units; the page scales it to its column.

@@ -20,12 +20,12 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/sirupsen/logrus"
 
-	"github.com/focusenglish/progress-sync/cmd/progress-sync/internal/telemetry"
 	"github.com/focusenglish/progress-sync/hubspot"
 	"github.com/focusenglish/progress-sync/replication"
 	"github.com/focusenglish/progress-sync/replication/push"
 	"github.com/focusenglish/progress-sync/replication/reconcile"
 	"github.com/focusenglish/progress-sync/replication/state"
+	"github.com/focusenglish/progress-sync/replication/telemetry"
 )
 
 //go:embed page.html.tmpl
