@@ -35,6 +35,15 @@ type Student struct {
 	Values Values
 }
 
+// IDs are the students' ids, in order.
+func IDs(students []Student) []uuid.UUID {
+	ids := make([]uuid.UUID, len(students))
+	for i, s := range students {
+		ids[i] = s.ID
+	}
+	return ids
+}
+
 // Course status values (the options of CourseStatus).
 const (
 	StatusNotStarted = "not_started"

@@ -225,9 +225,12 @@ func (c *Consumer) prepareSlot(ctx context.Context, conn *pgconn.PgConn, pos pos
 	}
 	// Read after the slot: the checkpoint is written before the slot is confirmed, so it
 	// can only be ahead of what was just read, never behind, unless the slot is not ours.
-	checkpoint, err := c.sink.Checkpoint(ctx)
-	if err != nil {
-		return pos, err
+	// A standby, or a slot of another database, has no use for it.
+	var checkpoint pglogrepl.LSN
+	if slot.Exists && slot.InThisDatabase && !slot.Active {
+		if checkpoint, err = c.sink.Checkpoint(ctx); err != nil {
+			return pos, err
+		}
 	}
 	plan := planStart(slot, confirmed, checkpoint, pos, name)
 	if plan.warning != "" {

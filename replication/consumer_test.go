@@ -129,14 +129,43 @@ func currentLSN(t *testing.T, db *pgxpool.Pool) pglogrepl.LSN {
 	return lsn
 }
 
-func TestConsumerLoadsThenStreamsIntoTheSink(t *testing.T) {
-	db, dbURL := newSourceDB(t)
-	sink := &fakeSink{students: map[uuid.UUID]pglogrepl.LSN{}, named: map[uuid.UUID]int{}}
+// newSink is an empty fakeSink.
+func newSink() *fakeSink {
+	return &fakeSink{students: map[uuid.UUID]pglogrepl.LSN{}, named: map[uuid.UUID]int{}}
+}
+
+// runConsumer runs a consumer of the test slot and publication into sink, connected as
+// db and dbURL say, until the returned stop, which returns what Run returned.
+func runConsumer(t *testing.T, db *pgxpool.Pool, dbURL string, sink Sink) (*Consumer, func() error) {
+	t.Helper()
 	c := NewConsumer(db, sink, Options{DatabaseURL: dbURL, Names: Names{Slot: "progress_sync", Publication: "progress_sync"}, Model: defaultModel(),
 		StatusInterval: 200 * time.Millisecond, Log: quietLog()})
-	ctx, stop := context.WithCancel(context.Background())
+	return c, inBackground(t, func(ctx context.Context) error { return c.Run(ctx, 0) })
+}
+
+// inBackground runs run until the returned stop (or the test's end), which returns what run
+// returned.
+func inBackground(t *testing.T, run func(ctx context.Context) error) (stop func() error) {
+	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx, 0) }()
+	go func() { done <- run(ctx) }()
+	var once sync.Once
+	var err error
+	stop = func() error {
+		once.Do(func() {
+			cancel()
+			err = <-done
+		})
+		return err
+	}
+	t.Cleanup(func() { _ = stop() })
+	return stop
+}
+
+func TestConsumerLoadsThenStreamsIntoTheSink(t *testing.T) {
+	db, dbURL := newSourceDB(t)
+	sink := newSink()
+	c, stop := runConsumer(t, db, dbURL, sink)
 
 	// A first start loads every student from the new slot's snapshot.
 	a, b := uuid.MustParse(ada), uuid.MustParse(bob)
@@ -173,8 +202,7 @@ func TestConsumerLoadsThenStreamsIntoTheSink(t *testing.T) {
 	target := currentLSN(t, db)
 	waitFor(t, "the position to pass unpublished writes", func() bool { return sink.last() >= target && c.Confirmed() >= target })
 
-	stop()
-	if err := <-done; err != nil {
+	if err := stop(); err != nil {
 		t.Fatalf("Run after a stop: %v", err)
 	}
 	if c.Streaming() {
@@ -190,7 +218,7 @@ func TestConsumerRefusesAReplayBehindTheSlot(t *testing.T) {
 	if _, err := CreateSlot(context.Background(), db, "progress_sync"); err != nil {
 		t.Fatal(err)
 	}
-	sink := &fakeSink{students: map[uuid.UUID]pglogrepl.LSN{}, named: map[uuid.UUID]int{}}
+	sink := newSink()
 	c := NewConsumer(db, sink, Options{DatabaseURL: dbURL, Names: Names{Slot: "progress_sync", Publication: "progress_sync"}, Model: defaultModel(), Log: quietLog()})
 	ctx, stop := context.WithTimeout(context.Background(), time.Minute)
 	defer stop()
@@ -205,14 +233,8 @@ func TestConsumerRefusesAReplayBehindTheSlot(t *testing.T) {
 
 func TestAStudentNamedTwiceInOneTransactionIsRecordedOnce(t *testing.T) {
 	db, dbURL := newSourceDB(t)
-	store := &fakeSink{students: map[uuid.UUID]pglogrepl.LSN{}, named: map[uuid.UUID]int{}}
-	sink := &distinctSink{fakeSink: store, t: t}
-	c := NewConsumer(db, sink, Options{DatabaseURL: dbURL, Names: Names{Slot: "progress_sync", Publication: "progress_sync"}, Model: defaultModel(),
-		StatusInterval: 200 * time.Millisecond, Log: quietLog()})
-	ctx, stop := context.WithCancel(context.Background())
-	defer stop()
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx, 0) }()
+	store := newSink()
+	_, stop := runConsumer(t, db, dbURL, &distinctSink{fakeSink: store, t: t})
 	a := uuid.MustParse(ada)
 	waitFor(t, "first load", func() bool { return store.has(a) })
 	before := store.times(a)
@@ -224,8 +246,7 @@ func TestAStudentNamedTwiceInOneTransactionIsRecordedOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "ada's change", func() bool { return store.times(a) > before })
-	stop()
-	if err := <-done; err != nil {
+	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -280,13 +301,8 @@ func TestALoadRefusedForHiddenRowsIsDoneOnceTheyAreVisible(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer asRole.Close()
-	sink := &fakeSink{students: map[uuid.UUID]pglogrepl.LSN{}, named: map[uuid.UUID]int{}}
-	c := NewConsumer(asRole, sink, Options{DatabaseURL: u.String(), Names: Names{Slot: "progress_sync", Publication: "progress_sync"}, Model: defaultModel(),
-		StatusInterval: 200 * time.Millisecond, Log: quietLog()})
-	runCtx, stop := context.WithCancel(ctx)
-	defer stop()
-	done := make(chan error, 1)
-	go func() { done <- c.Run(runCtx, 0) }()
+	sink := newSink()
+	c, stop := runConsumer(t, asRole, u.String(), sink)
 	// The first session creates the slot and finds users hidden: nothing may be loaded.
 	waitFor(t, "the slot", func() bool {
 		s, err := ReadSlot(ctx, db, "progress_sync")
@@ -300,21 +316,15 @@ func TestALoadRefusedForHiddenRowsIsDoneOnceTheyAreVisible(t *testing.T) {
 	}
 	a, b := uuid.MustParse(ada), uuid.MustParse(bob)
 	waitFor(t, "the load after the policy", func() bool { return sink.has(a) && sink.has(b) })
-	stop()
-	if err := <-done; err != nil {
+	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
 }
 
 func TestTheLeaseAsksTheServerWhoHoldsTheSlot(t *testing.T) {
 	db, dbURL := newSourceDB(t)
-	sink := &fakeSink{students: map[uuid.UUID]pglogrepl.LSN{}, named: map[uuid.UUID]int{}}
-	c := NewConsumer(db, sink, Options{DatabaseURL: dbURL, Names: Names{Slot: "progress_sync", Publication: "progress_sync"}, Model: defaultModel(),
-		StatusInterval: 200 * time.Millisecond, Log: quietLog()})
-	ctx, stop := context.WithCancel(context.Background())
-	defer stop()
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx, 0) }()
+	c, stop := runConsumer(t, db, dbURL, newSink())
+	ctx := context.Background()
 	waitFor(t, "streaming", c.Streaming)
 	if err := c.Lease().Confirm(ctx); err != nil {
 		t.Fatalf("fence while streaming: %v", err)
@@ -326,8 +336,7 @@ func TestTheLeaseAsksTheServerWhoHoldsTheSlot(t *testing.T) {
 		t.Fatalf("fence with the slot held by another process: %v, want ErrNotHolding", err)
 	}
 	c.lease.walsender.Store(mine)
-	stop()
-	if err := <-done; err != nil {
+	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -2,8 +2,8 @@ package replication
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
-	"strings"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pglogrepl"
@@ -93,6 +93,9 @@ func (d *Decoder) InTransaction() bool { return d.open != nil }
 // Decode consumes one pgoutput message. It returns a Commit when the message ends a
 // transaction, else nil.
 func (d *Decoder) Decode(data []byte) (*Commit, error) {
+	if len(data) > 0 && (data[0] == 'I' || data[0] == 'U' || data[0] == 'D') {
+		return nil, d.rowChange(data)
+	}
 	msg, err := parse(data)
 	if err != nil {
 		return nil, err
@@ -103,20 +106,6 @@ func (d *Decoder) Decode(data []byte) (*Commit, error) {
 	case *pglogrepl.BeginMessage:
 		c := newChanges()
 		d.open = &c
-	case *pglogrepl.InsertMessage:
-		d.count(m.RelationID)
-		return nil, d.row(m.RelationID, m.Tuple)
-	case *pglogrepl.UpdateMessage:
-		d.count(m.RelationID)
-		// The old row (replica identity FULL, or a changed key) names the student the row
-		// belonged to; the new row the one it belongs to now.
-		if err := d.row(m.RelationID, m.OldTuple); err != nil {
-			return nil, err
-		}
-		return nil, d.row(m.RelationID, m.NewTuple)
-	case *pglogrepl.DeleteMessage:
-		d.count(m.RelationID)
-		return nil, d.row(m.RelationID, m.OldTuple)
 	case *pglogrepl.TruncateMessage:
 		open, err := d.current()
 		if err != nil {
@@ -140,14 +129,6 @@ func (d *Decoder) Decode(data []byte) (*Commit, error) {
 	return nil, nil
 }
 
-// count notes a row change of relation relID; unknown relations and changes outside a
-// transaction are left to row, which reports them.
-func (d *Decoder) count(relID uint32) {
-	if rel, ok := d.relations[relID]; ok && d.open != nil {
-		d.open.Rows[rel.table]++
-	}
-}
-
 func (d *Decoder) current() (*Changes, error) {
 	if d.open == nil {
 		return nil, fmt.Errorf("pgoutput change outside a transaction")
@@ -155,50 +136,173 @@ func (d *Decoder) current() (*Changes, error) {
 	return d.open, nil
 }
 
-func (d *Decoder) row(relID uint32, tuple *pglogrepl.TupleData) error {
+// rowChange reads an Insert, Update or Delete message where it lies: only the columns the
+// model names are looked at, and nothing of the row is copied. (pglogrepl's parse allocates
+// every column of both tuples of an update: most of what decoding a change cost.) It accepts
+// exactly what pglogrepl accepts, reports as malformed what would make it fail or panic, and
+// changes nothing before the whole message has been read.
+func (d *Decoder) rowChange(data []byte) error {
+	kind, src := data[0], data[1:]
+	if len(src) < minRowMessage(kind) {
+		return fmt.Errorf("decode pgoutput message %q: malformed (%d bytes)", kind, len(data))
+	}
+	relID, tag, src := binary.BigEndian.Uint32(src), src[4], src[5:]
 	open, err := d.current()
 	if err != nil {
 		return err
-	}
-	if tuple == nil {
-		return nil
 	}
 	rel, ok := d.relations[relID]
 	if !ok {
 		return fmt.Errorf("row of relation %d before its Relation message", relID)
 	}
-	if v, ok := column(tuple, rel.student); ok {
-		id, err := uuid.Parse(v)
+	// The old row (replica identity FULL, or a changed key) names the student the row
+	// belonged to; the new row the one it belongs to now.
+	var keys [8][]byte // both tuples' key values, without an allocation for up to four keys each
+	old, row := rowNames{keys: keys[:0]}, rowNames{keys: keys[4:4]}
+	if len(rel.keys) > 4 {
+		old.keys, row.keys = nil, nil
+	}
+	switch {
+	case kind == 'I' && tag == 'N', kind == 'U' && tag == 'N', kind == 'D' && (tag == 'K' || tag == 'O'):
+		_, err = row.read(src, &rel)
+	case kind == 'U' && (tag == 'K' || tag == 'O'):
+		var n int
+		if n, err = old.read(src, &rel); err == nil && n+1 > len(src) {
+			err = errors.New("no new tuple")
+		}
+		if err == nil {
+			_, err = row.read(src[n+1:], &rel) // pglogrepl skips the 'N' unread
+		}
+	default:
+		err = fmt.Errorf("tuple type %q", tag)
+	}
+	if err != nil {
+		return fmt.Errorf("decode pgoutput message %q of %s: malformed (%w)", kind, rel.table, err)
+	}
+	open.Rows[rel.table]++
+	if err := old.add(open, &rel); err != nil {
+		return err
+	}
+	return row.add(open, &rel)
+}
+
+// minRowMessage is the shortest body of a row message pglogrepl decodes without failing.
+func minRowMessage(kind byte) int {
+	switch kind {
+	case 'I':
+		return 8
+	case 'U':
+		return 6
+	}
+	return 5
+}
+
+// rowNames is what one tuple of a row change names: the text of its student column and of a
+// reference table's key columns, slices of the message (nil where absent).
+type rowNames struct {
+	seen    bool
+	student []byte
+	keys    [][]byte
+}
+
+// read reads the tuple at src and returns the bytes it spans.
+func (r *rowNames) read(src []byte, rel *relation) (int, error) {
+	r.seen = true
+	if cap(r.keys) < len(rel.keys) {
+		r.keys = make([][]byte, len(rel.keys))
+	}
+	r.keys = r.keys[:len(rel.keys)]
+	var n int
+	var err error
+	r.student, n, err = readTuple(src, rel, r.keys)
+	return n, err
+}
+
+// add records what the tuple names.
+func (r *rowNames) add(open *Changes, rel *relation) error {
+	if !r.seen {
+		return nil
+	}
+	if r.student != nil {
+		// A copy: uuid.ParseBytes keeps its argument in its error, which would make the
+		// message's slices (and the caller's array of them) escape to the heap.
+		text := string(r.student)
+		id, err := uuid.Parse(text)
 		if err != nil {
-			return fmt.Errorf("%s: student id %q is not a uuid: %w", rel.table, v, err)
+			return fmt.Errorf("%s: student id %q is not a uuid: %w", rel.table, text, err)
 		}
 		open.Students[id] = struct{}{}
 	}
-	if len(rel.keys) > 0 {
-		vals := make([]string, len(rel.keys))
-		for i, pos := range rel.keys {
-			v, ok := column(tuple, pos)
-			if !ok {
-				return nil // a NULL key names no student; an unchanged TOASTed one is in the other tuple
-			}
-			vals[i] = v
-		}
-		open.addKey(rel.table, strings.Join(vals, keySep))
+	if len(r.keys) == 0 {
+		return nil
 	}
+	for _, v := range r.keys {
+		if v == nil {
+			return nil // a NULL key names no student; an unchanged TOASTed one is in the other tuple
+		}
+	}
+	open.addKey(rel.table, joinKey(r.keys))
 	return nil
 }
 
-// column returns a text value at position i. NULL and an unchanged TOASTed value ('u', which
-// says nothing of the value) are absent: the caller learns the key from the other tuple.
-func column(t *pglogrepl.TupleData, i int) (string, bool) {
-	if i < 0 || i >= len(t.Columns) {
-		return "", false
+// joinKey is a key's values joined by keySep, copied out of the message.
+func joinKey(values [][]byte) string {
+	n := len(values) - 1
+	for _, v := range values {
+		n += len(v)
 	}
-	c := t.Columns[i]
-	if c.DataType != pglogrepl.TupleDataTypeText {
-		return "", false
+	b := make([]byte, 0, n)
+	for i, v := range values {
+		if i > 0 {
+			b = append(b, keySep...)
+		}
+		b = append(b, v...)
 	}
-	return string(c.Data), true
+	return string(b)
+}
+
+// readTuple walks a TupleData (a column count, then per column a kind and, for text and
+// binary values, a length and the bytes) and returns the text of the student column and of
+// the key columns (into keys, in rel.keys order). NULL, an unchanged TOASTed value (which
+// says nothing of the value) and a binary value are nil: the caller learns a key from the
+// other tuple. It returns the bytes the tuple spans, and an error where src ends early.
+func readTuple(src []byte, rel *relation, keys [][]byte) (student []byte, n int, err error) {
+	if len(src) < 2 {
+		return nil, 0, errors.New("no column count")
+	}
+	count, low := int(binary.BigEndian.Uint16(src)), 2
+	for i := 0; i < count; i++ {
+		if low >= len(src) {
+			return nil, 0, fmt.Errorf("column %d missing", i+1)
+		}
+		kind := src[low]
+		low++
+		if kind != pglogrepl.TupleDataTypeText && kind != pglogrepl.TupleDataTypeBinary {
+			continue
+		}
+		if len(src)-low < 4 {
+			return nil, 0, fmt.Errorf("column %d has no length", i+1)
+		}
+		size := binary.BigEndian.Uint32(src[low:])
+		low += 4
+		if uint64(size) > uint64(len(src)-low) {
+			return nil, 0, fmt.Errorf("column %d declares %d bytes where %d remain", i+1, size, len(src)-low)
+		}
+		value := src[low : low+int(size) : low+int(size)]
+		low += int(size)
+		if kind != pglogrepl.TupleDataTypeText {
+			continue
+		}
+		if i == rel.student {
+			student = value
+		}
+		for k, pos := range rel.keys {
+			if i == pos {
+				keys[k] = value
+			}
+		}
+	}
+	return student, low, nil
 }
 
 func (d *Decoder) newRelation(m *pglogrepl.RelationMessage) relation {

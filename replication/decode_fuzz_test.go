@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -63,10 +64,15 @@ func FuzzDecode(f *testing.F) {
 			}
 		}()
 		dec := NewDecoder(defaultModel())
+		ref := referenceDecoder{NewDecoder(defaultModel())}
 		texts := map[string]bool{} // every text column value of every row message so far
 		truncated := false         // a Truncate was decoded since the last Begin
 		for i, m := range splitMessages(data) {
 			c, err := dec.Decode(m)
+			// Rows read in place must say what pglogrepl's parse of them says.
+			if rc, rerr := ref.Decode(m); (err == nil) != (rerr == nil) || !sameCommit(c, rc) {
+				t.Fatalf("message %d (%q): decoded %+v, %v; pglogrepl's parse gives %+v, %v", i, m[:1], c, err, rc, rerr)
+			}
 			// What the message says, independently of the decoder's reading of it.
 			if len(m) > 0 {
 				if msg, perr := parse(m); perr == nil {
@@ -440,4 +446,85 @@ func TestDecodeRefusesOversizedDeclarations(t *testing.T) {
 			t.Errorf("%s: decoding %d bytes allocated %d bytes", name, len(msg), n)
 		}
 	}
+}
+
+// referenceDecoder is the Decoder with every row message parsed by pglogrepl, as the decoder
+// read rows before it read them in place: FuzzDecode holds the two to the same result.
+type referenceDecoder struct{ *Decoder }
+
+func (r referenceDecoder) Decode(data []byte) (*Commit, error) {
+	if len(data) == 0 || (data[0] != 'I' && data[0] != 'U' && data[0] != 'D') {
+		return r.Decoder.Decode(data)
+	}
+	msg, err := parse(data)
+	if err != nil {
+		return nil, err
+	}
+	switch m := msg.(type) {
+	case *pglogrepl.InsertMessage:
+		r.count(m.RelationID)
+		return nil, r.row(m.RelationID, m.Tuple)
+	case *pglogrepl.UpdateMessage:
+		r.count(m.RelationID)
+		if err := r.row(m.RelationID, m.OldTuple); err != nil {
+			return nil, err
+		}
+		return nil, r.row(m.RelationID, m.NewTuple)
+	case *pglogrepl.DeleteMessage:
+		r.count(m.RelationID)
+		return nil, r.row(m.RelationID, m.OldTuple)
+	}
+	return nil, nil
+}
+
+func (r referenceDecoder) count(relID uint32) {
+	if rel, ok := r.relations[relID]; ok && r.open != nil {
+		r.open.Rows[rel.table]++
+	}
+}
+
+func (r referenceDecoder) row(relID uint32, tuple *pglogrepl.TupleData) error {
+	open, err := r.current()
+	if err != nil || tuple == nil {
+		return err
+	}
+	rel, ok := r.relations[relID]
+	if !ok {
+		return fmt.Errorf("row of relation %d before its Relation message", relID)
+	}
+	if v, ok := textColumn(tuple, rel.student); ok {
+		id, err := uuid.Parse(v)
+		if err != nil {
+			return err
+		}
+		open.Students[id] = struct{}{}
+	}
+	if len(rel.keys) > 0 {
+		vals := make([]string, len(rel.keys))
+		for i, pos := range rel.keys {
+			v, ok := textColumn(tuple, pos)
+			if !ok {
+				return nil
+			}
+			vals[i] = v
+		}
+		open.addKey(rel.table, strings.Join(vals, keySep))
+	}
+	return nil
+}
+
+func textColumn(t *pglogrepl.TupleData, i int) (string, bool) {
+	if i < 0 || i >= len(t.Columns) || t.Columns[i].DataType != pglogrepl.TupleDataTypeText {
+		return "", false
+	}
+	return string(t.Columns[i].Data), true
+}
+
+// sameCommit reports whether two decoders' results for one message agree.
+func sameCommit(a, b *Commit) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return a.End == b.End && a.Changes.AllStudents == b.Changes.AllStudents && maps.Equal(a.Changes.Students, b.Changes.Students) &&
+		maps.Equal(a.Changes.Rows, b.Changes.Rows) && maps.EqualFunc(a.Changes.Keys, b.Changes.Keys, maps.Equal)
 }

@@ -74,37 +74,15 @@ func wireUnderTest(t *testing.T, confirmed pglogrepl.LSN, interval time.Duration
 	c.received.Store(uint64(confirmed))
 	srv := newScriptedServer()
 	events := make(chan event, capacity)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.receive(ctx, srv, events, make(chan struct{})) }()
-	var once sync.Once
-	var err error
-	stop := func() error {
-		once.Do(func() {
-			cancel()
-			err = <-done
-		})
-		return err
-	}
-	t.Cleanup(func() { _ = stop() })
+	stop := inBackground(t, func(ctx context.Context) error { return c.receive(ctx, srv, events, make(chan struct{})) })
 	return c, srv, events, stop
-}
-
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
-		if cond() {
-			return
-		}
-	}
-	t.Fatalf("timed out waiting for %s", what)
 }
 
 func TestTheWireLoopsStatusRules(t *testing.T) {
 	t.Run("a keepalive that asks for a reply is answered at once with the durable position", func(t *testing.T) {
 		_, srv, events, _ := wireUnderTest(t, 100, time.Hour, 16)
 		srv.messages <- keepalive(500, true)
-		waitUntil(t, "the reply", func() bool { return len(srv.sent()) == 1 })
+		waitFor(t, "the reply", func() bool { return len(srv.sent()) == 1 })
 		st := srv.sent()[0]
 		if st.WALFlushPosition != 100 || st.WALApplyPosition != 100 || st.WALWritePosition != 100 || st.ReplyRequested {
 			t.Fatalf("reply %+v: want flushed = applied = written = 100 (the server's WAL end is not durable here), no reply asked", st)
@@ -130,7 +108,7 @@ func TestTheWireLoopsStatusRules(t *testing.T) {
 			t.Fatalf("event %+v, want the WAL data", ev)
 		}
 		srv.messages <- keepalive(300, true)
-		waitUntil(t, "the reply", func() bool { return len(srv.sent()) == 1 })
+		waitFor(t, "the reply", func() bool { return len(srv.sent()) == 1 })
 		if st := srv.sent()[0]; st.WALWritePosition != 210 || st.WALFlushPosition != 100 {
 			t.Fatalf("status %+v, want written 210 (received) and flushed 100 (durable)", st)
 		}
@@ -148,9 +126,9 @@ func TestTheWireLoopsStatusRules(t *testing.T) {
 	t.Run("status goes on while the processor is busy", func(t *testing.T) {
 		c, srv, _, stop := wireUnderTest(t, 100, 5*time.Millisecond, 0) // nobody takes the event
 		srv.messages <- xlog(200, "x")
-		waitUntil(t, "the received position", func() bool { return c.received.Load() == 201 })
+		waitFor(t, "the received position", func() bool { return c.received.Load() == 201 })
 		before := len(srv.sent())
-		waitUntil(t, "status updates while the event waits", func() bool { return len(srv.sent()) >= before+3 })
+		waitFor(t, "status updates while the event waits", func() bool { return len(srv.sent()) >= before+3 })
 		for _, st := range srv.sent() {
 			if !st.ReplyRequested || st.WALFlushPosition != 100 {
 				t.Fatalf("timed status %+v: want the durable 100 and a keepalive asked for", st)

@@ -29,10 +29,7 @@ func runBackfill(ctx context.Context, args []string, out io.Writer) error {
 	fs.IntVar(&o.maxLessons, "max-lessons", 500, "pgtest.Seed MaxLessons (about 50 progress rows per student at 500)")
 	fs.IntVar(&o.rateLimit, "rate-limit", 100, "emulator's requests per 10 s (PROGRESS_SYNC_RATE_LIMIT is left at its default 100/10s)")
 	fs.StringVar(&o.logDir, "log-dir", "", "keep logs here")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	h, err := newHarness(ctx, out, "backfill", harnessOptions{logDir: o.logDir, rateLimit: o.rateLimit})
+	h, err := startScenario(ctx, out, fs, args, func() harnessOptions { return harnessOptions{logDir: o.logDir, rateLimit: o.rateLimit} })
 	if err != nil {
 		return err
 	}

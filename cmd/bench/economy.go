@@ -36,10 +36,7 @@ func runEconomy(ctx context.Context, args []string, out io.Writer) error {
 	fs.DurationVar(&o.debounce, "debounce", 3*time.Second, "PROGRESS_SYNC_DEBOUNCE")
 	fs.DurationVar(&o.over, "over", 0, "pace the changes evenly over this long (0: as fast as the connections go)")
 	fs.StringVar(&o.logDir, "log-dir", "", "keep logs here")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	h, err := newHarness(ctx, out, "economy", harnessOptions{logDir: o.logDir, rateLimit: o.rateLimit})
+	h, err := startScenario(ctx, out, fs, args, func() harnessOptions { return harnessOptions{logDir: o.logDir, rateLimit: o.rateLimit} })
 	if err != nil {
 		return err
 	}

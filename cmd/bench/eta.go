@@ -31,10 +31,7 @@ func runETA(ctx context.Context, args []string, out io.Writer) error {
 	fs.IntVar(&o.students, "students", 5000, "synthetic students, each with a contact")
 	fs.IntVar(&o.rateLimit, "rate-limit", 20, "requests per 10 s, for the emulator and for --rate-limit")
 	fs.StringVar(&o.logDir, "log-dir", "", "keep logs here")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	h, err := newHarness(ctx, out, "eta", harnessOptions{logDir: o.logDir, rateLimit: o.rateLimit})
+	h, err := startScenario(ctx, out, fs, args, func() harnessOptions { return harnessOptions{logDir: o.logDir, rateLimit: o.rateLimit} })
 	if err != nil {
 		return err
 	}

@@ -69,7 +69,7 @@ func runFreshness(ctx context.Context, args []string, out io.Writer) error {
 	h.emu.ResetStats()
 
 	began := time.Now()
-	made, students, spans, err := freshnessLoad(ctx, h, o, studentIDs(seeded))
+	made, students, spans, err := freshnessLoad(ctx, h, o, pgtest.IDs(seeded))
 	if err != nil {
 		return err
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"math"
@@ -49,6 +50,15 @@ type harnessOptions struct {
 	logDir    string
 	rateLimit int // emulator's requests per 10 s; 0 = unlimited
 	pgConfig  map[string]string
+}
+
+// startScenario parses a scenario's flags and starts its harness, named after the flag set;
+// opts are read once the flags are parsed.
+func startScenario(ctx context.Context, out io.Writer, fs *flag.FlagSet, args []string, opts func() harnessOptions) (*harness, error) {
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	return newHarness(ctx, out, fs.Name(), opts())
 }
 
 func newHarness(ctx context.Context, out io.Writer, name string, o harnessOptions) (*harness, error) {
@@ -519,6 +529,25 @@ func pendingCount(ctx context.Context, conn *pgx.Conn) (int, error) {
 	return sum.Pending, err
 }
 
+// waitQueued waits, looking every interval, until at least n students are pending: the
+// service's first start has queued them all.
+func waitQueued(ctx context.Context, conn *pgx.Conn, svc *service, n int, every time.Duration) error {
+	for {
+		pending, err := pendingCount(ctx, conn)
+		if err == nil && pending >= n {
+			return nil
+		}
+		if !svc.running() {
+			return fmt.Errorf("service exited:\n%s", svc.logTail())
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(every):
+		}
+	}
+}
+
 // waitDrained waits until nothing is pending and every contact equals metrics/reference.
 func (h *harness) waitDrained(ctx context.Context, conn *pgx.Conn, contactOf map[uuid.UUID]string, limit time.Duration, alive func() bool) (time.Duration, error) {
 	began := time.Now()
@@ -623,15 +652,6 @@ func verdict(ok bool) string {
 		return "met"
 	}
 	return "NOT met"
-}
-
-// studentIDs returns the seeded ids.
-func studentIDs(seeded []pgtest.SeededStudent) []uuid.UUID {
-	ids := make([]uuid.UUID, len(seeded))
-	for i, s := range seeded {
-		ids[i] = s.ID
-	}
-	return ids
 }
 
 // shellJoin quotes argv for printing as a command line.

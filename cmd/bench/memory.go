@@ -23,10 +23,7 @@ func runMemory(ctx context.Context, args []string, out io.Writer) error {
 	fs.IntVar(&o.students, "students", 100_000, "synthetic students; the first start queues them all")
 	fs.IntVar(&o.churn, "churn", 300_000, "user_xp row changes streamed afterwards (students already pending change again)")
 	fs.StringVar(&o.logDir, "log-dir", "", "keep logs here")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	h, err := newHarness(ctx, out, "memory", harnessOptions{logDir: o.logDir})
+	h, err := startScenario(ctx, out, fs, args, func() harnessOptions { return harnessOptions{logDir: o.logDir} })
 	if err != nil {
 		return err
 	}
@@ -58,15 +55,8 @@ func runMemory(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	hwm := sampleHWM(svc.child)
-	for {
-		n, err := pendingCount(ctx, conn)
-		if err == nil && n >= o.students {
-			break
-		}
-		if !svc.running() {
-			return fmt.Errorf("service exited:\n%s", svc.logTail())
-		}
-		time.Sleep(100 * time.Millisecond)
+	if err := waitQueued(ctx, conn, svc, o.students, 100*time.Millisecond); err != nil {
+		return err
 	}
 	lsn, err := currentLSN(ctx, conn)
 	if err != nil {

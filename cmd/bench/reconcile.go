@@ -10,6 +10,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/focusenglish/progress-sync/replication/pgtest"
 	"github.com/focusenglish/progress-sync/replication/state"
 )
 
@@ -33,10 +34,7 @@ func runReconcile(ctx context.Context, args []string, out io.Writer) error {
 	fs.DurationVar(&o.load, "load", 3*time.Minute, "length of each freshness phase (0 skips them)")
 	fs.DurationVar(&o.debounce, "debounce", 3*time.Second, "PROGRESS_SYNC_DEBOUNCE")
 	fs.StringVar(&o.logDir, "log-dir", "", "keep logs here")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	h, err := newHarness(ctx, out, "reconcile", harnessOptions{logDir: o.logDir, rateLimit: o.rateLimit})
+	h, err := startScenario(ctx, out, fs, args, func() harnessOptions { return harnessOptions{logDir: o.logDir, rateLimit: o.rateLimit} })
 	if err != nil {
 		return err
 	}
@@ -97,7 +95,7 @@ func reconcileFreshness(ctx context.Context, h *harness, ss *streaming, o reconc
 			return err
 		}
 		h.emu.ResetStats()
-		made, _, _, err := freshnessLoad(ctx, h, fo, studentIDs(ss.seeded))
+		made, _, _, err := freshnessLoad(ctx, h, fo, pgtest.IDs(ss.seeded))
 		if err != nil {
 			return err
 		}

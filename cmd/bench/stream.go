@@ -50,10 +50,7 @@ func runStream(ctx context.Context, args []string, out io.Writer) error {
 	fs.DurationVar(&o.statusInterval, "status-interval", 250*time.Millisecond, "the service's --status-interval (resolution of the confirmed position)")
 	fs.StringVar(&o.profile, "profile", "", "also drain the same WAL with the consumer in-process under a CPU profile written here")
 	fs.StringVar(&o.logDir, "log-dir", "", "keep logs here")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	h, err := newHarness(ctx, out, "stream", harnessOptions{logDir: o.logDir})
+	h, err := startScenario(ctx, out, fs, args, func() harnessOptions { return harnessOptions{logDir: o.logDir} })
 	if err != nil {
 		return err
 	}
@@ -106,15 +103,8 @@ func runStream(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	for {
-		n, err := pendingCount(ctx, conn)
-		if err == nil && n >= o.students {
-			break
-		}
-		if !svc.running() {
-			return fmt.Errorf("service exited:\n%s", svc.logTail())
-		}
-		time.Sleep(50 * time.Millisecond)
+	if err := waitQueued(ctx, conn, svc, o.students, 50*time.Millisecond); err != nil {
+		return err
 	}
 	firstLoad := time.Since(svc.began)
 	lsn, err := currentLSN(ctx, conn)

@@ -148,7 +148,7 @@ func soak(ctx context.Context, o options, out io.Writer) (bool, error) {
 	seeded, err := pgtest.Seed(ctx, conn, pgtest.SeedOptions{Students: o.students, Seed: o.seed})
 	if err == nil && o.model == "lesson_progress" {
 		// ingles-c2 starts without its catalogue row; the studier's resizes may add it.
-		err = pgtest.SeedLessons(ctx, conn, studentIDs(seeded), pgtest.LessonSeedOptions{Seed: o.seed, SkipCatalog: []string{"ingles-c2"}})
+		err = pgtest.SeedLessons(ctx, conn, pgtest.IDs(seeded), pgtest.LessonSeedOptions{Seed: o.seed, SkipCatalog: []string{"ingles-c2"}})
 	}
 	conn.Close(ctx)
 	if err != nil {
@@ -703,12 +703,4 @@ func (s *service) dbURL() string {
 		}
 	}
 	return ""
-}
-
-func studentIDs(seeded []pgtest.SeededStudent) []uuid.UUID {
-	ids := make([]uuid.UUID, len(seeded))
-	for i, s := range seeded {
-		ids[i] = s.ID
-	}
-	return ids
 }

@@ -128,6 +128,17 @@ func (a *app) load(needs config.Needs) (config.Config, *logrus.Entry, error) {
 	return cfg, logrus.NewEntry(logger), nil
 }
 
+// withDatabase runs do with the configuration, a logger and a pool on DATABASE_URL (see
+// openDatabase), and closes the pool after it.
+func (a *app) withDatabase(ctx context.Context, needs config.Needs, do func(cfg config.Config, log *logrus.Entry, db *pgxpool.Pool) error) error {
+	cfg, log, db, err := a.openDatabase(ctx, needs)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	return do(cfg, log, db)
+}
+
 // openDatabase loads the configuration and opens a pool on DATABASE_URL; the caller closes it.
 func (a *app) openDatabase(ctx context.Context, needs config.Needs) (config.Config, *logrus.Entry, *pgxpool.Pool, error) {
 	needs.Database = true

@@ -87,13 +87,16 @@ in HubSpot workflows that watch those properties: run it with --dry-run first.`,
 				return err
 			}
 			shown := &backfillProgress{out: a.stderr, requests: requests, sustained: cfg.RateLimit.Sustained(), every: progressEvery, log: log}
-			res, err := backfill.Run(ctx, db, cfg.Model, hs, backfill.Options{Emails: emails, DryRun: dryRun, AllowClearing: allowClearing,
+			b, err := backfill.Prepare(ctx, db, cfg.Model, hs, backfill.Options{Emails: emails, DryRun: dryRun, AllowClearing: allowClearing,
 				ShowEmails: a.showEmails, Log: log, Progress: shown})
-			var unknown *backfill.UnknownEmailsError
-			if errors.As(err, &unknown) {
+			if err != nil {
+				return err
+			}
+			res, err := b.Run(ctx)
+			report(cmd.OutOrStdout(), res, dryRun, a.showEmails)
+			if errors.As(err, new(*backfill.UnknownEmailsError)) {
 				return usageError{err}
 			}
-			report(cmd.OutOrStdout(), res, dryRun, a.showEmails)
 			return err
 		},
 	}

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
 
 	"github.com/focusenglish/progress-sync/metrics/model"
@@ -137,37 +138,40 @@ func (a *app) teardownCmd() *cobra.Command {
 		Short: "Drop the replication slot (and with --all the publication and sync state) so no WAL is retained",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, out := cmd.Context(), cmd.OutOrStdout()
-			cfg, _, db, err := a.openDatabase(ctx, config.Needs{Database: true, SkipModel: true})
-			if err != nil {
-				return err
-			}
-			defer db.Close()
-			dropped, err := replication.DropSlot(ctx, db, cfg.Slot, force)
-			if err != nil {
-				return err
-			}
-			if dropped {
-				fmt.Fprintf(out, "dropped replication slot %s\n", cfg.Slot)
-			} else {
-				fmt.Fprintf(out, "no replication slot %s\n", cfg.Slot)
-			}
-			if !all {
-				// The checkpoint belongs to the dropped slot: a new slot starts with a full load.
-				return state.ForgetCheckpoint(ctx, db, cfg.Slot)
-			}
-			if err := replication.DropPublication(ctx, db, cfg.Publication); err != nil {
-				return err
-			}
-			fmt.Fprintf(out, "dropped publication %s\n", cfg.Publication)
-			if err := state.Drop(ctx, db); err != nil {
-				return err
-			}
-			fmt.Fprintf(out, "dropped schema %s (sync state)\n", state.Schema)
-			return nil
+			ctx := cmd.Context()
+			return a.withDatabase(ctx, config.Needs{SkipModel: true}, func(cfg config.Config, _ *logrus.Entry, db *pgxpool.Pool) error {
+				return teardown(ctx, cmd.OutOrStdout(), db, cfg, all, force)
+			})
 		},
 	}
 	cmd.Flags().BoolVar(&all, "all", false, "also drop the publication and the progress_sync schema")
 	cmd.Flags().BoolVar(&force, "force", false, "drop the slot even while a progress-sync is streaming from it")
 	return cmd
+}
+
+// teardown drops the slot, and with all the publication and the sync state, saying what it
+// dropped.
+func teardown(ctx context.Context, out io.Writer, db *pgxpool.Pool, cfg config.Config, all, force bool) error {
+	dropped, err := replication.DropSlot(ctx, db, cfg.Slot, force)
+	if err != nil {
+		return err
+	}
+	if dropped {
+		fmt.Fprintf(out, "dropped replication slot %s\n", cfg.Slot)
+	} else {
+		fmt.Fprintf(out, "no replication slot %s\n", cfg.Slot)
+	}
+	if !all {
+		// The checkpoint belongs to the dropped slot: a new slot starts with a full load.
+		return state.ForgetCheckpoint(ctx, db, cfg.Slot)
+	}
+	if err := replication.DropPublication(ctx, db, cfg.Publication); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "dropped publication %s\n", cfg.Publication)
+	if err := state.Drop(ctx, db); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "dropped schema %s (sync state)\n", state.Schema)
+	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
 
 	"github.com/focusenglish/progress-sync/replication"
@@ -20,13 +21,10 @@ func (a *app) statusCmd() *cobra.Command {
 		Short: "Show slot lag, checkpoint, pending and unmatched students, last flush",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, out := cmd.Context(), cmd.OutOrStdout()
-			cfg, _, db, err := a.openDatabase(ctx, config.Needs{Database: true, SkipModel: true})
-			if err != nil {
-				return err
-			}
-			defer db.Close()
-			return printStatus(ctx, db, cfg, out)
+			ctx := cmd.Context()
+			return a.withDatabase(ctx, config.Needs{SkipModel: true}, func(cfg config.Config, _ *logrus.Entry, db *pgxpool.Pool) error {
+				return printStatus(ctx, db, cfg, cmd.OutOrStdout())
+			})
 		},
 	}
 }

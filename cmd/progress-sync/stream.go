@@ -1,6 +1,8 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -76,6 +78,9 @@ both positions; progress-sync backfill recomputes every student from current dat
 func (a *app) stream(cmd *cobra.Command, f streamFlags, from pglogrepl.LSN) error {
 	ctx := cmd.Context()
 	cfg, log, db, err := a.openDatabase(ctx, config.Needs{Replication: true, HubSpot: true})
+	if err != nil && ctx.Err() != nil && errors.Is(err, context.Canceled) {
+		return nil // stopped while starting: nothing was in flight
+	}
 	if err != nil {
 		return err
 	}

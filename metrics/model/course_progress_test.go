@@ -374,14 +374,6 @@ func sortedIDs(ids []uuid.UUID) []uuid.UUID {
 	return out
 }
 
-func studentIDs(ss []metrics.Student) []uuid.UUID {
-	out := make([]uuid.UUID, len(ss))
-	for i, s := range ss {
-		out[i] = s.ID
-	}
-	return out
-}
-
 func TestForStudents(t *testing.T) {
 	ctx := context.Background()
 	conn := connect(t)
@@ -410,7 +402,7 @@ func TestForStudents(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if g := studentIDs(got); !slices.Equal(g, tc.want) {
+			if g := metrics.IDs(got); !slices.Equal(g, tc.want) {
 				t.Fatalf("ids %v, want %v", g, tc.want)
 			}
 		})
@@ -465,7 +457,7 @@ func TestPage(t *testing.T) {
 						t.Errorf("%s: progress %q, want %q", s.ID, s.Values[metrics.ProgressPercentage], want)
 					}
 				}
-				seen = append(seen, studentIDs(page)...)
+				seen = append(seen, metrics.IDs(page)...)
 				if len(page) < limit {
 					break
 				}

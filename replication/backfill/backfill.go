@@ -50,18 +50,17 @@ func (e *UnknownEmailsError) Error() string {
 	return "no student has the email(s) " + strings.Join(e.Emails, ", ")
 }
 
-// Run checks that the database shows every row and that HubSpot has the properties, then
-// pushes the students in batches of push.MaxBatch. It returns what was done, also when it
-// stops early.
-func Run(ctx context.Context, db *pgxpool.Pool, m *model.Model, hs *hubspot.Client, opts Options) (push.Result, error) {
+// Prepare checks that the database shows every row and that HubSpot has the properties,
+// and opens the sync state (read-only for a dry run): a backfill ready to run.
+func Prepare(ctx context.Context, db *pgxpool.Pool, m *model.Model, hs *hubspot.Client, opts Options) (*Backfill, error) {
 	if opts.Progress == nil {
 		opts.Progress = silent{}
 	}
 	if err := replication.CheckVisibility(ctx, db, m); err != nil {
-		return push.Result{}, err
+		return nil, err
 	}
 	if err := push.CheckProperties(ctx, hs); err != nil {
-		return push.Result{}, err
+		return nil, err
 	}
 	open := state.Open
 	if opts.DryRun {
@@ -69,18 +68,24 @@ func Run(ctx context.Context, db *pgxpool.Pool, m *model.Model, hs *hubspot.Clie
 	}
 	store, err := open(ctx, db, m.Students)
 	if err != nil {
-		return push.Result{}, err
+		return nil, err
 	}
-	b := &backfill{view: replication.CompleteView{DB: db, Model: m}, store: store, opts: opts,
+	return &Backfill{view: replication.CompleteView{DB: db, Model: m}, store: store, opts: opts,
 		pusher: push.New(hs, store, opts.Log, push.Options{DryRun: opts.DryRun, ShowEmails: opts.ShowEmails, AllowClearing: opts.AllowClearing,
-			CompareWithHubSpot: true, Properties: m.Computes()})}
-	if len(opts.Emails) > 0 {
+			CompareWithHubSpot: true, Properties: m.Computes()})}, nil
+}
+
+// Run pushes the students in batches of push.MaxBatch. It returns what was done, also when
+// it stops early.
+func (b *Backfill) Run(ctx context.Context) (push.Result, error) {
+	if len(b.opts.Emails) > 0 {
 		return b.some(ctx)
 	}
 	return b.all(ctx)
 }
 
-type backfill struct {
+// Backfill is one prepared run.
+type Backfill struct {
 	view   replication.CompleteView
 	store  *state.Store
 	pusher *push.Pusher
@@ -89,7 +94,7 @@ type backfill struct {
 }
 
 // some pushes the students with the given emails.
-func (b *backfill) some(ctx context.Context) (_ push.Result, err error) {
+func (b *Backfill) some(ctx context.Context) (_ push.Result, err error) {
 	found, err := b.view.Model.IDsByEmail(ctx, b.view.DB, b.opts.Emails)
 	if err != nil {
 		return b.total, err
@@ -123,7 +128,7 @@ func (b *backfill) some(ctx context.Context) (_ push.Result, err error) {
 // all pushes every student, a page at a time in id order; each page is computed from a
 // complete view, so a policy switched on halfway through stops the backfill instead of
 // clearing the rest. It ends by letting go of the students deleted since they were synced.
-func (b *backfill) all(ctx context.Context) (_ push.Result, err error) {
+func (b *Backfill) all(ctx context.Context) (_ push.Result, err error) {
 	n, err := b.view.Model.CountStudents(ctx, b.view.DB)
 	if err != nil {
 		return b.total, err
@@ -150,7 +155,7 @@ func (b *backfill) all(ctx context.Context) (_ push.Result, err error) {
 }
 
 // push pushes one batch and counts it.
-func (b *backfill) push(ctx context.Context, students []metrics.Student) error {
+func (b *Backfill) push(ctx context.Context, students []metrics.Student) error {
 	res, err := b.pusher.Push(ctx, students)
 	b.total.Add(res)
 	b.opts.Progress.Batch(res)
@@ -158,7 +163,7 @@ func (b *backfill) push(ctx context.Context, students []metrics.Student) error {
 }
 
 // forgetDeparted lets go of the students deleted since their contact was found.
-func (b *backfill) forgetDeparted(ctx context.Context) error {
+func (b *Backfill) forgetDeparted(ctx context.Context) error {
 	gone, err := b.store.Departed(ctx)
 	if err != nil {
 		return err

@@ -28,6 +28,15 @@ type SeededStudent struct {
 	Email string
 }
 
+// IDs are the seeded students' ids, in order.
+func IDs(seeded []SeededStudent) []uuid.UUID {
+	ids := make([]uuid.UUID, len(seeded))
+	for i, s := range seeded {
+		ids[i] = s.ID
+	}
+	return ids
+}
+
 const modulesPerCourse, lessonsPerModule = 3, 4
 
 // Seed fills an empty database holding Schema with courses (3 modules of 4 lessons for every

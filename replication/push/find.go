@@ -3,6 +3,7 @@ package push
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 
 	"github.com/google/uuid"
@@ -19,7 +20,7 @@ type Found struct {
 	Linked bool
 	// Primary says the student's email is the contact's primary one, not an additional one.
 	Primary bool
-	// Holds are the contact's values of the pusher's properties, as the sync computes them.
+	// Holds are the contact's values of the pusher's properties, as HubSpot gave them.
 	Holds map[string]string
 }
 
@@ -39,13 +40,16 @@ func (p *Pusher) Find(ctx context.Context, s metrics.Student) (found Found, unma
 		return Found{}, "", err
 	}
 	if len(targets) == 0 {
-		if len(b.out.Problems) == 0 {
+		switch {
+		case len(b.out.Problems) == 0:
 			return Found{}, "", errors.New("push: the student resolved to neither a contact nor a problem")
+		case len(b.out.DropLinks) > 0:
+			return Found{}, fmt.Sprintf("no HubSpot contact has this email (contact %s, linked before, is gone from HubSpot: deleted or merged)", b.out.DropLinks[0]), nil
 		}
 		return Found{}, b.out.Problems[0].Reason, nil
 	}
 	t := targets[0]
+	c := b.read[t.link.ContactID]
 	newLink := slices.ContainsFunc(b.out.Links, func(l state.Link) bool { return l.StudentID == s.ID })
-	return Found{ContactID: t.link.ContactID, Email: b.contactEmail[t.link.ContactID], Linked: !newLink, Primary: t.link.Primary,
-		Holds: b.baseline[t.link.ContactID]}, "", nil
+	return Found{ContactID: t.link.ContactID, Email: c.Email, Linked: !newLink, Primary: t.link.Primary, Holds: c.Properties}, "", nil
 }

@@ -140,8 +140,8 @@ type batch struct {
 	known map[uuid.UUID]state.Problem
 	// baseline is what each contact holds: freshly read values, else what was last pushed.
 	baseline map[string]map[string]string
-	// contactEmail is each freshly read contact's primary email.
-	contactEmail map[string]string
+	// read are the contacts read from HubSpot in this batch, as HubSpot gave them.
+	read map[string]hubspot.Contact
 	// released are the links students left behind: their email changed to another contact's
 	// (or to none), or they were deleted. Their contacts get the synced values cleared.
 	released []state.Link
@@ -175,7 +175,7 @@ func (p *Pusher) Push(ctx context.Context, students []metrics.Student) (Result, 
 	if len(students) > MaxBatch {
 		return Result{}, fmt.Errorf("push: %d students in one batch, at most %d", len(students), MaxBatch)
 	}
-	b, err := p.newBatch(ctx, studentIDs(students))
+	b, err := p.newBatch(ctx, metrics.IDs(students))
 	if err != nil {
 		return Result{}, err
 	}
@@ -202,7 +202,7 @@ func (p *Pusher) newBatch(ctx context.Context, ids []uuid.UUID) (*batch, error) 
 	if err != nil {
 		return nil, err
 	}
-	return &batch{known: known, baseline: map[string]map[string]string{}, contactEmail: map[string]string{}}, nil
+	return &batch{known: known, baseline: map[string]map[string]string{}, read: map[string]hubspot.Contact{}}, nil
 }
 
 // pass runs the phases up to the write for students, skipping the cached links of the lost
@@ -233,7 +233,7 @@ func (p *Pusher) pass(ctx context.Context, students []metrics.Student, b *batch,
 // unchanged; the rest take one batch/read by email (all of them when comparing with HubSpot).
 // Students without a usable email or a contact become problems.
 func (p *Pusher) resolveContacts(ctx context.Context, students []metrics.Student, b *batch, lost map[string]bool) ([]*target, error) {
-	links, err := p.store.Links(ctx, studentIDs(students))
+	links, err := p.store.Links(ctx, metrics.IDs(students))
 	if err != nil {
 		return nil, err
 	}
@@ -341,7 +341,7 @@ func (p *Pusher) link(b *batch, t *target, c hubspot.Contact) {
 // keepBaseline takes what a contact holds, just read, as the baseline, and records it.
 func (p *Pusher) keepBaseline(b *batch, t *target, c hubspot.Contact) {
 	b.baseline[c.ID] = p.canonical(c.Properties)
-	b.contactEmail[c.ID] = c.Email
+	b.read[c.ID] = c
 	b.out.Pushed = append(b.out.Pushed, state.Pushed{ContactID: c.ID, StudentID: t.student.ID, Properties: b.baseline[c.ID]})
 }
 
@@ -566,14 +566,6 @@ func (p *Pusher) record(ctx context.Context, b *batch) error {
 		"conflicts": b.res.Count(state.Conflict), "dry_run": p.dryRun,
 	}).Info("pushed batch")
 	return nil
-}
-
-func studentIDs(students []metrics.Student) []uuid.UUID {
-	ids := make([]uuid.UUID, len(students))
-	for i, s := range students {
-		ids[i] = s.ID
-	}
-	return ids
 }
 
 func studentsOf(targets []*target) []metrics.Student {

@@ -37,10 +37,11 @@ func (s *service) listen() (*server, error) {
 	return &server{http: &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}, ln: ln}, nil
 }
 
-// serve answers until the server is shut down.
-func (srv *server) serve() error {
+// serve answers until the server is shut down. Should it fail, the sync goes on without
+// its endpoints: the metrics matter less than the slot's WAL.
+func (srv *server) serve(log *logrus.Entry) error {
 	if err := srv.http.Serve(srv.ln); !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("serve %s: %w", srv.ln.Addr(), err)
+		log.WithError(err).WithField("addr", srv.ln.Addr().String()).Error("stopped serving /metrics, /healthz, /readyz and the status page")
 	}
 	return nil
 }

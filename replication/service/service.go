@@ -57,11 +57,25 @@ type Options struct {
 // for what no retry fixes: a refused replay, a misconfiguration, a HubSpot API version that
 // does not exist. A stop asked for while it is still starting is a clean stop.
 func Run(ctx context.Context, db *pgxpool.Pool, opts Options) error {
+	opts.setDefaults()
 	err := run(ctx, db, opts)
 	if err != nil && ctx.Err() != nil && errors.Is(err, context.Canceled) {
 		return nil
 	}
 	return err
+}
+
+// setDefaults gives unset durations the command line's defaults.
+func (o *Options) setDefaults() {
+	for _, d := range []struct {
+		v   *time.Duration
+		def time.Duration
+	}{{&o.Grace, 20 * time.Second}, {&o.Recheck, time.Hour}, {&o.StatusInterval, 10 * time.Second},
+		{&o.DailyLimitPause, 15 * time.Minute}, {&o.HubSpotTimeout, 30 * time.Second}} {
+		if *d.v <= 0 {
+			*d.v = d.def
+		}
+	}
 }
 
 func run(ctx context.Context, db *pgxpool.Pool, opts Options) error {
@@ -75,7 +89,7 @@ func run(ctx context.Context, db *pgxpool.Pool, opts Options) error {
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	stopped := make(chan struct{}) // the pipeline has stopped: the server may go
-	g.Go(srv.serve)
+	g.Go(func() error { return srv.serve(s.log) })
 	g.Go(func() error { return srv.shutdownAfter(stopped) })
 	g.Go(func() error {
 		defer close(stopped)

@@ -47,8 +47,15 @@ func (s *service) startWatchers(ctx context.Context, g *errgroup.Group) {
 		return nil
 	})
 	every(s.opts.StatusInterval, s.watchSource)
-	every(s.opts.Recheck, s.recheckUnmatched)
-	every(time.Minute, s.resume)
+	// Nothing to recheck or resume before the slot is held: these wait an interval first.
+	after := func(interval time.Duration, do func(context.Context)) {
+		g.Go(func() error {
+			onEveryTick(ctx, interval, do)
+			return nil
+		})
+	}
+	after(s.opts.Recheck, s.recheckUnmatched)
+	after(time.Minute, s.resume)
 }
 
 // sample keeps the pending count for the status page's chart. Only the holder's buffer is
