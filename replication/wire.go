@@ -40,6 +40,8 @@ type event struct {
 func (c *Consumer) receive(ctx context.Context, conn wireConn, events chan<- event, procDone <-chan struct{}) error {
 	w := &wire{c: c, conn: conn, events: events, procDone: procDone, ticker: time.NewTicker(c.opts.StatusInterval)}
 	defer w.ticker.Stop()
+	deadline := &receiveDeadline{parent: ctx, every: c.opts.StatusInterval}
+	defer deadline.stop()
 	for {
 		select {
 		case <-w.ticker.C:
@@ -50,9 +52,7 @@ func (c *Consumer) receive(ctx context.Context, conn wireConn, events chan<- eve
 			return errProcessorStopped
 		default:
 		}
-		rctx, cancel := context.WithTimeout(ctx, c.opts.StatusInterval)
-		raw, err := conn.ReceiveMessage(rctx)
-		cancel()
+		raw, err := conn.ReceiveMessage(deadline.current())
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -70,6 +70,30 @@ func (c *Consumer) receive(ctx context.Context, conn wireConn, events chan<- eve
 				return ignoreCancel(err)
 			}
 		}
+	}
+}
+
+// receiveDeadline is one deadline that serves every receive until it passes, then the next:
+// a context per message cost a tenth of the stream's CPU. It passes at the latest a status
+// interval on, so the loop still wakes to report its position.
+type receiveDeadline struct {
+	parent context.Context
+	every  time.Duration
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+func (d *receiveDeadline) current() context.Context {
+	if d.ctx == nil || d.ctx.Err() != nil {
+		d.stop()
+		d.ctx, d.cancel = context.WithTimeout(d.parent, d.every)
+	}
+	return d.ctx
+}
+
+func (d *receiveDeadline) stop() {
+	if d.cancel != nil {
+		d.cancel()
 	}
 }
 

@@ -99,7 +99,7 @@ func (j *Journal) RecordChanges(ctx context.Context, students []uuid.UUID, at ti
 		batch.Queue(`INSERT INTO `+Schema+`.pending (student_id, first_change_at, last_change_at, version)
 			SELECT DISTINCT s, $2::timestamptz, $2::timestamptz, $3::bigint FROM unnest($1::uuid[]) AS s ORDER BY s
 			ON CONFLICT (student_id) DO UPDATE SET last_change_at = excluded.last_change_at, version = excluded.version`,
-			students, at, version)
+			binaryUUIDs(students), at, version)
 	}
 	if end != 0 {
 		queueCheckpoint(batch, j.slot, end)
@@ -111,6 +111,17 @@ func (j *Journal) RecordChanges(ctx context.Context, students []uuid.UUID, at ti
 		return fmt.Errorf("persist %d changed students: %w", len(students), err)
 	}
 	return nil
+}
+
+// binaryUUIDs gives ids to pgx in PostgreSQL's binary form. A uuid.UUID is a driver.Valuer,
+// which pgx encodes through its text: every id formatted and parsed again, a fifth of the
+// stream's CPU when every change is recorded.
+func binaryUUIDs(ids []uuid.UUID) [][16]byte {
+	out := make([][16]byte, len(ids))
+	for i, id := range ids {
+		out[i] = id
+	}
+	return out
 }
 
 // AdvanceCheckpoint moves the checkpoint to end when no student changed up to it (WAL of
@@ -135,7 +146,7 @@ func queueCheckpoint(batch *pgx.Batch, slot string, end pglogrepl.LSN) {
 func (j *Journal) RemovePushed(ctx context.Context, students []uuid.UUID, versions []int64) error {
 	batch := &pgx.Batch{}
 	batch.Queue(`DELETE FROM `+Schema+`.pending p USING unnest($1::uuid[], $2::bigint[]) AS d(id, v)
-		WHERE p.student_id = d.id AND p.version = d.v`, students, versions)
+		WHERE p.student_id = d.id AND p.version = d.v`, binaryUUIDs(students), versions)
 	batch.Queue(`UPDATE `+Schema+`.checkpoint SET last_flush_at = now() WHERE slot = $1`, j.slot)
 	if err := j.db.SendBatch(ctx, batch).Close(); err != nil {
 		return fmt.Errorf("remove pushed students from the buffer: %w", err)
