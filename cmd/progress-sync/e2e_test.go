@@ -45,7 +45,8 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	binary = filepath.Join(dir, "progress-sync")
-	args := []string{"build", "-o", binary}
+	// The checkout's commit goes in the binary (version), whatever GOFLAGS says.
+	args := []string{"build", "-buildvcs=auto", "-o", binary}
 	if raceEnabled {
 		args = append(args, "-race")
 	}
@@ -589,5 +590,26 @@ func TestBackfillRefusesWithoutProperties(t *testing.T) {
 	}
 	if st := w.emu.Stats(); st.BatchUpdates != 0 || st.BatchReads != 0 {
 		t.Fatalf("backfill before provision sent %d updates and %d reads", st.BatchUpdates, st.BatchReads)
+	}
+}
+
+// TestVersionNamesTheBuild: version and --version print the same line, with the commit the
+// binary was built from when it was built in a git checkout.
+func TestVersionNamesTheBuild(t *testing.T) {
+	c := cli{t: t}
+	long, short := c.mustRun("version"), c.mustRun("--version")
+	if long.stdout != short.stdout || !strings.HasPrefix(long.stdout, "progress-sync ") {
+		t.Fatalf("version printed %q, --version %q: want the same line, starting with progress-sync", long.stdout, short.stdout)
+	}
+	if os.Getenv("PROGRESS_SYNC_TEST_BINARY") != "" {
+		return // another build: its commit is not this checkout's
+	}
+	head, err := exec.Command("git", "rev-parse", "HEAD").Output()
+	if err != nil {
+		t.Logf("no git checkout (%v): the commit is not checked", err)
+		return
+	}
+	if commit := strings.TrimSpace(string(head))[:12]; !strings.Contains(long.stdout, "commit "+commit) {
+		t.Fatalf("version printed %q, want the checkout's commit %s", long.stdout, commit)
 	}
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/focusenglish/progress-sync/metrics/model"
 	"github.com/focusenglish/progress-sync/replication"
 	"github.com/focusenglish/progress-sync/replication/config"
+	"github.com/focusenglish/progress-sync/replication/telemetry"
 )
 
 // exitUsage is the status for a wrong setting or flag (docs/contract.md §4).
@@ -101,14 +102,28 @@ func newRoot(stdout, stderr io.Writer, getenv func(string) (string, bool)) *cobr
 		Short:         "Keep HubSpot contacts equal to Focus English students' learning progress",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Version:       telemetry.ReadBuild().String(),
 	}
+	root.SetVersionTemplate("progress-sync {{.Version}}\n")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	config.Register(root.PersistentFlags())
 	root.PersistentFlags().DurationVar(&a.hubspotTimeout, "hubspot-timeout", 30*time.Second, "give up on a HubSpot request after this long (it is retried)")
 	root.PersistentFlags().BoolVar(&a.showEmails, "show-emails", false, "show email addresses in full in logs and on the status page (by default they are masked: a***@example.com)")
 	a.root = root
-	root.AddCommand(a.runCmd(), a.setupCmd(), a.provisionCmd(), a.backfillCmd(), a.explainCmd(), a.replayCmd(), a.statusCmd(), a.teardownCmd(), a.checkCmd())
+	root.AddCommand(a.runCmd(), a.setupCmd(), a.provisionCmd(), a.backfillCmd(), a.explainCmd(), a.replayCmd(), a.statusCmd(), a.teardownCmd(), a.checkCmd(), versionCmd())
 	return root
+}
+
+func versionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the version: the module version and the commit it was built from",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			fmt.Fprintln(cmd.OutOrStdout(), "progress-sync "+telemetry.ReadBuild().String())
+			return nil
+		},
+	}
 }
 
 // load reads the configuration a command needs and builds its logger.

@@ -13,6 +13,7 @@ import (
 	"github.com/focusenglish/progress-sync/replication"
 	"github.com/focusenglish/progress-sync/replication/config"
 	"github.com/focusenglish/progress-sync/replication/state"
+	"github.com/focusenglish/progress-sync/replication/telemetry"
 )
 
 func (a *app) statusCmd() *cobra.Command {
@@ -30,6 +31,7 @@ func (a *app) statusCmd() *cobra.Command {
 }
 
 func printStatus(ctx context.Context, db *pgxpool.Pool, cfg config.Config, out io.Writer) error {
+	fmt.Fprintln(out, "progress-sync "+telemetry.ReadBuild().String())
 	slot, err := replication.ReadSlot(ctx, db, cfg.Slot)
 	if err != nil {
 		return err

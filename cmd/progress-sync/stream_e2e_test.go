@@ -686,6 +686,9 @@ func TestMetricsAndHealth(t *testing.T) {
 	if v := metricValue(t, after, `progress_sync_contacts_updated_total`); v < metricValue(t, before, `progress_sync_contacts_updated_total`)+5 {
 		t.Errorf("contacts_updated_total %v, want at least 5 more than %v", v, metricValue(t, before, `progress_sync_contacts_updated_total`))
 	}
+	if !strings.Contains(after, `progress_sync_build_info{modified=`) {
+		t.Error("no progress_sync_build_info")
+	}
 	if strings.Contains(after, token) {
 		t.Fatal("the metrics show the token")
 	}

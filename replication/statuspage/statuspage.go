@@ -147,6 +147,7 @@ type view struct {
 	Slot              replication.Slot
 	SlotName          string
 	Model             string // the progress model's name
+	Build             string // which progress-sync serves the page
 	Summary           state.Summary
 	DailyPaused       bool
 	Requests          int
@@ -183,7 +184,8 @@ var kindWords = map[state.Kind]string{
 // collect reads what the page shows; what cannot be read is named in Errors and shown as
 // unknown, never as zero.
 func collect(ctx context.Context, o Options, page int) view {
-	v := view{Now: time.Now().UTC(), RefreshSeconds: int(o.Refresh.Seconds()), SlotName: o.Slot, Model: o.Model, RateLimit: o.RateLimit}
+	v := view{Now: time.Now().UTC(), RefreshSeconds: int(o.Refresh.Seconds()), SlotName: o.Slot, Model: o.Model, RateLimit: o.RateLimit,
+		Build: telemetry.ReadBuild().String()}
 	v.Ready, v.ReadyWhy = o.Health.Ready()
 	v.Role = role(o.Health)
 	v.ReadyWhy = strings.TrimPrefix(v.ReadyWhy, v.Role+": ")

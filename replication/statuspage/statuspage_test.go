@@ -115,14 +115,15 @@ func TestThePageRendersEveryState(t *testing.T) {
 		Totals:  telemetry.Totals{ContactsUpdated: 356, RateLimited: map[string]float64{"DAILY": 1}}, RateLimit: hubspot.Rate{Requests: 100, Per: 10 * time.Second},
 		Problems:      []problemRow{{Email: "a***@example.com", Student: "s1", Kind: "no contact in HubSpot", Reason: "<script>", Attempts: 2}},
 		ProblemsTotal: 30, Page: 2, Pages: 2, ReconcileProgress: "100 of about 300 contacts read",
-		SlotRead: true, SummaryRead: true, ProblemsRead: true}
+		SlotRead: true, SummaryRead: true, ProblemsRead: true, Build: "v1.4.0 (commit 5b1c79a8d2e1)"}
 	for _, tc := range []struct {
 		name         string
 		v            view
 		want, absent []string
 	}{
 		{"streaming", full, []string{`id="ready">Streaming.`, `id="lag-bytes" data-value="11400">11.4 kB`, `id="pending">3<`, `id="contacts-updated">356<`,
-			`id="rate-limited-daily">1<`, "page 2 of 2", `href="?page=1"`, "&lt;script&gt;", "pass 2 under way", "100 of about 300 contacts read"}, []string{"unknown", "Could not read"}},
+			`id="rate-limited-daily">1<`, "page 2 of 2", `href="?page=1"`, "&lt;script&gt;", "pass 2 under way", "100 of about 300 contacts read",
+			`id="build">progress-sync v1.4.0 (commit 5b1c79a8d2e1)`}, []string{"unknown", "Could not read"}},
 		{"standby", view{Now: now, Role: "standby", ReadyWhy: "another instance holds the replication slot", SlotRead: true, SummaryRead: true, ProblemsRead: true},
 			[]string{"Standby: another instance holds the replication slot.", "does not exist", "Every student with changes is in HubSpot.", "never run"}, nil},
 		// The database frozen under a streaming instance: nothing read may show as zero or fine.

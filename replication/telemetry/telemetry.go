@@ -92,6 +92,11 @@ func New() *Metrics {
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)
 	}
+	b := ReadBuild()
+	info := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "progress_sync_build_info",
+		Help: "Always 1; which progress-sync runs: its module version and VCS revision."}, []string{"version", "revision", "modified"})
+	info.WithLabelValues(b.Version, b.Revision, fmt.Sprint(b.Modified)).Set(1)
+	f(info)
 	return m
 }
 
