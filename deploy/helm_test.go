@@ -24,6 +24,7 @@ import (
 	"helm.sh/helm/v3/pkg/releaseutil"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	kjson "sigs.k8s.io/json"
@@ -95,6 +96,7 @@ type manifests struct {
 	configMap      *corev1.ConfigMap
 	serviceMonitor *serviceMonitor
 	prometheusRule *prometheusRule
+	networkPolicy  *networkingv1.NetworkPolicy
 	notes          string
 	kinds          []string
 }
@@ -200,6 +202,9 @@ func mustRender(t *testing.T, values string) manifests {
 			case "monitoring.coreos.com/v1/ServiceMonitor":
 				m.serviceMonitor = &serviceMonitor{}
 				into = m.serviceMonitor
+			case "networking.k8s.io/v1/NetworkPolicy":
+				m.networkPolicy = &networkingv1.NetworkPolicy{}
+				into = m.networkPolicy
 			case "monitoring.coreos.com/v1/PrometheusRule":
 				m.prometheusRule = &prometheusRule{}
 				into = m.prometheusRule
@@ -712,5 +717,51 @@ func TestHelmDashboard(t *testing.T) {
 		if len(p.Targets) == 0 || !strings.Contains(p.Targets[0].Expr, "progress_sync_") {
 			t.Errorf("panel %q queries no progress-sync metric: %+v", p.Title, p.Targets)
 		}
+	}
+}
+
+// TestHelmNetworkPolicy: off by default; on, the pod's port answers only the peers the values
+// name, on the container's port, and outgoing traffic is left alone. On without peers is
+// refused: an empty from would let every pod in.
+func TestHelmNetworkPolicy(t *testing.T) {
+	if m := mustRender(t, minimalValues); m.networkPolicy != nil {
+		t.Fatal("a NetworkPolicy by default")
+	}
+	m := mustRender(t, minimalValues+`
+networkPolicy:
+  enabled: true
+  from:
+    - namespaceSelector:
+        matchLabels:
+          kubernetes.io/metadata.name: monitoring
+      podSelector:
+        matchLabels:
+          app.kubernetes.io/name: prometheus
+`)
+	np := m.networkPolicy
+	if np == nil {
+		t.Fatal("no NetworkPolicy with networkPolicy.enabled")
+	}
+	if np.Namespace != releaseNS || !maps.Equal(np.Spec.PodSelector.MatchLabels, m.deployment.Spec.Selector.MatchLabels) {
+		t.Errorf("NetworkPolicy %s selects %v, want the Deployment's pods %v in %s", np.Namespace, np.Spec.PodSelector.MatchLabels, m.deployment.Spec.Selector.MatchLabels, releaseNS)
+	}
+	if !slices.Equal(np.Spec.PolicyTypes, []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}) {
+		t.Errorf("policy types %v, want Ingress only (the service must reach PostgreSQL and HubSpot)", np.Spec.PolicyTypes)
+	}
+	if len(np.Spec.Ingress) != 1 || len(np.Spec.Ingress[0].From) != 1 || len(np.Spec.Ingress[0].Ports) != 1 {
+		t.Fatalf("ingress %+v, want one rule: the named peer, one port", np.Spec.Ingress)
+	}
+	rule := np.Spec.Ingress[0]
+	peer := rule.From[0]
+	if peer.NamespaceSelector == nil || peer.NamespaceSelector.MatchLabels["kubernetes.io/metadata.name"] != "monitoring" ||
+		peer.PodSelector == nil || peer.PodSelector.MatchLabels["app.kubernetes.io/name"] != "prometheus" {
+		t.Errorf("peer %+v, want Prometheus pods in the monitoring namespace", peer)
+	}
+	port := container(t, m.deployment).Ports[0]
+	if p := rule.Ports[0].Port; p == nil || p.StrVal != port.Name {
+		t.Errorf("port %v, want the container's port %q", p, port.Name)
+	}
+	if _, err := render(t, minimalValues+"networkPolicy:\n  enabled: true\n"); err == nil || !strings.Contains(err.Error(), "networkPolicy.from") {
+		t.Errorf("enabled without peers rendered (err %v), want a refusal naming networkPolicy.from", err)
 	}
 }
