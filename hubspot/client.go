@@ -286,7 +286,7 @@ func (c *Client) do(ctx context.Context, cl call) (int, []byte, error) {
 		attempts++
 		if cl.writes && c.fence != nil {
 			if err := c.fence.Confirm(ctx); err != nil {
-				return response{}, backoff.Permanent(fmt.Errorf("hubspot: %s: not sent: %w", cl, err))
+				return response{}, backoff.Permanent(fmt.Errorf("not sent: %w", err)) // the call is named once, below
 			}
 		}
 		token := c.creds.token()

@@ -6,8 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -102,7 +105,7 @@ func studentUsage(err error) error {
 
 // print writes the explanation for people.
 func printExplanation(out io.Writer, x *explain.Explanation) {
-	fmt.Fprintf(out, "student %s <%s>\n", x.StudentID, x.Email)
+	fmt.Fprintf(out, "student %s <%s>\n", x.StudentID, printable(x.Email))
 	fmt.Fprintf(out, "progress model %s; the student's rows:\n", x.Model)
 	for _, t := range x.Rows {
 		fmt.Fprintf(out, "  %s (%s = the student): %s\n", t.Table, t.Column, plural(t.Count, "row"))
@@ -156,4 +159,13 @@ func plural(n int, noun string) string {
 		return "1 " + noun
 	}
 	return fmt.Sprintf("%d %ss", n, noun)
+}
+
+// printable shows an email with a control character in it (a tab, a newline) quoted, so that
+// it cannot break the line it is on.
+func printable(s string) string {
+	if strings.ContainsFunc(s, unicode.IsControl) {
+		return strconv.Quote(s)
+	}
+	return s
 }

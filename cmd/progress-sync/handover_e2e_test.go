@@ -65,7 +65,7 @@ func TestStandbyTakesOverWhatTheFirstInstanceRecorded(t *testing.T) {
 	w.cli.env["PROGRESS_SYNC_DEBOUNCE"], w.cli.env["PROGRESS_SYNC_MAX_DELAY"] = "300ms", "3s"
 	b := w.start()
 	b.waitLog("warm standby", 30*time.Second)
-	b.waitLog("not pushing: this instance does not hold the replication slot", 30*time.Second)
+	b.waitLog("not pushing yet: this instance does not hold the replication slot", 30*time.Second)
 	waitReadyz(t, b, 503, "standby")
 	// Ten more change after B started: only A sees them.
 	w.touchXP(10, 10, 7)

@@ -24,7 +24,7 @@ type streamFlags struct {
 
 func (f *streamFlags) register(cmd *cobra.Command) {
 	cmd.Flags().DurationVar(&f.grace, "grace", 20*time.Second, "on SIGTERM, how long to keep recording what was received and pushing students that are due")
-	cmd.Flags().DurationVar(&f.recheck, "recheck-unmatched", time.Hour, "how often students without a HubSpot contact are looked up again")
+	cmd.Flags().DurationVar(&f.recheck, "recheck-unmatched", time.Hour, "how often students without a HubSpot contact, or in conflict over one, are looked up again")
 	cmd.Flags().DurationVar(&f.statusInterval, "status-interval", 10*time.Second, "how often the position is reported to PostgreSQL (keep well under wal_sender_timeout)")
 	cmd.Flags().DurationVar(&f.dailyLimitPause, "daily-limit-pause", 15*time.Minute, "how long pushes pause when HubSpot's daily limit is spent (changes keep being recorded)")
 	cmd.Flags().BoolVar(&f.noStatusPage, "no-status-page", false, "do not serve the status page at / (/metrics, /healthz and /readyz stay)")

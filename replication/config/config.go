@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -204,8 +205,8 @@ func Load(fs *pflag.FlagSet, getenv func(string) (string, bool), needs Needs) (C
 		c.Reconcile = d
 	}
 	c.Listen = raw["PROGRESS_SYNC_LISTEN"]
-	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
-		bad("PROGRESS_SYNC_LISTEN", "%q is not host:port (e.g. 127.0.0.1:9187 or :9187)", c.Listen)
+	if _, port, err := net.SplitHostPort(c.Listen); err != nil || !isPort(port) {
+		bad("PROGRESS_SYNC_LISTEN", "%q is not host:port with a port from 0 to 65535 (e.g. 127.0.0.1:9187 or :9187)", c.Listen)
 	}
 	lvl, err := logrus.ParseLevel(raw["LOG_LEVEL"])
 	if err != nil {
@@ -334,4 +335,10 @@ func holdsPiece(msg, secret string) bool {
 		}
 	}
 	return false
+}
+
+// isPort says whether s is a TCP port number (0: any free port).
+func isPort(s string) bool {
+	n, err := strconv.Atoi(s)
+	return err == nil && n >= 0 && n <= 65535 && strconv.Itoa(n) == s
 }

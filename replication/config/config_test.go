@@ -75,6 +75,10 @@ func TestLoad(t *testing.T) {
 			}},
 		{name: "API version not a version", env: with(map[string]string{"HUBSPOT_API_VERSION": "v4"}), needs: all, want: []string{"HUBSPOT_API_VERSION: \"v4\" is not a HubSpot API version"}},
 		{name: "API version before date versions", env: with(map[string]string{"HUBSPOT_API_VERSION": "2025-09"}), needs: all, want: []string{"HUBSPOT_API_VERSION: \"2025-09\" is older than"}},
+		{name: "listen port out of range", env: with(map[string]string{"PROGRESS_SYNC_LISTEN": "127.0.0.1:99999"}), needs: all,
+			want: []string{"PROGRESS_SYNC_LISTEN: \"127.0.0.1:99999\" is not host:port with a port from 0 to 65535"}},
+		{name: "listen port a name", env: with(map[string]string{"PROGRESS_SYNC_LISTEN": ":http"}), needs: all, want: []string{"PROGRESS_SYNC_LISTEN"}},
+		{name: "listen on any free port", env: with(map[string]string{"PROGRESS_SYNC_LISTEN": "127.0.0.1:0"}), needs: all},
 		{name: "reconcile turned off", env: with(map[string]string{"PROGRESS_SYNC_RECONCILE": "0"}), needs: all,
 			check: func(t *testing.T, c Config) {
 				if c.Reconcile != 0 {

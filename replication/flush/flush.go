@@ -143,7 +143,7 @@ func (f *Flusher) FlushDue(ctx context.Context) (int, error) {
 func (f *Flusher) flushEntries(ctx context.Context, entries []buffer.Entry) (int, error) {
 	if f.opts.Lease != nil && !f.opts.Lease.MayWrite() {
 		if !f.waiting.Swap(true) {
-			f.log.WithField("students", len(entries)).Info("not pushing: this instance does not hold the replication slot (another instance holds it, or the database is out of reach); these students wait")
+			f.log.WithField("students", len(entries)).Info("not pushing yet: this instance does not hold the replication slot (it is still taking it, another instance holds it, or the database is out of reach); these students wait")
 		}
 		f.buf.Retry(entries, standbyWait)
 		return 0, replication.ErrNotHolding

@@ -170,9 +170,13 @@ func checkSource(ctx context.Context, db *pgxpool.Pool, cfg config.Config) (fs [
 		add("publication", len(missing) == 0, fmt.Sprintf("publication %s publishes %s", cfg.Publication, tables)+missingNote(missing),
 			fmt.Sprintf("ALTER PUBLICATION %s ADD TABLE %s;", cfg.Publication, strings.Join(missing, ", ")))
 	}
-	if gaps, err := replication.PublicationGaps(ctx, db, cfg.Model, cfg.Publication); err != nil {
+	gaps, err := replication.PublicationGaps(ctx, db, cfg.Model, cfg.Publication)
+	switch {
+	case err != nil:
 		add("publication settings", false, err.Error(), "")
-	} else {
+	case len(missing) == len(cfg.Model.Tables):
+		add("publication settings", false, "no publication to read them from", "run `progress-sync setup` (it makes the publication with every setting right)")
+	default:
 		var problems, fixes []string
 		for _, g := range gaps {
 			problems, fixes = append(problems, g.Problem), append(fixes, g.Fix...)

@@ -508,7 +508,7 @@ func (p *Pusher) write(ctx context.Context, changes []change, b *batch) ([]*targ
 	}
 	ur, err := p.hs.UpdateContacts(ctx, updates)
 	if err != nil {
-		return nil, fmt.Errorf("update contacts: %w", err)
+		return nil, err // hubspot: update contacts: ...
 	}
 	p.recordWrites(b, ur, byContact)
 	if len(ur.Retry) > 0 {
@@ -560,11 +560,15 @@ func (p *Pusher) record(ctx context.Context, b *batch) error {
 			return err
 		}
 	}
+	msg := "pushed batch"
+	if p.dryRun {
+		msg = "computed batch (dry run: nothing written)"
+	}
 	p.log.WithFields(logrus.Fields{
 		"students": b.res.Students, "updated": b.res.Updated, "unchanged": b.res.Unchanged, "released": b.res.Released,
 		"unmatched": b.res.Count(state.Unmatched), "rejected": b.res.Count(state.Rejected),
 		"conflicts": b.res.Count(state.Conflict), "dry_run": p.dryRun,
-	}).Info("pushed batch")
+	}).Info(msg)
 	return nil
 }
 
@@ -667,14 +671,28 @@ func (p *Pusher) reportRivals(b *batch, claims map[string][]state.Link, owner ma
 			}
 			sort.Strings(rivals)
 			reason := fmt.Sprintf("HubSpot contact %s is also matched by student(s) %s", id, strings.Join(rivals, ", "))
-			if owned {
+			switch {
+			case owned:
 				reason += ", whose email is the contact's primary address"
-			} else {
-				reason += "; no single one of them holds the contact's primary address, so none is written"
+			case primaries(ls) > 1:
+				reason += "; more than one of them holds the contact's primary address (their emails differ only in case or spaces), so none is written"
+			default:
+				reason += "; none of them holds the contact's primary address (each matched one of its additional emails), so none is written"
 			}
 			p.problem(b, state.Problem{StudentID: l.StudentID, Email: l.Email, Kind: state.Conflict, Reason: reason, ContactID: id})
 		}
 	}
+}
+
+// primaries counts the links made through the contact's primary address.
+func primaries(ls []state.Link) int {
+	n := 0
+	for _, l := range ls {
+		if l.Primary {
+			n++
+		}
+	}
+	return n
 }
 
 func (p *Pusher) problem(b *batch, pr state.Problem) {

@@ -138,8 +138,8 @@ func TestHostileInput(t *testing.T) {
 	}{
 		{"no email", noEmail, state.Unmatched, "no email"},
 		{"not an address", notAddress, state.Unmatched, "not an address"},
-		{"same email in two cases (upper)", upper, state.Conflict, "no single one"},
-		{"same email in two cases (lower)", lower, state.Conflict, "no single one"},
+		{"same email in two cases (upper)", upper, state.Conflict, "more than one of them holds the contact's primary address"},
+		{"same email in two cases (lower)", lower, state.Conflict, "more than one of them holds the contact's primary address"},
 		{"value longer than HubSpot takes", tooLong, state.Rejected, "current_lesson"},
 	} {
 		if p := e.problem(tc.student); p.Kind != tc.kind || !strings.Contains(p.Reason, tc.reason) {

@@ -37,7 +37,8 @@ type Options struct {
 	// Grace is how long, on a stop, the service keeps recording what was received and pushing
 	// students that are due.
 	Grace time.Duration
-	// Recheck is how often students without a HubSpot contact are looked up again.
+	// Recheck is how often students without a HubSpot contact, or in conflict over one, are
+	// looked up again.
 	Recheck time.Duration
 	// StatusInterval is how often the position is reported to PostgreSQL.
 	StatusInterval time.Duration

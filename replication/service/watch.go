@@ -172,8 +172,8 @@ func (s *service) queueEveryStudent(ctx context.Context, log *logrus.Entry, why 
 	return nil
 }
 
-// recheckUnmatched queues students without a contact again now and then: the contact may
-// have been created since.
+// recheckUnmatched queues students without a contact, or in conflict over one, again now and
+// then: the contact may have been created since, or the rival may have left.
 func (s *service) recheckUnmatched(ctx context.Context) {
 	if !s.lease.MayWrite() {
 		return // only the instance holding the slot writes to HubSpot
@@ -183,7 +183,7 @@ func (s *service) recheckUnmatched(ctx context.Context) {
 		err = s.buf.Add(ctx, ids, 0)
 	}
 	if err != nil && ctx.Err() == nil {
-		s.log.WithError(err).Warn("could not queue unmatched students for another look")
+		s.log.WithError(err).Warn("could not queue unmatched and conflicting students for another look")
 	}
 }
 

@@ -481,11 +481,13 @@ func (s *Store) ProblemsOf(ctx context.Context, students []uuid.UUID) (map[uuid.
 	return out, nil
 }
 
-// StaleUnmatched lists students without a contact not tried for olderThan: their contact may
-// have been created since (at checkout, say).
+// StaleUnmatched lists students without a contact, or in conflict over one, not tried for
+// olderThan: their contact may have been created since (at checkout, say), or their rival
+// may have left it (a student whose email changes away from a contact is no news to the
+// students it was in conflict with).
 func (s *Store) StaleUnmatched(ctx context.Context, olderThan time.Duration) ([]uuid.UUID, error) {
 	rows, err := s.db.Query(ctx, `SELECT student_id FROM `+Schema+`.problems
-		WHERE kind = 'unmatched' AND last_tried_at < now() - $1::interval`, olderThan.String())
+		WHERE kind IN ('unmatched', 'conflict') AND last_tried_at < now() - $1::interval`, olderThan.String())
 	if err != nil {
 		return nil, fmt.Errorf("read unmatched students: %w", err)
 	}

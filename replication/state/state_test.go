@@ -3,8 +3,11 @@ package state
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -198,5 +201,36 @@ func TestProblemPageWalksEveryProblemOnce(t *testing.T) {
 		if fmt.Sprint(got) != fmt.Sprint(want[tc.wantFrom:tc.wantTo]) {
 			t.Errorf("ProblemPage(%d, %d) = %v, want %v", tc.offset, tc.limit, got, want[tc.wantFrom:tc.wantTo])
 		}
+	}
+}
+
+// Students without a contact, and students in conflict (their rival may have left the
+// contact), are looked up again; a value HubSpot refused is not, until it changes.
+func TestStaleUnmatchedIncludesConflicts(t *testing.T) {
+	ctx := context.Background()
+	db := newPool(t)
+	s, err := Open(ctx, db, model.Builtin(model.Default).Students)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unmatched, conflict, rejected := uuid.New(), uuid.New(), uuid.New()
+	if err := s.Record(ctx, Outcome{Problems: []Problem{
+		{StudentID: unmatched, Email: "u@example.com", Kind: Unmatched, Reason: "no HubSpot contact has this email"},
+		{StudentID: conflict, Email: "c@example.com", Kind: Conflict, Reason: "HubSpot contact 7 is also matched by student(s) x", ContactID: "7"},
+		{StudentID: rejected, Email: "r@example.com", Kind: Rejected, Reason: "HubSpot refused the values", ContactID: "8"},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	var stale []uuid.UUID
+	for deadline := time.Now().Add(10 * time.Second); len(stale) < 2 && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if stale, err = s.StaleUnmatched(ctx, time.Millisecond); err != nil {
+			t.Fatal(err)
+		}
+	}
+	slices.SortFunc(stale, func(a, b uuid.UUID) int { return strings.Compare(a.String(), b.String()) })
+	want := []uuid.UUID{unmatched, conflict}
+	slices.SortFunc(want, func(a, b uuid.UUID) int { return strings.Compare(a.String(), b.String()) })
+	if !slices.Equal(stale, want) {
+		t.Fatalf("stale %v, want the unmatched and the conflicting student %v (not the rejected one)", stale, want)
 	}
 }
