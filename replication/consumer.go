@@ -24,6 +24,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/sirupsen/logrus"
+	"golang.org/x/time/rate"
 
 	"github.com/focusenglish/progress-sync/metrics/model"
 )
@@ -74,6 +75,10 @@ type Consumer struct {
 	received  atomic.Uint64 // last WAL position received, reported as written
 	standby   atomic.Bool   // another instance holds the slot
 	lease     *Lease
+	// readOnly is set while the database refuses the sync state's writes; readOnlyNote
+	// says so at most once a minute.
+	readOnly     atomic.Bool
+	readOnlyNote rate.Sometimes
 }
 
 // NewConsumer returns a Consumer; db is a regular pool on the same database.
@@ -87,7 +92,7 @@ func NewConsumer(db *pgxpool.Pool, sink Sink, opts Options) *Consumer {
 	if opts.StopGrace <= 0 {
 		opts.StopGrace = 30 * time.Second
 	}
-	return &Consumer{db: db, sink: sink, opts: opts, log: opts.Log, lease: NewLease(db, opts.Names.Slot)}
+	return &Consumer{db: db, sink: sink, opts: opts, log: opts.Log, lease: NewLease(db, opts.Names.Slot), readOnlyNote: rate.Sometimes{Interval: time.Minute}}
 }
 
 // Confirmed is the position the consumer has reported as durable.
@@ -98,6 +103,9 @@ func (c *Consumer) Streaming() bool { return c.lease.Streaming() }
 
 // Standby reports whether another instance holds the slot and this one waits for it.
 func (c *Consumer) Standby() bool { return c.standby.Load() }
+
+// ReadOnly reports whether the database refused the last write of what was received.
+func (c *Consumer) ReadOnly() bool { return c.readOnly.Load() }
 
 // Lease is this instance's hold on the slot, which every writer to HubSpot asks.
 func (c *Consumer) Lease() *Lease { return c.lease }
@@ -160,6 +168,11 @@ func (c *Consumer) retryAfter(err error, bo backoff.BackOff) time.Duration {
 		wait := bo.NextBackOff()
 		c.log.WithError(err).WithField("retry_in", wait.String()).
 			Error("the database hides rows from the service: the students a change concerns cannot all be found, so streaming waits until it is fixed")
+		return wait
+	case IsReadOnly(err):
+		c.readOnly.Store(true)
+		wait := bo.NextBackOff()
+		c.readOnlyNote.Do(func() { c.log.WithError(err).WithField("retry_in", wait.String()).Error(ReadOnlyNotice) })
 		return wait
 	case errors.Is(err, errStandby) || isSlotActive(err):
 		if !c.standby.Swap(true) {

@@ -88,6 +88,7 @@ func (c *Consumer) process(ctx context.Context, events <-chan event) error {
 }
 
 func (c *Consumer) confirm(lsn pglogrepl.LSN) {
+	c.readOnly.Store(false) // the position was just written
 	for {
 		cur := c.confirmed.Load()
 		if uint64(lsn) <= cur || c.confirmed.CompareAndSwap(cur, uint64(lsn)) {

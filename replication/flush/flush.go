@@ -13,6 +13,7 @@ import (
 	"github.com/cenkalti/backoff/v4"
 	"github.com/google/uuid"
 	"github.com/sirupsen/logrus"
+	"golang.org/x/time/rate"
 
 	"github.com/focusenglish/progress-sync/hubspot"
 	"github.com/focusenglish/progress-sync/metrics"
@@ -85,6 +86,10 @@ type Flusher struct {
 	// failing is set after a push failed for a reason that passes (HubSpot down, a key
 	// rotated): the first push that goes through then releases the students held back.
 	failing atomic.Bool
+	// readOnly is set while the database refuses the sync state's writes; readOnlyNote
+	// says so at most once a minute.
+	readOnly     atomic.Bool
+	readOnlyNote rate.Sometimes
 }
 
 // New returns a Flusher.
@@ -103,7 +108,7 @@ func New(buf *buffer.Buffer, source Source, p Pusher, opts Options) *Flusher {
 	}
 	fails := backoff.NewExponentialBackOff()
 	fails.InitialInterval, fails.MaxInterval, fails.MaxElapsedTime = time.Second, 5*time.Minute, 0
-	return &Flusher{buf: buf, source: source, pusher: p, opts: opts, log: opts.Log, fails: fails}
+	return &Flusher{buf: buf, source: source, pusher: p, opts: opts, log: opts.Log, fails: fails, readOnlyNote: rate.Sometimes{Interval: time.Minute}}
 }
 
 // standbyWait is how long a standby leaves students before it looks whether it took over.
@@ -161,6 +166,9 @@ func (f *Flusher) flushEntries(ctx context.Context, entries []buffer.Entry) (int
 		if f.failing.Swap(false) {
 			f.buf.Release()
 		}
+		if f.readOnly.Swap(false) {
+			f.log.Info("the database takes writes again; pushes resume")
+		}
 		return len(entries), nil
 	case errors.Is(err, hubspot.ErrDailyLimit):
 		until := time.Now().Add(f.opts.DailyLimitPause)
@@ -178,6 +186,16 @@ func (f *Flusher) flushEntries(ctx context.Context, entries []buffer.Entry) (int
 	case errors.Is(err, replication.ErrSourceBusy):
 		f.log.WithError(err).WithField("students", len(entries)).Warn("the source tables are locked by another session; the students wait a little")
 		f.buf.Retry(entries, 5*time.Second)
+		return 0, err
+	case replication.IsReadOnly(err):
+		// Nothing was written to HubSpot: the sync state is written first.
+		wait := f.fails.NextBackOff()
+		f.readOnly.Store(true)
+		f.failing.Store(true)
+		f.readOnlyNote.Do(func() {
+			f.log.WithError(err).WithFields(logrus.Fields{"students": len(entries), "retry_in": wait.String()}).Error(replication.ReadOnlyNotice)
+		})
+		f.buf.Retry(entries, wait)
 		return 0, err
 	case errors.As(err, &vanished):
 		wait := f.fails.NextBackOff()
@@ -210,6 +228,9 @@ func (f *Flusher) noteVisibility(err error) {
 			"changes keep being recorded and are pushed once the fix is in place")
 	}
 }
+
+// ReadOnly reports whether pushes are held because the database refuses writes.
+func (f *Flusher) ReadOnly() bool { return f.readOnly.Load() }
 
 // RowsHidden reports whether pushes are held because the database hides rows.
 func (f *Flusher) RowsHidden() bool { return f.rowsHidden.Load() }

@@ -560,6 +560,13 @@ func (p *Pusher) record(ctx context.Context, b *batch) error {
 			return err
 		}
 	}
+	for _, id := range b.out.Synced {
+		// Said once, as the problem was when it began.
+		if old, ok := b.known[id]; ok {
+			p.log.WithFields(logrus.Fields{"student_id": id, "email": p.mask(old.Email), "was": old.Kind}).
+				Info("the student's problem is over: HubSpot holds the student's values")
+		}
+	}
 	msg := "pushed batch"
 	if p.dryRun {
 		msg = "computed batch (dry run: nothing written)"
@@ -623,10 +630,20 @@ func (p *Pusher) settleConflicts(ctx context.Context, targets []*target, b *batc
 	if err != nil {
 		return nil, err
 	}
+	var rivals []uuid.UUID
 	for _, l := range others {
 		if !inBatch[l.StudentID] {
 			claims[l.ContactID] = append(claims[l.ContactID], l)
+			rivals = append(rivals, l.StudentID)
 		}
+	}
+	// A rival of another batch reported again is no news: its problem on record says so.
+	if len(rivals) > 0 {
+		known, err := p.store.ProblemsOf(ctx, rivals)
+		if err != nil {
+			return nil, err
+		}
+		maps.Copy(b.known, known)
 	}
 	owner := map[string]uuid.UUID{}
 	for id, ls := range claims {

@@ -380,3 +380,51 @@ func TestAddingUpBatchesKeepsOneProblemPerStudent(t *testing.T) {
 		t.Fatalf("total %+v", total)
 	}
 }
+
+// A problem is news once: two students in conflict over a contact are warned about when the
+// conflict begins, not again each time one of them changes; and once when it is over.
+func TestAProblemIsWarnedAboutOnce(t *testing.T) {
+	e := newEnv(t)
+	upper := e.student("Pair@Example.com")
+	lower := e.student("pair@example.com")
+	cid := e.emu.AddContact("pair@example.com", nil, nil)
+	warnings := func() int {
+		n := 0
+		for _, entry := range e.logs.AllEntries() {
+			if entry.Level == logrus.WarnLevel && entry.Data["kind"] == state.Conflict {
+				n++
+			}
+		}
+		return n
+	}
+	e.push(upper)
+	e.push(lower)
+	if n := warnings(); n != 2 {
+		t.Fatalf("%d conflict warnings when the conflict began, want 2 (one per student)", n)
+	}
+	for i := 0; i < 5; i++ {
+		e.push(upper)
+		e.push(lower)
+	}
+	if n := warnings(); n != 2 {
+		t.Fatalf("%d conflict warnings after each student changed 5 times, want still 2", n)
+	}
+	// The twin leaves: the one left writes the contact, and its problem's end is said once.
+	if _, err := e.db.Exec(context.Background(), `UPDATE users SET email = 'moved@example.com' WHERE id = $1`, lower); err != nil {
+		t.Fatal(err)
+	}
+	e.push(lower)
+	e.push(upper)
+	if p := e.problem(upper); p.Kind != "" {
+		t.Fatalf("the student left on the contact is still a problem: %+v", p)
+	}
+	over := 0
+	for _, entry := range e.logs.AllEntries() {
+		if entry.Message == "the student's problem is over: HubSpot holds the student's values" && entry.Data["student_id"] == upper {
+			over++
+		}
+	}
+	if over != 1 {
+		t.Fatalf("%d lines saying the conflict of contact %s is over, want 1", over, cid)
+	}
+}

@@ -232,7 +232,8 @@ func (s *service) observe() *telemetry.Health {
 	s.tm.Gauge("progress_sync_streaming", "1 while connected to the slot and streaming.", flag(c.Streaming))
 	s.tm.Gauge("progress_sync_rows_hidden", "1 while pushes are held because the database hides rows of the source tables from the service.", flag(s.rowsHidden))
 	return &telemetry.Health{Streaming: c.Streaming, Standby: c.Standby, PublicationGap: s.watch.gap.Load, Confirmed: func() uint64 { return uint64(c.Confirmed()) },
-		DailyPaused: s.flusher.DailyLimitPaused, RowsHidden: s.rowsHidden, StallAfter: 3*s.opts.StatusInterval + 30*time.Second}
+		DailyPaused: s.flusher.DailyLimitPaused, RowsHidden: s.rowsHidden, StallAfter: 3*s.opts.StatusInterval + 30*time.Second,
+		ReadOnly: func() bool { return c.ReadOnly() || s.flusher.ReadOnly() }}
 }
 
 // provisionUntilDone provisions the HubSpot properties, retrying until it works or ctx ends

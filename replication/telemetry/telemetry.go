@@ -196,6 +196,8 @@ type Health struct {
 	RowsHidden  func() bool // optional
 	// PublicationGap, optional, says the publication leaves changes out of the stream.
 	PublicationGap func() bool
+	// ReadOnly, optional, says the database refuses the sync state's writes.
+	ReadOnly func() bool
 	// StallAfter is how long the confirmed position may stand still before the service is
 	// not ready; it moves at least once per status interval even when idle.
 	StallAfter time.Duration
@@ -216,6 +218,8 @@ func (h *Health) Ready() (bool, string) {
 	switch {
 	case h.Standby != nil && h.Standby():
 		return false, "standby: another instance holds the replication slot; this one takes over when it stops"
+	case h.ReadOnly != nil && h.ReadOnly():
+		return false, "the database is read-only: nothing is lost; changes wait in the replication slot until it takes writes again"
 	case !h.Streaming():
 		return false, "not streaming from the replication slot"
 	case now.Sub(h.lastMoved) > h.StallAfter:
