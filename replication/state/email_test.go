@@ -19,12 +19,8 @@ import (
 // state sees each student as the claimant of their own contact.
 func TestTheEmailRuleAgreesInGoAndSQL(t *testing.T) {
 	ctx := context.Background()
-	db := newPool(t)
+	s, db := openStore(t)
 	m := model.Builtin(model.Default)
-	s, err := Open(ctx, db, m.Students)
-	if err != nil {
-		t.Fatal(err)
-	}
 	tricky := []string{
 		" Ada@Example.com ",           // spaces
 		"\tbea@example.com\n",         // a tab and a newline

@@ -22,6 +22,18 @@ func TestMain(m *testing.M) { pgtest.Main(m, &pg) }
 
 func newPool(t *testing.T) *pgxpool.Pool { return pg.NewPool(t) }
 
+// openStore opens the sync state on a fresh test database, its links pointing into the
+// default model's students table.
+func openStore(t *testing.T) (*Store, *pgxpool.Pool) {
+	t.Helper()
+	db := newPool(t)
+	s, err := Open(context.Background(), db, model.Builtin(model.Default).Students)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, db
+}
+
 func TestMigrateIsIdempotentAndConcurrent(t *testing.T) {
 	ctx := context.Background()
 	db := newPool(t)
@@ -67,16 +79,12 @@ func addUser(t *testing.T, db *pgxpool.Pool, email string) uuid.UUID {
 
 func TestRecordAndRead(t *testing.T) {
 	ctx := context.Background()
-	db := newPool(t)
-	s, err := Open(ctx, db, model.Builtin(model.Default).Students)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, db := openStore(t)
 	ada := addUser(t, db, " Ada@Example.com")
 	bob := addUser(t, db, "bob@example.com")
 	gone := uuid.New() // a student deleted since it was linked
 
-	err = s.Record(ctx, Outcome{
+	err := s.Record(ctx, Outcome{
 		Links: []Link{
 			{StudentID: ada, Email: "ada@example.com", ContactID: "1", Primary: true},
 			{StudentID: bob, Email: "bob@example.com", ContactID: "2", Primary: false},
@@ -173,11 +181,7 @@ func TestReadOnlyStoreWritesNothing(t *testing.T) {
 
 func TestProblemPageWalksEveryProblemOnce(t *testing.T) {
 	ctx := context.Background()
-	db := newPool(t)
-	s, err := Open(ctx, db, model.Builtin(model.Default).Students)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, db := openStore(t)
 	var want []uuid.UUID
 	for i, kind := range []Kind{Unmatched, Rejected, Conflict, Unmatched, Rejected, Unmatched, Conflict} {
 		id := addUser(t, db, fmt.Sprintf("p%d@example.com", i))
@@ -208,11 +212,7 @@ func TestProblemPageWalksEveryProblemOnce(t *testing.T) {
 // contact), are looked up again; a value HubSpot refused is not, until it changes.
 func TestStaleUnmatchedIncludesConflicts(t *testing.T) {
 	ctx := context.Background()
-	db := newPool(t)
-	s, err := Open(ctx, db, model.Builtin(model.Default).Students)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, _ := openStore(t)
 	unmatched, conflict, rejected := uuid.New(), uuid.New(), uuid.New()
 	if err := s.Record(ctx, Outcome{Problems: []Problem{
 		{StudentID: unmatched, Email: "u@example.com", Kind: Unmatched, Reason: "no HubSpot contact has this email"},
@@ -222,6 +222,7 @@ func TestStaleUnmatchedIncludesConflicts(t *testing.T) {
 		t.Fatal(err)
 	}
 	var stale []uuid.UUID
+	var err error
 	for deadline := time.Now().Add(10 * time.Second); len(stale) < 2 && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
 		if stale, err = s.StaleUnmatched(ctx, time.Millisecond); err != nil {
 			t.Fatal(err)
