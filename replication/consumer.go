@@ -92,7 +92,7 @@ func NewConsumer(db *pgxpool.Pool, sink Sink, opts Options) *Consumer {
 	if opts.StopGrace <= 0 {
 		opts.StopGrace = 30 * time.Second
 	}
-	return &Consumer{db: db, sink: sink, opts: opts, log: opts.Log, lease: NewLease(db, opts.Names.Slot), readOnlyNote: rate.Sometimes{Interval: time.Minute}}
+	return &Consumer{db: db, sink: sink, opts: opts, log: opts.Log, lease: newLease(db, opts.Names.Slot), readOnlyNote: rate.Sometimes{Interval: time.Minute}}
 }
 
 // Confirmed is the position the consumer has reported as durable.

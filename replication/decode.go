@@ -158,10 +158,7 @@ func (d *Decoder) rowChange(data []byte) error {
 	// The old row (replica identity FULL, or a changed key) names the student the row
 	// belonged to; the new row the one it belongs to now.
 	var keys [8][]byte // both tuples' key values, without an allocation for up to four keys each
-	old, row := rowNames{keys: keys[:0]}, rowNames{keys: keys[4:4]}
-	if len(rel.keys) > 4 {
-		old.keys, row.keys = nil, nil
-	}
+	old, row := rowNames{keys: keys[0:0:4]}, rowNames{keys: keys[4:4:8]}
 	switch {
 	case kind == 'I' && tag == 'N', kind == 'U' && tag == 'N', kind == 'D' && (tag == 'K' || tag == 'O'):
 		_, err = row.read(src, &rel)
@@ -200,14 +197,12 @@ func minRowMessage(kind byte) int {
 // rowNames is what one tuple of a row change names: the text of its student column and of a
 // reference table's key columns, slices of the message (nil where absent).
 type rowNames struct {
-	seen    bool
 	student []byte
 	keys    [][]byte
 }
 
 // read reads the tuple at src and returns the bytes it spans.
 func (r *rowNames) read(src []byte, rel *relation) (int, error) {
-	r.seen = true
 	if cap(r.keys) < len(rel.keys) {
 		r.keys = make([][]byte, len(rel.keys))
 	}
@@ -218,11 +213,8 @@ func (r *rowNames) read(src []byte, rel *relation) (int, error) {
 	return n, err
 }
 
-// add records what the tuple names.
+// add records what the tuple names (nothing for a tuple never read).
 func (r *rowNames) add(open *Changes, rel *relation) error {
-	if !r.seen {
-		return nil
-	}
 	if r.student != nil {
 		// A copy: uuid.ParseBytes keeps its argument in its error, which would make the
 		// message's slices (and the caller's array of them) escape to the heap.
@@ -247,7 +239,7 @@ func (r *rowNames) add(open *Changes, rel *relation) error {
 
 // joinKey is a key's values joined by keySep, copied out of the message.
 func joinKey(values [][]byte) string {
-	n := len(values) - 1
+	n := (len(values) - 1) * len(keySep)
 	for _, v := range values {
 		n += len(v)
 	}
@@ -350,80 +342,17 @@ func parse(data []byte) (msg pglogrepl.Message, err error) {
 	return msg, nil
 }
 
-// checkSizes refuses a message that declares more data than it holds. pglogrepl allocates
-// what a Truncate's relation count or a tuple column's length declares before reading it, so
-// a corrupt 64-byte message could allocate gigabytes (a count of 2^32-1 relations is 16 GiB),
-// and running out of memory is fatal: recover cannot catch it. The walk mirrors pglogrepl's
-// decoding; where the message ends early, pglogrepl panics before allocating, and parse
-// recovers.
+// checkSizes refuses a Truncate that declares more relations than it holds: pglogrepl
+// allocates what the count declares before reading it, so a corrupt 64-byte message could
+// allocate gigabytes (2^32-1 relations is 16 GiB), and running out of memory is fatal: recover
+// cannot catch it. Where the message ends early pglogrepl panics before allocating, and parse
+// recovers. Row messages never reach pglogrepl: rowChange reads them, checking every length.
 func checkSizes(data []byte) error {
 	src := data[1:]
-	switch data[0] {
-	case 'T': // relation count, options, relation ids
-		if len(src) >= 5 {
-			if n := binary.BigEndian.Uint32(src); uint64(n) > uint64(len(src)-5)/4 {
-				return fmt.Errorf("%d relations declared in %d bytes", n, len(src))
-			}
-		}
-	case 'I': // relation id, 'N', new tuple
-		if len(src) >= 8 && src[4] == 'N' {
-			_, err := checkTuple(src[5:])
-			return err
-		}
-	case 'U': // relation id, optional 'K' or 'O' and old tuple, 'N', new tuple
-		if len(src) < 6 {
-			return nil
-		}
-		low := 5
-		switch src[4] {
-		case 'K', 'O':
-			used, err := checkTuple(src[low:])
-			if err != nil || used < 0 {
-				return err
-			}
-			low += used + 1
-			if low > len(src) {
-				return nil
-			}
-			fallthrough
-		case 'N':
-			_, err := checkTuple(src[low:])
-			return err
-		}
-	case 'D': // relation id, 'K' or 'O', old tuple
-		if len(src) >= 5 && (src[4] == 'K' || src[4] == 'O') {
-			_, err := checkTuple(src[5:])
-			return err
+	if data[0] == 'T' && len(src) >= 5 {
+		if n := binary.BigEndian.Uint32(src); uint64(n) > uint64(len(src)-5)/4 {
+			return fmt.Errorf("%d relations declared in %d bytes", n, len(src))
 		}
 	}
 	return nil
-}
-
-// checkTuple walks TupleData (column count, then per column a type and, for text and binary
-// values, a length and the bytes) and returns how many bytes it spans, or -1 if it ends early.
-func checkTuple(src []byte) (int, error) {
-	if len(src) < 2 {
-		return -1, nil
-	}
-	n, low := int(binary.BigEndian.Uint16(src)), 2
-	for i := 0; i < n; i++ {
-		if low >= len(src) {
-			return -1, nil
-		}
-		kind := src[low]
-		low++
-		if kind != pglogrepl.TupleDataTypeText && kind != pglogrepl.TupleDataTypeBinary {
-			continue
-		}
-		if len(src)-low < 4 {
-			return -1, nil
-		}
-		size := binary.BigEndian.Uint32(src[low:])
-		low += 4
-		if uint64(size) > uint64(len(src)-low) {
-			return 0, fmt.Errorf("column %d declares %d bytes where %d remain", i+1, size, len(src)-low)
-		}
-		low += int(size)
-	}
-	return low, nil
 }

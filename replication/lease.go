@@ -26,8 +26,20 @@ type Lease struct {
 	walsender  atomic.Uint32 // the server process of the last streaming session
 }
 
-// NewLease returns the lease on slot, held by nobody until a consumer streams it.
-func NewLease(db DB, slot string) *Lease { return &Lease{db: db, slot: slot} }
+// newLease returns the lease on slot, held by nobody until a consumer streams it.
+func newLease(db DB, slot string) *Lease { return &Lease{db: db, slot: slot} }
+
+// Holder is what a writer asks of the lease: a *Lease, or a test's own.
+type Holder interface {
+	MayWrite() bool
+}
+
+// Always is the Holder of a writer that runs on its own, with no slot to hold: it may always
+// write.
+type Always struct{}
+
+// MayWrite says yes.
+func (Always) MayWrite() bool { return true }
 
 // MayWrite is this process's own belief: it streams the slot, or streamed it when it was
 // stopped. It costs nothing; a writer asks it before each batch or pass.

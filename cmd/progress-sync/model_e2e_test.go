@@ -205,11 +205,7 @@ func TestLessonProgressRowLevelSecurityIsRefusedWithTheFix(t *testing.T) {
 }
 
 func TestChangingTheModelQueuesEveryStudentOnce(t *testing.T) {
-	w := newLessonWorld(t, 300)
-	w.useModel("course_progress")
-	w.streamEnv(nil)
-	svc := w.start()
-	w.waitEqual(time.Minute)
+	w, svc := syncedUnder(t, "course_progress")
 	svc.mustStop()
 	confirmed := w.slotConfirmed()
 
@@ -397,11 +393,7 @@ func TestAPropertyTheModelDoesNotComputeIsNeverWritten(t *testing.T) {
 }
 
 func TestARollingDeployToAnotherModelRecomputesEveryStudent(t *testing.T) {
-	w := newLessonWorld(t, 300)
-	w.useModel("course_progress")
-	w.streamEnv(nil)
-	old := w.start()
-	w.waitEqual(time.Minute)
+	w, old := syncedUnder(t, "course_progress")
 
 	// The new version starts beside the old one, which still holds the slot.
 	w.useModel("lesson_progress")
@@ -466,4 +458,16 @@ func TestSIGTERMDuringASlowBatchExits(t *testing.T) {
 	if out := w.cli.mustRun("status").stdout; !strings.Contains(out, "pending students: ") || strings.Contains(out, "pending students: 0 ") {
 		t.Fatalf("status after the stop:\n%s", out)
 	}
+}
+
+// syncedUnder is a world of the unified lesson tables (300 students) synced by a service
+// running the named model.
+func syncedUnder(t *testing.T, model string) (*world, *service) {
+	t.Helper()
+	w := newLessonWorld(t, 300)
+	w.useModel(model)
+	w.streamEnv(nil)
+	svc := w.start()
+	w.waitEqual(time.Minute)
+	return w, svc
 }

@@ -200,7 +200,7 @@ func (x *Explanation) readContact(ctx context.Context, store *state.Store, hs *h
 	// What the resolution finds wrong is this explanation's to tell, not a warning in the log.
 	quiet := logrus.New()
 	quiet.SetOutput(io.Discard)
-	p := push.New(hs, store, logrus.NewEntry(quiet), push.Options{DryRun: true, CompareWithHubSpot: true, Properties: metrics.Names()})
+	p := push.New(hs, store, logrus.NewEntry(quiet), push.Options{DryRun: true, CompareWithHubSpot: true})
 	found, unmatched, err := p.Find(ctx, metrics.Student{ID: x.StudentID, Email: x.Email})
 	if err != nil || unmatched != "" {
 		x.Unmatched = unmatched

@@ -41,11 +41,6 @@ type Observer interface {
 	Flushed(students, updated int, oldest, latest []time.Duration)
 }
 
-// Lease says whether this instance may write to HubSpot now (replication.Lease).
-type Lease interface {
-	MayWrite() bool
-}
-
 // Options configure a Flusher.
 type Options struct {
 	// DailyLimitPause is how long flushing pauses when HubSpot's daily limit is spent. The
@@ -58,8 +53,9 @@ type Options struct {
 	// StopGrace bounds the batch in hand once Run's context ends. Default 30 s.
 	StopGrace time.Duration
 	// Lease says whether this instance may write to HubSpot now: only the one holding the
-	// replication slot does. While it says no, batches are put back untouched. Optional.
-	Lease Lease
+	// replication slot does. While it says no, batches are put back untouched. Default:
+	// replication.Always.
+	Lease replication.Holder
 	// HiddenRetry is how often held students are tried again while the source hides rows.
 	// Default 5 s.
 	HiddenRetry time.Duration
@@ -94,6 +90,9 @@ type Flusher struct {
 
 // New returns a Flusher.
 func New(buf *buffer.Buffer, source Source, p Pusher, opts Options) *Flusher {
+	if opts.Lease == nil {
+		opts.Lease = replication.Always{}
+	}
 	if opts.DailyLimitPause <= 0 {
 		opts.DailyLimitPause = 15 * time.Minute
 	}
@@ -146,7 +145,7 @@ func (f *Flusher) FlushDue(ctx context.Context) (int, error) {
 // flushEntries pushes one batch taken from the buffer and settles it there: done, or back
 // with a wait that fits the failure.
 func (f *Flusher) flushEntries(ctx context.Context, entries []buffer.Entry) (int, error) {
-	if f.opts.Lease != nil && !f.opts.Lease.MayWrite() {
+	if !f.opts.Lease.MayWrite() {
 		if !f.waiting.Swap(true) {
 			f.log.WithField("students", len(entries)).Info("not pushing yet: this instance does not hold the replication slot (it is still taking it, another instance holds it, or the database is out of reach); these students wait")
 		}

@@ -170,12 +170,15 @@ func checkSource(ctx context.Context, db *pgxpool.Pool, cfg config.Config) (fs [
 		add("publication", len(missing) == 0, fmt.Sprintf("publication %s publishes %s", cfg.Publication, tables)+missingNote(missing),
 			fmt.Sprintf("ALTER PUBLICATION %s ADD TABLE %s;", cfg.Publication, strings.Join(missing, ", ")))
 	}
-	gaps, err := replication.PublicationGaps(ctx, db, cfg.Model, cfg.Publication)
+	var gaps []replication.PublicationGap
+	if len(missing) < len(cfg.Model.Tables) {
+		gaps, err = replication.PublicationGaps(ctx, db, cfg.Model, cfg.Publication)
+	}
 	switch {
-	case err != nil:
-		add("publication settings", false, err.Error(), "")
 	case len(missing) == len(cfg.Model.Tables):
 		add("publication settings", false, "no publication to read them from", "run `progress-sync setup` (it makes the publication with every setting right)")
+	case err != nil:
+		add("publication settings", false, err.Error(), "")
 	default:
 		var problems, fixes []string
 		for _, g := range gaps {
@@ -238,7 +241,7 @@ func HubSpot(ctx context.Context, hs *hubspot.Client) []Finding {
 	for _, m := range mismatches {
 		lines = append(lines, m.String())
 	}
-	fs = append(fs, Finding{Item: "HubSpot properties", OK: len(mismatches) == 0, Detail: orText(strings.Join(lines, "; "), "all 10 present with the right types"),
+	fs = append(fs, Finding{Item: "HubSpot properties", OK: len(mismatches) == 0, Detail: orText(strings.Join(lines, "; "), fmt.Sprintf("all %d present with the right types", len(push.Properties()))),
 		Fix: "run `progress-sync provision`; a property of another type must be renamed or deleted in HubSpot first"})
 	return fs
 }

@@ -49,16 +49,6 @@ type Observer interface {
 	PassCompleted(at time.Time)
 }
 
-// Lease says whether this instance may write to HubSpot now (replication.Lease).
-type Lease interface {
-	MayWrite() bool
-}
-
-// always is the lease of a reconciler run on its own.
-type always struct{}
-
-func (always) MayWrite() bool { return true }
-
 // Options configure a Reconciler.
 type Options struct {
 	// Every is how long after a complete pass the next one starts.
@@ -66,8 +56,8 @@ type Options struct {
 	// Budget is the HubSpot rate the walk may use: a tenth of the portal's limit.
 	Budget rate.Limit
 	// Lease says whether this instance holds the replication slot; a standby waits.
-	// Default: always.
-	Lease Lease
+	// Default: replication.Always.
+	Lease replication.Holder
 	// Properties are the properties the sync owns (model.Computes): the walk reads and
 	// compares these only. Default: all ten.
 	Properties []string
@@ -122,7 +112,7 @@ func New(hs HubSpot, source replication.CompleteView, queue Queue, store *state.
 		opts.ProgressEvery = 10 * time.Second
 	}
 	if opts.Lease == nil {
-		opts.Lease = always{}
+		opts.Lease = replication.Always{}
 	}
 	return &Reconciler{hs: hs, source: source, queue: queue, store: store, position: position, opts: opts,
 		limiter: rate.NewLimiter(opts.Budget, 1), props: opts.Properties}

@@ -147,7 +147,7 @@ func (e *env) flushQueued() {
 }
 
 func (e *env) reconciler(mayWrite func() bool) *Reconciler {
-	var lease Lease // nil: always
+	var lease replication.Holder // nil: always
 	if mayWrite != nil {
 		lease = leaseFunc(mayWrite)
 	}
@@ -429,7 +429,7 @@ func TestTimeLeftIsNoLessThanTheBudgetAllows(t *testing.T) {
 	}
 }
 
-// leaseFunc is a Lease from a function.
+// leaseFunc is a replication.Holder from a function.
 type leaseFunc func() bool
 
 func (f leaseFunc) MayWrite() bool { return f() }

@@ -113,16 +113,11 @@ func (s *service) watchPublication(ctx context.Context) {
 			s.log.WithError(err).Error("the publication leaves changes out of the stream; run `progress-sync setup` or the SQL given")
 		}
 	case err == nil && s.watch.gap.Load() && s.lease.MayWrite():
-		ids, err := s.cfg.Model.AllStudents(ctx, s.db)
-		if err == nil {
-			err = s.buf.Add(ctx, ids, 0)
-		}
-		if err != nil {
+		if err := s.queueEveryStudent(ctx, s.log, "the publication publishes every change again; queueing every student for the changes it left out"); err != nil {
 			s.log.WithError(err).Warn("could not queue every student after the publication was fixed; trying again")
 			return
 		}
 		s.watch.gap.Store(false)
-		s.log.WithField("students", len(ids)).Warn("the publication publishes every change again; queueing every student for the changes it left out")
 	}
 }
 

@@ -38,7 +38,7 @@ func ReadBuild() Build {
 	return b
 }
 
-// String is one line for people: "v1.2.0 (commit 5b1c79a8, 2026-12-03T17:00:00Z, modified)".
+// String is one line for people: "v1.2.0 (commit 5b1c79a8d2e1, 2026-12-03T17:00:00Z, modified, go1.26.8)".
 func (b Build) String() string {
 	var about []string
 	if b.Revision != "" {
