@@ -272,7 +272,8 @@ func TestHelmDefaults(t *testing.T) {
 	// Every setting of the binary is wired, with the defaults of docs/contract.md §4.
 	env := envMap(c)
 	for _, name := range settingEnvs(t) {
-		if _, ok := env[name]; !ok && name != "HUBSPOT_ACCESS_TOKEN" { // it comes as HUBSPOT_ACCESS_TOKEN_FILE
+		// The token comes as HUBSPOT_ACCESS_TOKEN_FILE; the alert webhook as a file, when alerts are on.
+		if _, ok := env[name]; !ok && name != "HUBSPOT_ACCESS_TOKEN" && !strings.HasPrefix(name, "PROGRESS_SYNC_ALERT_WEBHOOK") {
 			t.Errorf("the container does not set %s", name)
 		}
 	}
@@ -289,6 +290,7 @@ func TestHelmDefaults(t *testing.T) {
 		"PROGRESS_SYNC_MODEL":       "course_progress",
 		"LOG_LEVEL":                 "info",
 		"LOG_FORMAT":                "json",
+		"PROGRESS_SYNC_ALERT_AFTER": "5m",
 	} {
 		if ev, ok := env[name]; !ok || ev.Value != want {
 			t.Errorf("%s = %+v, want %q", name, ev, want)
@@ -570,12 +572,19 @@ func checkSecretRef(t *testing.T, c corev1.Container, env, secret, key string) {
 // key, mounted read-only and named by HUBSPOT_ACCESS_TOKEN_FILE, and never as a variable.
 func checkTokenFile(t *testing.T, d *appsv1.Deployment, secret, key string) {
 	t.Helper()
+	checkSecretFile(t, d, "HUBSPOT_ACCESS_TOKEN", secret, key)
+}
+
+// checkSecretFile checks that the secret setting env comes as a file (env_FILE) read from
+// key of the Secret secret, in a read-only mount kubelet keeps up to date.
+func checkSecretFile(t *testing.T, d *appsv1.Deployment, env, secret, key string) {
+	t.Helper()
 	c := container(t, d)
-	env := envMap(c)
-	if _, ok := env["HUBSPOT_ACCESS_TOKEN"]; ok {
-		t.Error("HUBSPOT_ACCESS_TOKEN is set: the key must come as a file")
+	vars := envMap(c)
+	if _, ok := vars[env]; ok {
+		t.Errorf("%s is set: it must come as a file", env)
 	}
-	path := env["HUBSPOT_ACCESS_TOKEN_FILE"].Value
+	path := vars[env+"_FILE"].Value
 	var mount *corev1.VolumeMount
 	for i, vm := range c.VolumeMounts {
 		if strings.HasPrefix(path, vm.MountPath+"/") {
@@ -583,7 +592,7 @@ func checkTokenFile(t *testing.T, d *appsv1.Deployment, secret, key string) {
 		}
 	}
 	if mount == nil || !mount.ReadOnly || mount.SubPath != "" {
-		t.Fatalf("HUBSPOT_ACCESS_TOKEN_FILE=%q is not in a read-only mount without subPath (which kubelet would never update): %+v", path, c.VolumeMounts)
+		t.Fatalf("%s_FILE=%q is not in a read-only mount without subPath (which kubelet would never update): %+v", env, path, c.VolumeMounts)
 	}
 	for _, v := range d.Spec.Template.Spec.Volumes {
 		if v.Name != mount.Name {
@@ -645,6 +654,9 @@ func TestHelmRefusesBadValues(t *testing.T) {
 		{"grace too long", minimalValues + "graceSeconds: 60\nterminationGracePeriodSeconds: 60\n", "must exceed graceSeconds"},
 		{"bad slot name", minimalValues + "config: {slot: Progress-Sync}\n", "slot"},
 		{"bad log format", minimalValues + "config: {logFormat: xml}\n", "logFormat"},
+		{"alerts without a webhook", minimalValues + "alerts: {enabled: true}\n", "alerts.enabled needs the webhook's URL"},
+		{"a webhook with alerts off", minimalValues + "  alertWebhook: https://hooks.slack.com/services/T/B/x\n", "alerts.enabled is false"},
+		{"a webhook that is no URL", minimalValues + "  alertWebhook: hooks.slack.com\nalerts: {enabled: true}\n", "alertWebhook"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := render(t, tc.values)
@@ -764,4 +776,30 @@ networkPolicy:
 	if _, err := render(t, minimalValues+"networkPolicy:\n  enabled: true\n"); err == nil || !strings.Contains(err.Error(), "networkPolicy.from") {
 		t.Errorf("enabled without peers rendered (err %v), want a refusal naming networkPolicy.from", err)
 	}
+}
+
+// TestHelmAlerts: with alerts on, the webhook's URL comes from the Secret as a file, never in
+// the pod's environment or another manifest; off, nothing of it is rendered.
+func TestHelmAlerts(t *testing.T) {
+	const hook = "https://hooks.slack.com/services/T000/B000/not-a-real-secret"
+	if c := container(t, mustRender(t, minimalValues).deployment); envMap(c)["PROGRESS_SYNC_ALERT_WEBHOOK_FILE"].Value != "" {
+		t.Error("alerts are on by default")
+	}
+	values := minimalValues + "  alertWebhook: " + hook + "\nalerts: {enabled: true, after: 10m}\n"
+	m := mustRender(t, values)
+	if got := string(m.secret.Data["ALERT_WEBHOOK"]); got != hook {
+		t.Errorf("Secret ALERT_WEBHOOK = %q, want the URL", got)
+	}
+	checkSecretFile(t, m.deployment, "PROGRESS_SYNC_ALERT_WEBHOOK", m.secret.Name, "ALERT_WEBHOOK")
+	if after := envMap(container(t, m.deployment))["PROGRESS_SYNC_ALERT_AFTER"].Value; after != "10m" {
+		t.Errorf("PROGRESS_SYNC_ALERT_AFTER = %q, want 10m", after)
+	}
+	files, _ := render(t, values)
+	for name, content := range files {
+		if !strings.HasSuffix(name, "secret.yaml") && strings.Contains(content, "not-a-real-secret") {
+			t.Errorf("%s holds the webhook's URL", name)
+		}
+	}
+	existing := strings.Replace(customValues, "  hubspotAccessToken: hubspot-token\n", "  hubspotAccessToken: hubspot-token\n  alertWebhook: slack-hook\n", 1) + "alerts: {enabled: true}\n"
+	checkSecretFile(t, mustRender(t, existing).deployment, "PROGRESS_SYNC_ALERT_WEBHOOK", "progress-sync-credentials", "slack-hook")
 }

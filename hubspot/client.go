@@ -314,7 +314,7 @@ func (c *Client) do(ctx context.Context, cl call) (int, []byte, error) {
 	if err != nil {
 		var re *retryableError
 		if errors.As(err, &re) {
-			err = re.err
+			err = unavailable{re.err}
 			if attempts > 1 {
 				return 0, nil, fmt.Errorf("hubspot: %s: giving up after %d attempts: %w", cl, attempts, err)
 			}

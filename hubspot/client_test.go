@@ -265,7 +265,7 @@ func TestRetries(t *testing.T) {
 		{name: "429 daily stops at once", steps: []step{{status: 429, body: dailyBody}, ok}, wantAttempts: 1,
 			wantErr: "resets at midnight in the HubSpot account's time zone", wantIs: ErrDailyLimit},
 		{name: "503 until the budget is spent", steps: []step{errStep(503)}, maxElapsed: 30 * time.Second,
-			wantErr: "giving up after"},
+			wantErr: "giving up after", wantIs: ErrUnavailable},
 		{name: "Retry-After beyond the budget", steps: []step{{status: 429, body: burstBody, header: map[string]string{"Retry-After": "3600"}}, ok},
 			maxElapsed: time.Minute, wantAttempts: 1, wantErr: "HTTP 429"},
 	}
@@ -351,8 +351,8 @@ func TestRetriesConnectionRefused(t *testing.T) {
 	p := &countingPacer{}
 	env.client.pace = p
 	_, _, err = env.client.do(context.Background(), call{method: http.MethodGet, path: apiPaths.properties})
-	if !errors.Is(err, syscall.ECONNREFUSED) {
-		t.Fatalf("error = %v, want connection refused", err)
+	if !errors.Is(err, syscall.ECONNREFUSED) || !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("error = %v, want connection refused, out of reach", err)
 	}
 	if p.n < 2 || !strings.Contains(err.Error(), "giving up after") {
 		t.Fatalf("attempts = %d, err = %v; want retries before giving up", p.n, err)

@@ -17,6 +17,19 @@ var ErrDailyLimit = errors.New("hubspot: daily API request limit reached; it res
 // ErrUnauthorized reports a 401: HubSpot did not accept the access token.
 var ErrUnauthorized = errors.New("hubspot: access token rejected (401); check that the service key or private app token is correct and has not been rotated or revoked")
 
+// ErrUnavailable marks a call that failed for want of an answer: no connection, a timeout, or
+// server errors and rate limits until the retries ran out. It passes; the call can be tried
+// again later as it is.
+var ErrUnavailable = errors.New("hubspot: out of reach")
+
+// unavailable wraps the last failure of a call that ran out of retries: its text stays the
+// failure's, and errors.Is finds ErrUnavailable.
+type unavailable struct{ err error }
+
+func (u unavailable) Error() string        { return u.err.Error() }
+func (u unavailable) Unwrap() error        { return u.err }
+func (u unavailable) Is(target error) bool { return target == ErrUnavailable }
+
 // ErrMissingScopes reports a 403: the token is valid but lacks a scope.
 var ErrMissingScopes = errors.New("hubspot: access denied (403); check the scopes of the service key or private app: " + scopeList)
 

@@ -24,9 +24,9 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/sirupsen/logrus"
-	"golang.org/x/time/rate"
 
 	"github.com/focusenglish/progress-sync/metrics/model"
+	"github.com/focusenglish/progress-sync/replication/condition"
 )
 
 // Sink durably records changed students together with the stream position that covers them.
@@ -62,6 +62,9 @@ type Options struct {
 	StopGrace time.Duration
 	Log       *logrus.Entry
 	Observer  Observer // optional
+	// Conditions hears of what keeps the stream from going on (the database out of reach or
+	// read-only, the slot lost, rows hidden), and says so. Default: a Set of its own.
+	Conditions *condition.Set
 }
 
 // Consumer streams the slot into a Sink.
@@ -75,10 +78,7 @@ type Consumer struct {
 	received  atomic.Uint64 // last WAL position received, reported as written
 	standby   atomic.Bool   // another instance holds the slot
 	lease     *Lease
-	// readOnly is set while the database refuses the sync state's writes; readOnlyNote
-	// says so at most once a minute.
-	readOnly     atomic.Bool
-	readOnlyNote rate.Sometimes
+	conds     *condition.Set
 }
 
 // NewConsumer returns a Consumer; db is a regular pool on the same database.
@@ -92,7 +92,10 @@ func NewConsumer(db *pgxpool.Pool, sink Sink, opts Options) *Consumer {
 	if opts.StopGrace <= 0 {
 		opts.StopGrace = 30 * time.Second
 	}
-	return &Consumer{db: db, sink: sink, opts: opts, log: opts.Log, lease: newLease(db, opts.Names.Slot), readOnlyNote: rate.Sometimes{Interval: time.Minute}}
+	if opts.Conditions == nil {
+		opts.Conditions = condition.NewSet(opts.Log)
+	}
+	return &Consumer{db: db, sink: sink, opts: opts, log: opts.Log, lease: newLease(db, opts.Names.Slot), conds: opts.Conditions}
 }
 
 // Confirmed is the position the consumer has reported as durable.
@@ -103,9 +106,6 @@ func (c *Consumer) Streaming() bool { return c.lease.Streaming() }
 
 // Standby reports whether another instance holds the slot and this one waits for it.
 func (c *Consumer) Standby() bool { return c.standby.Load() }
-
-// ReadOnly reports whether the database refused the last write of what was received.
-func (c *Consumer) ReadOnly() bool { return c.readOnly.Load() }
 
 // Lease is this instance's hold on the slot, which every writer to HubSpot asks.
 func (c *Consumer) Lease() *Lease { return c.lease }
@@ -169,10 +169,10 @@ func (c *Consumer) retryAfter(err error, bo backoff.BackOff) time.Duration {
 		c.log.WithError(err).WithField("retry_in", wait.String()).
 			Error("the database hides rows from the service: the students a change concerns cannot all be found, so streaming waits until it is fixed")
 		return wait
-	case IsReadOnly(err):
-		c.readOnly.Store(true)
+	case isDatabaseCondition(err):
 		wait := bo.NextBackOff()
-		c.readOnlyNote.Do(func() { c.log.WithError(err).WithField("retry_in", wait.String()).Error(ReadOnlyNotice) })
+		k, _ := condition.Of(err)
+		c.conds.Raise(k, err, logrus.Fields{"retry_in": wait.String()})
 		return wait
 	case errors.Is(err, errStandby) || isSlotActive(err):
 		if !c.standby.Swap(true) {
@@ -186,6 +186,13 @@ func (c *Consumer) retryAfter(err error, bo backoff.BackOff) time.Duration {
 	}
 }
 
+// isDatabaseCondition says err ended the session because the database is out of reach or
+// read-only: a condition to explain, not a line per retry.
+func isDatabaseCondition(err error) bool {
+	k, ok := condition.Of(err)
+	return ok && (k == condition.DatabaseUnreachable || k == condition.DatabaseReadOnly)
+}
+
 // session is one replication connection, from connect to error. It returns where the next
 // session starts.
 func (c *Consumer) session(ctx context.Context, pos position) (position, error) {
@@ -196,8 +203,9 @@ func (c *Consumer) session(ctx context.Context, pos position) (position, error) 
 	defer conn.Close(context.Background())
 	// Policies may have changed while disconnected. The stream itself is not filtered by
 	// row-level security, so it goes on recording students; the flusher holds the pushes.
-	if err := CheckVisibility(ctx, c.db, c.opts.Model); err != nil {
-		c.log.WithError(err).Error("the database hides rows from the service: changes are recorded but not pushed until it is fixed")
+	c.conds.Clear(condition.DatabaseUnreachable)
+	if err := CheckVisibility(ctx, c.db, c.opts.Model); errors.As(err, new(*HiddenRowsError)) {
+		c.conds.Raise(condition.RowsHidden, err, nil)
 	}
 	if pos, err = c.prepareSlot(ctx, conn, pos); err != nil {
 		return pos, err
@@ -208,6 +216,7 @@ func (c *Consumer) session(ctx context.Context, pos position) (position, error) 
 	if err != nil {
 		return pos, fmt.Errorf("start replication on slot %s: %w", c.opts.Names.Slot, err)
 	}
+	c.conds.Clear(condition.SlotLost)
 	// The slot is ours: take in what the instance that held it before recorded.
 	if err := c.sink.Resume(ctx); err != nil {
 		return pos, err
@@ -246,7 +255,9 @@ func (c *Consumer) prepareSlot(ctx context.Context, conn *pgconn.PgConn, pos pos
 		}
 	}
 	plan := planStart(slot, confirmed, checkpoint, pos, name)
-	if plan.warning != "" {
+	if plan.lost {
+		c.conds.Raise(condition.SlotLost, nil, logrus.Fields{"slot": name, "slot_confirmed": confirmed.String(), "checkpoint": checkpoint.String()})
+	} else if plan.warning != "" {
 		c.log.WithFields(logrus.Fields{"slot": name, "slot_confirmed": confirmed.String(), "checkpoint": checkpoint.String()}).Log(plan.level, plan.warning)
 	}
 	return c.carryOut(ctx, conn, plan, pos, confirmed)

@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/focusenglish/progress-sync/metrics/model"
+	"github.com/focusenglish/progress-sync/replication/condition"
 )
 
 // The processor: it decodes the stream, resolves changes of reference tables to students, persists
@@ -88,7 +89,7 @@ func (c *Consumer) process(ctx context.Context, events <-chan event) error {
 }
 
 func (c *Consumer) confirm(lsn pglogrepl.LSN) {
-	c.readOnly.Store(false) // the position was just written
+	c.conds.Clear(condition.DatabaseReadOnly) // the position was just written
 	for {
 		cur := c.confirmed.Load()
 		if uint64(lsn) <= cur || c.confirmed.CompareAndSwap(cur, uint64(lsn)) {

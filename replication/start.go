@@ -42,6 +42,8 @@ type startPlan struct {
 	// queueAll queues every student, read from current data, before streaming (startStream).
 	queueAll bool
 	refusal  error
+	// lost says the slot was lost: condition.SlotLost explains it.
+	lost bool
 	// warning, when set, is logged at level as the reason for what the plan does.
 	warning string
 	level   logrus.Level
@@ -76,9 +78,7 @@ func planStart(slot Slot, confirmed, checkpoint pglogrepl.LSN, pos position, nam
 			return startPlan{action: startRefuse, refusal: fmt.Errorf("%w: slot %s is lost (the server removed WAL it still needed), so nothing can be replayed from it; "+
 				"`progress-sync run` recreates it and backfills every student", ErrReplayRefused, name)}
 		}
-		return startPlan{action: startCreate, drop: true, force: true, level: logrus.ErrorLevel,
-			warning: "replication slot is LOST: the server removed WAL it still needed (max_slot_wal_keep_size exceeded). " +
-				"Changes since the last checkpoint cannot be streamed; recreating the slot and backfilling every student"}
+		return startPlan{action: startCreate, drop: true, force: true, lost: true}
 	}
 	if !slot.Exists {
 		if pos.explicit {

@@ -129,7 +129,7 @@ func TestReplayRefusesWhatWouldSkipChanges(t *testing.T) {
 		t.Fatalf("replay dropped the lost slot (exists %v, %v)", exists, err)
 	}
 	svc = w.start()
-	svc.waitLog("LOST", 30*time.Second)
+	svc.waitLog("the replication slot was lost", 30*time.Second)
 	w.waitEqual(time.Minute)
 	svc.mustStop()
 }

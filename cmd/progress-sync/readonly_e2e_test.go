@@ -24,7 +24,7 @@ func TestAReadOnlyDatabaseIsExplainedAndLosesNothing(t *testing.T) {
 	readOnly(true)
 	w.touchXP(0, 10, 7)
 	svc.waitLog("the database is read-only (Supabase makes a project read-only when its disk is nearly full): nothing is lost", time.Minute)
-	waitReadyz(t, svc, 503, "the database is read-only: nothing is lost")
+	waitReadyz(t, svc, 503, "the database is read-only (Supabase makes a project read-only when its disk is nearly full): nothing is lost")
 	if len(w.diff()) == 0 {
 		t.Fatal("HubSpot already holds the changes made while the database refused writes: the test proves nothing")
 	}

@@ -208,7 +208,7 @@ func TestRowLevelSecuritySwitchedOnWhileStreaming(t *testing.T) {
 		w.exec(`UPDATE course_progress SET time_spent = time_spent + 600 WHERE user_id = $1`, w.students[300-40+i].ID)
 		w.exec(`UPDATE user_xp SET total_xp = total_xp + 5 WHERE user_id = $1`, w.students[i].ID)
 	}
-	svc.waitLog("not pushing: metrics computed now would rest on rows the database hides", time.Minute)
+	svc.waitLog("the database hides rows of the source tables from the service (row-level security)", time.Minute)
 	waitReadyz(t, svc, 503, "row-level security")
 	if got := w.emu.Stats().BatchUpdates; got != before {
 		t.Fatalf("%d batch/update while course_progress was hidden", got-before)

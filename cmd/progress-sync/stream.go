@@ -77,7 +77,7 @@ both positions; progress-sync backfill recomputes every student from current dat
 // stream runs the service (replication/service) until the command's context ends.
 func (a *app) stream(cmd *cobra.Command, f streamFlags, from pglogrepl.LSN) error {
 	ctx := cmd.Context()
-	cfg, log, db, err := a.openDatabase(ctx, config.Needs{Replication: true, HubSpot: true})
+	cfg, log, db, err := a.openDatabase(ctx, config.Needs{Replication: true, HubSpot: true, Alerts: true})
 	if err != nil && ctx.Err() != nil && errors.Is(err, context.Canceled) {
 		return nil // stopped while starting: nothing was in flight
 	}

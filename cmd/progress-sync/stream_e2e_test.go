@@ -521,7 +521,7 @@ func TestLostSlotIsRecreatedAndBackfilled(t *testing.T) {
 	w.exec(`UPDATE user_xp SET total_xp = total_xp + 1000`)
 	w.loseSlot()
 	svc = w.start()
-	svc.waitLog("LOST", 30*time.Second)
+	svc.waitLog("the replication slot was lost", 30*time.Second)
 	w.waitEqual(time.Minute)
 	if code := svc.stop(); code != 0 {
 		t.Fatalf("exit %d", code)
@@ -533,7 +533,8 @@ func TestStreamsWhileHubSpotIsDownFromTheStart(t *testing.T) {
 	w.streamEnv(nil)
 	w.emu.SetFaults(hubspottest.Faults{DailyExhausted: true})
 	svc := w.start()
-	svc.waitLog("cannot provision the HubSpot properties", 30*time.Second)
+	svc.waitLog(`"condition":"hubspot_daily_limit"`, 30*time.Second)
+	svc.waitLog("provisioning the HubSpot properties", time.Second)
 	svc.waitLog("streaming", 30*time.Second)
 	w.exec(`UPDATE user_streaks SET current_streak = current_streak + 1`)
 	w.waitConfirmedPast(w.lsn(`SELECT pg_current_wal_lsn()::text`), 30*time.Second)

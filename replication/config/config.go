@@ -46,6 +46,11 @@ type Config struct {
 	Listen    string
 	LogLevel  logrus.Level
 	LogFormat string
+	// AlertWebhook is where alerts are posted (docs/contract.md §6, "Alerts"); "": nowhere. It is a
+	// secret: never logged or shown.
+	AlertWebhook string
+	// AlertAfter is how long the instance holding the slot may stay not ready before an alert.
+	AlertAfter time.Duration
 }
 
 // Needs says which services a command talks to, so that a command that never touches HubSpot
@@ -57,6 +62,8 @@ type Needs struct {
 	// SkipModel says the command does not read through the progress model (teardown,
 	// status, check, which verifies it itself), so its tables need not exist yet.
 	SkipModel bool
+	// Alerts says the command posts alerts (run, replay).
+	Alerts bool
 }
 
 // setting is one row of the docs/contract.md §4 table.
@@ -79,6 +86,9 @@ func settings() []setting {
 		{"PROGRESS_SYNC_RATE_LIMIT", "rate-limit", "100/10s", "HubSpot requests allowed per window (the portal's burst limit)"},
 		{"PROGRESS_SYNC_RECONCILE", "reconcile", "24h", "how often run reads every linked contact back from HubSpot and repairs values changed there; 0 turns it off"},
 		{"PROGRESS_SYNC_LISTEN", "listen", "127.0.0.1:9187", "address for /metrics, /healthz and /readyz"},
+		{"PROGRESS_SYNC_ALERT_WEBHOOK", "alert-webhook", "", "URL to post alerts to (Slack, Google Chat, Mattermost or any JSON receiver); a secret: prefer PROGRESS_SYNC_ALERT_WEBHOOK_FILE"},
+		{"PROGRESS_SYNC_ALERT_WEBHOOK_FILE", "alert-webhook-file", "", "a file holding the alert webhook's URL (systemd LoadCredential=alert-webhook:..., a mounted Kubernetes secret)"},
+		{"PROGRESS_SYNC_ALERT_AFTER", "alert-after", "5m", "how long the instance holding the slot may stay not ready before an alert"},
 		{"LOG_LEVEL", "log-level", "info", "log level: debug, info, warn, error"},
 		{"LOG_FORMAT", "log-format", "json", "log format: json or text"},
 	}
@@ -208,6 +218,9 @@ func Load(fs *pflag.FlagSet, getenv func(string) (string, bool), needs Needs) (C
 	if _, port, err := net.SplitHostPort(c.Listen); err != nil || !isPort(port) {
 		bad("PROGRESS_SYNC_LISTEN", "%q is not host:port with a port from 0 to 65535 (e.g. 127.0.0.1:9187 or :9187)", c.Listen)
 	}
+	if needs.Alerts {
+		c.AlertWebhook, c.AlertAfter = alertSettings(raw, getenv, bad)
+	}
 	lvl, err := logrus.ParseLevel(raw["LOG_LEVEL"])
 	if err != nil {
 		bad("LOG_LEVEL", "%q is not one of debug, info, warn, error", raw["LOG_LEVEL"])
@@ -221,6 +234,45 @@ func Load(fs *pflag.FlagSet, getenv func(string) (string, bool), needs Needs) (C
 		return c, &Error{Problems: problems}
 	}
 	return c, nil
+}
+
+// alertSettings reads the alert webhook, from the environment or a file (systemd's
+// credential alert-webhook when neither is set), and how long to wait before an alert. The
+// URL is never quoted in a problem: it carries its secret.
+func alertSettings(raw map[string]string, getenv func(string) (string, bool), bad func(string, string, ...any)) (string, time.Duration) {
+	hook, file := raw["PROGRESS_SYNC_ALERT_WEBHOOK"], raw["PROGRESS_SYNC_ALERT_WEBHOOK_FILE"]
+	if dir, ok := getenv("CREDENTIALS_DIRECTORY"); ok && hook == "" && file == "" {
+		if p := filepath.Join(dir, "alert-webhook"); fileExists(p) {
+			file = p
+		}
+	}
+	env := "PROGRESS_SYNC_ALERT_WEBHOOK"
+	if file != "" {
+		env = "PROGRESS_SYNC_ALERT_WEBHOOK_FILE"
+		if hook != "" {
+			bad(env, "set together with PROGRESS_SYNC_ALERT_WEBHOOK; set one of them")
+		}
+		b, err := os.ReadFile(file)
+		if err != nil {
+			var pe *fs.PathError
+			if errors.As(err, &pe) {
+				err = pe.Err
+			}
+			bad(env, "cannot read %s: %v", file, err)
+		}
+		hook = strings.TrimSpace(strings.TrimPrefix(string(b), "\ufeff"))
+		if err == nil && hook == "" {
+			bad(env, "%s is empty; it must hold the webhook's URL", file)
+		}
+	}
+	if u, err := url.Parse(hook); hook != "" && (err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || strings.ContainsAny(hook, " \t\r\n")) {
+		bad(env, "is not one http(s) URL such as https://hooks.slack.com/services/... (not shown: it is a secret)")
+	}
+	after, err := time.ParseDuration(raw["PROGRESS_SYNC_ALERT_AFTER"])
+	if err != nil || after <= 0 {
+		bad("PROGRESS_SYNC_ALERT_AFTER", "%q is not a duration such as 5m or 90s", raw["PROGRESS_SYNC_ALERT_AFTER"])
+	}
+	return hook, after
 }
 
 func fileExists(p string) bool {

@@ -13,12 +13,12 @@ import (
 	"github.com/cenkalti/backoff/v4"
 	"github.com/google/uuid"
 	"github.com/sirupsen/logrus"
-	"golang.org/x/time/rate"
 
 	"github.com/focusenglish/progress-sync/hubspot"
 	"github.com/focusenglish/progress-sync/metrics"
 	"github.com/focusenglish/progress-sync/replication"
 	"github.com/focusenglish/progress-sync/replication/buffer"
+	"github.com/focusenglish/progress-sync/replication/condition"
 	"github.com/focusenglish/progress-sync/replication/push"
 )
 
@@ -61,6 +61,10 @@ type Options struct {
 	HiddenRetry time.Duration
 	Log         *logrus.Entry
 	Observer    Observer // optional
+	// Conditions hears of what keeps the pushes from going through (the database out of
+	// reach or read-only, HubSpot out of reach, its key refused or its daily limit spent), and
+	// says so. Default: a Set of its own.
+	Conditions *condition.Set
 }
 
 // Flusher drains the keyed buffer.
@@ -82,10 +86,7 @@ type Flusher struct {
 	// failing is set after a push failed for a reason that passes (HubSpot down, a key
 	// rotated): the first push that goes through then releases the students held back.
 	failing atomic.Bool
-	// readOnly is set while the database refuses the sync state's writes; readOnlyNote
-	// says so at most once a minute.
-	readOnly     atomic.Bool
-	readOnlyNote rate.Sometimes
+	conds   *condition.Set
 }
 
 // New returns a Flusher.
@@ -107,7 +108,10 @@ func New(buf *buffer.Buffer, source Source, p Pusher, opts Options) *Flusher {
 	}
 	fails := backoff.NewExponentialBackOff()
 	fails.InitialInterval, fails.MaxInterval, fails.MaxElapsedTime = time.Second, 5*time.Minute, 0
-	return &Flusher{buf: buf, source: source, pusher: p, opts: opts, log: opts.Log, fails: fails, readOnlyNote: rate.Sometimes{Interval: time.Minute}}
+	if opts.Conditions == nil {
+		opts.Conditions = condition.NewSet(opts.Log)
+	}
+	return &Flusher{buf: buf, source: source, pusher: p, opts: opts, log: opts.Log, fails: fails, conds: opts.Conditions}
 }
 
 // standbyWait is how long a standby leaves students before it looks whether it took over.
@@ -159,21 +163,21 @@ func (f *Flusher) flushEntries(ctx context.Context, entries []buffer.Entry) (int
 	}
 	err := f.flush(ctx, entries)
 	var vanished *push.VanishedProgressError
+	kind, isCondition := condition.Of(err)
 	switch {
 	case err == nil:
 		f.fails.Reset()
 		if f.failing.Swap(false) {
 			f.buf.Release()
 		}
-		if f.readOnly.Swap(false) {
-			f.log.Info("the database takes writes again; pushes resume")
-		}
+		// The batch was recorded: the database answers and takes writes. (What HubSpot
+		// answered clears its conditions where the answers are heard: a batch may need none.)
+		f.conds.Clear(condition.DatabaseUnreachable, condition.DatabaseReadOnly)
 		return len(entries), nil
-	case errors.Is(err, hubspot.ErrDailyLimit):
+	case isCondition && kind == condition.DailyLimit:
 		until := time.Now().Add(f.opts.DailyLimitPause)
 		f.dailyLimitUntil.Store(until.UnixNano())
-		f.log.WithField("retry_at", until.Format(time.RFC3339)).
-			Error("HubSpot's daily API limit is spent; changes keep being recorded and will be pushed when it resets")
+		f.conds.Raise(kind, err, logrus.Fields{"retry_at": until.Format(time.RFC3339)})
 		f.buf.Retry(entries, f.opts.DailyLimitPause)
 		return 0, err
 	case ctx.Err() != nil:
@@ -186,16 +190,6 @@ func (f *Flusher) flushEntries(ctx context.Context, entries []buffer.Entry) (int
 		f.log.WithError(err).WithField("students", len(entries)).Warn("the source tables are locked by another session; the students wait a little")
 		f.buf.Retry(entries, 5*time.Second)
 		return 0, err
-	case replication.IsReadOnly(err):
-		// Nothing was written to HubSpot: the sync state is written first.
-		wait := f.fails.NextBackOff()
-		f.readOnly.Store(true)
-		f.failing.Store(true)
-		f.readOnlyNote.Do(func() {
-			f.log.WithError(err).WithFields(logrus.Fields{"students": len(entries), "retry_in": wait.String()}).Error(replication.ReadOnlyNotice)
-		})
-		f.buf.Retry(entries, wait)
-		return 0, err
 	case errors.As(err, &vanished):
 		wait := f.fails.NextBackOff()
 		f.log.WithError(err).WithFields(logrus.Fields{"students": len(entries), "retry_in": wait.String()}).
@@ -203,41 +197,37 @@ func (f *Flusher) flushEntries(ctx context.Context, entries []buffer.Entry) (int
 		f.buf.Retry(entries, wait)
 		return 0, err
 	default:
+		// It passes (HubSpot or the database back, a key replaced): retried with backoff, and
+		// the first push that goes through releases the students held back.
 		wait := f.fails.NextBackOff()
 		f.failing.Store(true)
-		f.log.WithError(err).WithFields(logrus.Fields{"students": len(entries), "retry_in": wait.String()}).
-			Warn("push failed; the students stay in the buffer")
+		fields := logrus.Fields{"students": len(entries), "retry_in": wait.String()}
+		if isCondition {
+			f.conds.Raise(kind, err, fields)
+		} else {
+			f.log.WithError(err).WithFields(fields).Warn("push failed; the students stay in the buffer")
+		}
 		f.buf.Retry(entries, wait)
 		return 0, err
 	}
 }
 
-// noteVisibility follows whether the source hides rows and says so when that changes: hidden
-// rows are an operator's problem (a policy to add), not a transient one, so it is said loudly,
-// once.
+// noteVisibility follows whether the source hides rows, and raises or clears
+// condition.RowsHidden: hidden rows are an operator's problem (a policy to add), not a
+// transient one.
 func (f *Flusher) noteVisibility(err error) {
 	if !errors.As(err, new(*replication.HiddenRowsError)) {
 		if err == nil && f.rowsHidden.Swap(false) {
-			f.log.Info("every row of the source tables is visible again; pushes resume")
+			f.conds.Clear(condition.RowsHidden)
 		}
 		return
 	}
-	if !f.rowsHidden.Swap(true) {
-		f.log.WithError(err).Error("not pushing: metrics computed now would rest on rows the database hides from the service; " +
-			"changes keep being recorded and are pushed once the fix is in place")
-	}
+	f.rowsHidden.Store(true)
+	f.conds.Raise(condition.RowsHidden, err, nil)
 }
-
-// ReadOnly reports whether pushes are held because the database refuses writes.
-func (f *Flusher) ReadOnly() bool { return f.readOnly.Load() }
 
 // RowsHidden reports whether pushes are held because the database hides rows.
 func (f *Flusher) RowsHidden() bool { return f.rowsHidden.Load() }
-
-// DailyLimitPaused reports whether pushes are paused on HubSpot's spent daily limit.
-func (f *Flusher) DailyLimitPaused() bool {
-	return time.Now().Before(time.Unix(0, f.dailyLimitUntil.Load()))
-}
 
 // Drain pushes everything due now, for a clean stop; it returns when nothing is due or ctx
 // (the grace period) ends.

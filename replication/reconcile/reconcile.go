@@ -24,6 +24,7 @@ import (
 	"github.com/focusenglish/progress-sync/hubspot"
 	"github.com/focusenglish/progress-sync/metrics"
 	"github.com/focusenglish/progress-sync/replication"
+	"github.com/focusenglish/progress-sync/replication/condition"
 	"github.com/focusenglish/progress-sync/replication/state"
 )
 
@@ -43,10 +44,13 @@ type Queue interface {
 	Waiting(students []uuid.UUID) (queued, inFlight map[uuid.UUID]bool)
 }
 
-// Observer hears what the walk finds, for metrics.
+// Observer hears what the walk finds, for metrics and alerts.
 type Observer interface {
 	Drifted(property string, contacts int)
 	PassCompleted(at time.Time)
+	// Fought hears, at the end of each pass, the properties changed in HubSpot again on
+	// contacts the pass before had repaired, with how many (none: an empty map).
+	Fought(recurring map[string]int)
 }
 
 // Options configure a Reconciler.
@@ -70,6 +74,9 @@ type Options struct {
 	ProgressEvery time.Duration
 	Log           *logrus.Entry
 	Observer      Observer // optional
+	// Conditions hears of what keeps the walk from HubSpot or the database (a refused key,
+	// HubSpot out of reach), and says so. Default: a Set of its own.
+	Conditions *condition.Set
 }
 
 // Reconciler runs the passes.
@@ -114,6 +121,9 @@ func New(hs HubSpot, source replication.CompleteView, queue Queue, store *state.
 	if opts.Lease == nil {
 		opts.Lease = replication.Always{}
 	}
+	if opts.Conditions == nil {
+		opts.Conditions = condition.NewSet(opts.Log)
+	}
 	return &Reconciler{hs: hs, source: source, queue: queue, store: store, position: position, opts: opts,
 		limiter: rate.NewLimiter(opts.Budget, 1), props: opts.Properties}
 }
@@ -143,7 +153,11 @@ func (r *Reconciler) Run(ctx context.Context) {
 			sleep(ctx, wait)
 			continue
 		}
-		log.WithField("retry_in", wait.String()).Warn("reconcile: could not check a page of contacts; trying again")
+		if k, ok := condition.Of(err); ok {
+			r.opts.Conditions.Raise(k, err, logrus.Fields{"retry_in": wait.String(), "while": "reconciling"})
+		} else {
+			log.WithField("retry_in", wait.String()).Warn("reconcile: could not check a page of contacts; trying again")
+		}
 		sleep(ctx, wait)
 	}
 }
@@ -440,6 +454,7 @@ func (r *Reconciler) finish(ctx context.Context, pass state.ReconcilePass) error
 				"a workflow, import or integration keeps overwriting it (docs/runbook.md, \"A workflow fights the sync\")", name, recurring[name]))
 	}
 	if r.opts.Observer != nil {
+		r.opts.Observer.Fought(recurring)
 		r.opts.Observer.PassCompleted(now)
 	}
 	return nil

@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"os"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -18,7 +19,9 @@ import (
 
 	"github.com/focusenglish/progress-sync/hubspot"
 	"github.com/focusenglish/progress-sync/replication"
+	"github.com/focusenglish/progress-sync/replication/alert"
 	"github.com/focusenglish/progress-sync/replication/buffer"
+	"github.com/focusenglish/progress-sync/replication/condition"
 	"github.com/focusenglish/progress-sync/replication/config"
 	"github.com/focusenglish/progress-sync/replication/flush"
 	"github.com/focusenglish/progress-sync/replication/push"
@@ -114,6 +117,8 @@ type service struct {
 	view     replication.CompleteView
 	tm       *telemetry.Metrics
 	health   *telemetry.Health
+	conds    *condition.Set
+	alerts   *alert.Alerter // nil without a webhook
 	page     http.Handler
 	watch    sourceWatch
 	// started says the slot had a checkpoint before this run: tables added to the
@@ -134,7 +139,7 @@ func build(ctx context.Context, db *pgxpool.Pool, opts Options) (*service, error
 	}
 	log.WithFields(logrus.Fields{"checkpoint": checkpoint.LSN.String(), "pending": buf.Len(), "model": cfg.Model.Name}).Info("loaded sync state")
 	s := &service{opts: opts, cfg: cfg, log: log, db: db, store: store, buf: buf, tm: telemetry.New(), started: checkpoint.LSN != 0,
-		view: replication.CompleteView{DB: db, Model: cfg.Model}}
+		view: replication.CompleteView{DB: db, Model: cfg.Model}, conds: condition.NewSet(log)}
 	if len(added) > 0 && s.started {
 		// Their changes before now were never streamed.
 		if err := s.queueEveryStudent(ctx, log.WithField("tables", added),
@@ -145,17 +150,22 @@ func build(ctx context.Context, db *pgxpool.Pool, opts Options) (*service, error
 	s.consumer = replication.NewConsumer(db, buf, replication.Options{
 		DatabaseURL: cfg.DatabaseURL, Names: replication.Names{Slot: cfg.Slot, Publication: cfg.Publication}, Model: cfg.Model,
 		StatusInterval: opts.StatusInterval, StopGrace: opts.Grace, Log: log.WithField("component", "replication"), Observer: s.tm,
+		Conditions: s.conds,
 	})
 	s.lease = s.consumer.Lease()
 	// Only the slot's holder writes contacts, asked of the server before every attempt.
-	s.hs, err = NewHubSpot(cfg, log, opts.HubSpotTimeout, func(c *hubspot.Config) { c.Observer, c.Fence = s.tm, s.lease })
+	s.hs, err = NewHubSpot(cfg, log, opts.HubSpotTimeout, func(c *hubspot.Config) { c.Observer, c.Fence = answers{s.tm, s.conds}, s.lease })
 	if err != nil {
 		return nil, err
 	}
 	pusher := push.New(s.hs, store, log.WithField("component", "push"), push.Options{ShowEmails: opts.ShowEmails, Properties: cfg.Model.Computes()})
 	s.flusher = flush.New(buf, s.view, pusher, flush.Options{Log: log.WithField("component", "flush"), DailyLimitPause: opts.DailyLimitPause,
-		StopGrace: opts.Grace, Observer: s.tm, Lease: s.lease})
+		StopGrace: opts.Grace, Observer: s.tm, Lease: s.lease, Conditions: s.conds})
 	s.health = s.observe()
+	if cfg.AlertWebhook != "" {
+		s.alerts = alert.New(alert.Watched{Check: s.health.Check, Standby: s.consumer.Standby, MayWrite: s.lease.MayWrite, Problems: store},
+			alert.Options{URL: cfg.AlertWebhook, After: cfg.AlertAfter, Instance: instanceName(), Slot: cfg.Slot, Log: log.WithField("component", "alerts")})
+	}
 	if !opts.NoStatusPage {
 		s.tm.KeepRecent(cfg.RateLimit.Per)
 		s.page = statuspage.Handler(statuspage.Options{DB: db, Store: store, Slot: cfg.Slot, Model: cfg.Model.Name, Metrics: s.tm, Health: s.health,
@@ -200,7 +210,7 @@ func (s *service) pipeline(ctx, gctx context.Context, g *errgroup.Group) error {
 		defer close(flushed)
 		// HubSpot being down, out of daily calls or misconfigured must not stop the stream:
 		// the slot would keep WAL. Changes are buffered until the properties are in place.
-		if err := provisionUntilDone(gctx, s.hs, s.log); err != nil {
+		if err := provisionUntilDone(gctx, s.hs, s.conds, s.log); err != nil {
 			return ignoreStop(gctx, err)
 		}
 		close(provisioned)
@@ -270,6 +280,36 @@ func NewHubSpot(cfg config.Config, log *logrus.Entry, timeout time.Duration, opt
 func (s *service) reconciler() *reconcile.Reconciler {
 	return reconcile.New(s.hs, s.view, s.buf, s.store, s.store.Reconciliation(s.cfg.Slot), reconcile.Options{
 		Every: s.cfg.Reconcile, Budget: reconcile.Budget(s.cfg.RateLimit), Lease: s.lease, Properties: s.cfg.Model.Computes(),
-		DailyLimitPause: s.opts.DailyLimitPause, Log: s.log.WithField("component", "reconcile"), Observer: s.tm,
+		DailyLimitPause: s.opts.DailyLimitPause, Log: s.log.WithField("component", "reconcile"), Observer: passes{s.tm, s.alerts},
+		Conditions: s.conds,
 	})
+}
+
+// passes hears the reconcile's passes: the metrics count drift, the alerts post properties
+// fought over.
+type passes struct {
+	*telemetry.Metrics
+	*alert.Alerter
+}
+
+// instanceName names this instance in alerts: the host (in Kubernetes, the pod).
+func instanceName() string {
+	if h, err := os.Hostname(); err == nil {
+		return h
+	}
+	return "unknown host"
+}
+
+// answers hears HubSpot's answers for the metrics, and clears the HubSpot conditions on any
+// it accepted: the key works, HubSpot answers, calls are left.
+type answers struct {
+	*telemetry.Metrics
+	conds *condition.Set
+}
+
+func (a answers) Request(endpoint string, status int, took time.Duration) {
+	a.Metrics.Request(endpoint, status, took)
+	if status >= 200 && status < 300 {
+		a.conds.Clear(condition.HubSpot...)
+	}
 }

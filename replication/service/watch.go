@@ -15,6 +15,7 @@ import (
 	"github.com/focusenglish/progress-sync/hubspot"
 	"github.com/focusenglish/progress-sync/metrics/model"
 	"github.com/focusenglish/progress-sync/replication"
+	"github.com/focusenglish/progress-sync/replication/condition"
 	"github.com/focusenglish/progress-sync/replication/push"
 	"github.com/focusenglish/progress-sync/replication/state"
 	"github.com/focusenglish/progress-sync/replication/telemetry"
@@ -51,6 +52,12 @@ func (s *service) startWatchers(ctx context.Context, g *errgroup.Group) {
 	after := func(interval time.Duration, do func(context.Context)) {
 		g.Go(func() error {
 			onEveryTick(ctx, interval, do)
+			return nil
+		})
+	}
+	if s.alerts != nil {
+		g.Go(func() error {
+			s.alerts.Run(ctx)
 			return nil
 		})
 	}
@@ -96,8 +103,12 @@ func (s *service) watchSource(ctx context.Context) {
 	switch {
 	case errors.As(err, new(*replication.HiddenRowsError)):
 		s.watch.hidden.Store(true)
+		s.conds.Raise(condition.RowsHidden, err, nil)
 	case err == nil:
 		s.watch.hidden.Store(false)
+		if !s.flusher.RowsHidden() {
+			s.conds.Clear(condition.RowsHidden)
+		}
 	}
 	s.watchPublication(ctx)
 }
@@ -109,15 +120,15 @@ func (s *service) watchPublication(ctx context.Context) {
 	var gap *replication.MisconfiguredError
 	switch {
 	case errors.As(err, &gap):
-		if !s.watch.gap.Swap(true) {
-			s.log.WithError(err).Error("the publication leaves changes out of the stream; run `progress-sync setup` or the SQL given")
-		}
+		s.watch.gap.Store(true)
+		s.conds.Raise(condition.PublicationGap, err, nil)
 	case err == nil && s.watch.gap.Load() && s.lease.MayWrite():
 		if err := s.queueEveryStudent(ctx, s.log, "the publication publishes every change again; queueing every student for the changes it left out"); err != nil {
 			s.log.WithError(err).Warn("could not queue every student after the publication was fixed; trying again")
 			return
 		}
 		s.watch.gap.Store(false)
+		s.conds.Clear(condition.PublicationGap)
 	}
 }
 
@@ -226,14 +237,14 @@ func (s *service) observe() *telemetry.Health {
 	s.tm.Gauge("progress_sync_confirmed_lsn", "The position confirmed to the slot, as a number.", func() float64 { return float64(c.Confirmed()) })
 	s.tm.Gauge("progress_sync_streaming", "1 while connected to the slot and streaming.", flag(c.Streaming))
 	s.tm.Gauge("progress_sync_rows_hidden", "1 while pushes are held because the database hides rows of the source tables from the service.", flag(s.rowsHidden))
-	return &telemetry.Health{Streaming: c.Streaming, Standby: c.Standby, PublicationGap: s.watch.gap.Load, Confirmed: func() uint64 { return uint64(c.Confirmed()) },
-		DailyPaused: s.flusher.DailyLimitPaused, RowsHidden: s.rowsHidden, StallAfter: 3*s.opts.StatusInterval + 30*time.Second,
-		ReadOnly: func() bool { return c.ReadOnly() || s.flusher.ReadOnly() }}
+	s.tm.Conditions(s.conds)
+	return &telemetry.Health{Streaming: c.Streaming, Standby: c.Standby, Confirmed: func() uint64 { return uint64(c.Confirmed()) },
+		Conditions: s.conds, StallAfter: 3*s.opts.StatusInterval + 30*time.Second}
 }
 
 // provisionUntilDone provisions the HubSpot properties, retrying until it works or ctx ends
 // (an error then), or until HubSpot says the API version does not exist.
-func provisionUntilDone(ctx context.Context, hs *hubspot.Client, log *logrus.Entry) error {
+func provisionUntilDone(ctx context.Context, hs *hubspot.Client, conds *condition.Set, log *logrus.Entry) error {
 	bo := backoff.NewExponentialBackOff()
 	bo.InitialInterval, bo.MaxInterval, bo.MaxElapsedTime = 5*time.Second, 5*time.Minute, 0
 	for {
@@ -245,8 +256,12 @@ func provisionUntilDone(ctx context.Context, hs *hubspot.Client, log *logrus.Ent
 			return ctx.Err()
 		}
 		wait := bo.NextBackOff()
-		log.WithError(err).WithField("retry_in", wait.String()).
-			Error("cannot provision the HubSpot properties; changes are recorded but not pushed until this works")
+		if k, ok := condition.Of(err); ok {
+			conds.Raise(k, err, logrus.Fields{"retry_in": wait.String(), "while": "provisioning the HubSpot properties"})
+		} else {
+			log.WithError(err).WithField("retry_in", wait.String()).
+				Error("cannot provision the HubSpot properties; changes are recorded but not pushed until this works")
+		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()

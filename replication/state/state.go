@@ -501,18 +501,25 @@ func (s *Store) StaleUnmatched(ctx context.Context, olderThan time.Duration) ([]
 // Problems lists the students that could not be written, of the given kinds (all when none
 // given), oldest first.
 func (s *Store) Problems(ctx context.Context, kinds ...Kind) ([]Problem, error) {
-	return s.problems(ctx, kinds, 0, -1)
+	return s.problems(ctx, kinds, time.Time{}, 0, -1)
+}
+
+// ProblemsSince lists the students that became problems of the given kinds (all when none
+// given) at since or later, by the database's clock, oldest first: the alerts announce each
+// new one. A student whose problem changed kind became a problem anew.
+func (s *Store) ProblemsSince(ctx context.Context, since time.Time, kinds ...Kind) ([]Problem, error) {
+	return s.problems(ctx, kinds, since, 0, -1)
 }
 
 // ProblemPage lists limit of the students that could not be written, of every kind, oldest
 // first, skipping the first offset: the status page shows them a page at a time.
 func (s *Store) ProblemPage(ctx context.Context, offset, limit int) ([]Problem, error) {
-	return s.problems(ctx, nil, offset, limit)
+	return s.problems(ctx, nil, time.Time{}, offset, limit)
 }
 
-// problems reads the problems of the given kinds (all when none) in first-seen order; a
-// negative limit reads them all.
-func (s *Store) problems(ctx context.Context, kinds []Kind, offset, limit int) ([]Problem, error) {
+// problems reads the problems of the given kinds (all when none) first seen at since or
+// later, in first-seen order; a negative limit reads them all.
+func (s *Store) problems(ctx context.Context, kinds []Kind, since time.Time, offset, limit int) ([]Problem, error) {
 	if s.absent {
 		return nil, nil
 	}
@@ -526,8 +533,8 @@ func (s *Store) problems(ctx context.Context, kinds []Kind, offset, limit int) (
 	}
 	rows, err := s.db.Query(ctx, `SELECT student_id, email, kind, reason, coalesce(contact_id, ''), properties,
 			first_seen_at, last_tried_at, attempts
-		FROM `+Schema+`.problems WHERE cardinality($1::text[]) = 0 OR kind = ANY($1)
-		ORDER BY first_seen_at, student_id OFFSET $2 LIMIT $3`, ks, offset, lim)
+		FROM `+Schema+`.problems WHERE (cardinality($1::text[]) = 0 OR kind = ANY($1)) AND first_seen_at >= $4
+		ORDER BY first_seen_at, student_id OFFSET $2 LIMIT $3`, ks, offset, lim, since)
 	if err != nil {
 		return nil, fmt.Errorf("read problems: %w", err)
 	}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/focusenglish/progress-sync/metrics"
 	"github.com/focusenglish/progress-sync/replication"
+	"github.com/focusenglish/progress-sync/replication/condition"
 	"github.com/focusenglish/progress-sync/replication/state"
 )
 
@@ -187,17 +188,14 @@ func (m *Metrics) readDatabase(ctx context.Context, db *pgxpool.Pool, slot strin
 	return nil
 }
 
-// Health decides /readyz: streaming, the checkpoint moving, and HubSpot not out of calls.
+// Health decides /readyz: the slot held and streaming, the checkpoint moving, and no
+// condition (docs/contract.md §6) holding.
 type Health struct {
-	Streaming   func() bool
-	Standby     func() bool // optional: another instance holds the slot
-	Confirmed   func() uint64
-	DailyPaused func() bool
-	RowsHidden  func() bool // optional
-	// PublicationGap, optional, says the publication leaves changes out of the stream.
-	PublicationGap func() bool
-	// ReadOnly, optional, says the database refuses the sync state's writes.
-	ReadOnly func() bool
+	Streaming func() bool
+	Standby   func() bool // optional: another instance holds the slot
+	Confirmed func() uint64
+	// Conditions are what keeps the sync from pushing, each with the sentence /readyz gives.
+	Conditions *condition.Set
 	// StallAfter is how long the confirmed position may stand still before the service is
 	// not ready; it moves at least once per status interval even when idle.
 	StallAfter time.Duration
@@ -207,32 +205,45 @@ type Health struct {
 	lastMoved time.Time
 }
 
-// Ready reports readiness and, when not ready, why.
-func (h *Health) Ready() (bool, string) {
+// Readiness is what /readyz answers, with a stable name for the reason (a condition's name,
+// standby, not_streaming, stalled, or ready) for the alerts to tell one reason from another.
+type Readiness struct {
+	Ready  bool
+	Reason string
+	Code   string
+}
+
+// Check says whether the service is ready and, when not, why.
+func (h *Health) Check() Readiness {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	now := time.Now()
 	if c := h.Confirmed(); c != h.last || h.lastMoved.IsZero() {
 		h.last, h.lastMoved = c, now
 	}
-	switch {
-	case h.Standby != nil && h.Standby():
-		return false, "standby: another instance holds the replication slot; this one takes over when it stops"
-	case h.ReadOnly != nil && h.ReadOnly():
-		return false, "the database is read-only: nothing is lost; changes wait in the replication slot until it takes writes again"
-	case !h.Streaming():
-		return false, "not streaming from the replication slot"
-	case now.Sub(h.lastMoved) > h.StallAfter:
-		return false, fmt.Sprintf("checkpoint has not advanced for %s", now.Sub(h.lastMoved).Round(time.Second))
-	case h.DailyPaused():
-		return false, "HubSpot's daily API limit is spent; pushes are paused"
-	case h.PublicationGap != nil && h.PublicationGap():
-		return false, "the publication leaves changes out of the stream: run progress-sync setup (or check for the SQL)"
-	case h.RowsHidden != nil && h.RowsHidden():
-		return false, "the database hides rows of the source tables from the service (row-level security); pushes are held: run progress-sync check"
+	if h.Standby != nil && h.Standby() {
+		return Readiness{Code: "standby", Reason: "standby: another instance holds the replication slot; this one takes over when it stops"}
 	}
-	return true, "ready"
+	if held := h.Conditions.Holding(); len(held) > 0 {
+		return Readiness{Code: held[0].Kind.Name(), Reason: held[0].Kind.Notice()}
+	}
+	switch {
+	case !h.Streaming():
+		return Readiness{Code: "not_streaming", Reason: "not streaming from the replication slot"}
+	case now.Sub(h.lastMoved) > h.StallAfter:
+		return Readiness{Code: "stalled", Reason: fmt.Sprintf("checkpoint has not advanced for %s", now.Sub(h.lastMoved).Round(time.Second))}
+	}
+	return Readiness{Ready: true, Code: "ready", Reason: "ready"}
 }
+
+// Ready reports readiness and, when not ready, why.
+func (h *Health) Ready() (bool, string) {
+	r := h.Check()
+	return r.Ready, r.Reason
+}
+
+// DailyPaused reports whether pushes wait for HubSpot's daily limit to reset.
+func (h *Health) DailyPaused() bool { return h.Conditions.Holds(condition.DailyLimit) }
 
 // Handler serves /metrics, /healthz and /readyz, and page at / when it is not nil.
 func Handler(m *Metrics, h *Health, page http.Handler) http.Handler {
@@ -252,4 +263,18 @@ func Handler(m *Metrics, h *Health, page http.Handler) http.Handler {
 		fmt.Fprintln(w, why)
 	})
 	return mux
+}
+
+// Conditions registers progress_sync_condition: 1 for each condition that holds now.
+func (m *Metrics) Conditions(set *condition.Set) {
+	for _, k := range condition.Kinds() {
+		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "progress_sync_condition",
+			Help:        "1 while the condition holds: what keeps the sync from pushing (docs/runbook.md says what each means).",
+			ConstLabels: prometheus.Labels{"condition": k.Name()}}, func() float64 {
+			if set.Holds(k) {
+				return 1
+			}
+			return 0
+		}))
+	}
 }

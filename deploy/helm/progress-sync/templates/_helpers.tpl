@@ -54,6 +54,10 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if .Values.existingSecret -}}{{ .Values.existingSecretKeys.hubspotAccessToken }}{{- else -}}HUBSPOT_ACCESS_TOKEN{{- end -}}
 {{- end -}}
 
+{{- define "progress-sync.alertWebhookKey" -}}
+{{- if .Values.existingSecret -}}{{ .Values.existingSecretKeys.alertWebhook }}{{- else -}}ALERT_WEBHOOK{{- end -}}
+{{- end -}}
+
 {{/* Stops the install with one clear line when the values cannot work. */}}
 {{- define "progress-sync.validate" -}}
 {{- $fromValues := or .Values.secrets.databaseUrl .Values.secrets.hubspotAccessToken -}}
@@ -67,6 +71,12 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if not .Values.secrets.hubspotAccessToken -}}
 {{- fail "progress-sync: no HUBSPOT_ACCESS_TOKEN: set existingSecret (a Secret with keys DATABASE_URL and HUBSPOT_ACCESS_TOKEN) or secrets.hubspotAccessToken" -}}
 {{- end -}}
+{{- end -}}
+{{- if and .Values.alerts.enabled (not .Values.existingSecret) (not .Values.secrets.alertWebhook) -}}
+{{- fail "progress-sync: alerts.enabled needs the webhook's URL: set secrets.alertWebhook, or existingSecret with the key existingSecretKeys.alertWebhook" -}}
+{{- end -}}
+{{- if and .Values.secrets.alertWebhook (not .Values.alerts.enabled) -}}
+{{- fail "progress-sync: secrets.alertWebhook is set but alerts.enabled is false: set alerts.enabled: true, or remove the URL" -}}
 {{- end -}}
 {{- if le (int .Values.terminationGracePeriodSeconds) (int .Values.graceSeconds) -}}
 {{- fail (printf "progress-sync: terminationGracePeriodSeconds (%d) must exceed graceSeconds (%d), or the pod is killed while it pushes what is due" (int .Values.terminationGracePeriodSeconds) (int .Values.graceSeconds)) -}}
