@@ -30,7 +30,7 @@ func TestPlanStart(t *testing.T) {
 		{name: "first start", slot: Slot{}, pos: run, want: startPlan{action: startCreate}},
 		{name: "slot dropped since", slot: Slot{}, checkpoint: cp, pos: run, want: startPlan{action: startCreate}},
 		{name: "replay without a slot", slot: Slot{}, checkpoint: cp, pos: replay(120), want: startPlan{action: startRefuse}, refusal: ErrReplayTooOld},
-		{name: "lost slot", slot: lost, checkpoint: cp, pos: run, want: startPlan{action: startCreate, drop: true, force: true}},
+		{name: "lost slot", slot: lost, checkpoint: cp, pos: run, want: startPlan{action: startCreate, drop: true, force: true, lost: true}},
 		{name: "replay from a lost slot", slot: lost, checkpoint: cp, pos: replay(120), want: startPlan{action: startRefuse}, refusal: ErrReplayRefused},
 		{name: "publication dropped", slot: idle, checkpoint: cp, pos: position{recreate: true}, want: startPlan{action: startCreate, setup: true, drop: true}},
 		{name: "publication dropped, slot gone too", slot: Slot{}, checkpoint: cp, pos: position{recreate: true}, want: startPlan{action: startCreate, setup: true}},

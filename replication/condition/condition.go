@@ -9,9 +9,6 @@ package condition
 
 import (
 	"errors"
-	"io"
-	"net"
-	"strings"
 	"sync"
 	"time"
 
@@ -210,17 +207,14 @@ func IsReadOnly(err error) bool {
 	return errors.As(err, &pgErr) && pgErr.Code == "25006"
 }
 
-// databaseUnreachable recognises a database that does not answer: no connection, a connection
-// cut, a server shutting down or refusing connections. (HubSpot's transport errors were
-// sorted out before: they carry hubspot.ErrUnavailable.)
+// databaseUnreachable recognises a database that cannot be connected to: refused, timed out,
+// not resolved, or starting up or shutting down (57P03). A connection cut in the middle of a
+// session is not one: the next connection is likely to work, and if it does not, that says so.
 func databaseUnreachable(err error) bool {
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
-		// Class 08: connection exception; 57P01-57P03: shutdown, crash shutdown, cannot connect now.
-		return strings.HasPrefix(pgErr.Code, "08") || pgErr.Code == "57P01" || pgErr.Code == "57P02" || pgErr.Code == "57P03"
+		return pgErr.Code == "57P03" || pgErr.Code == "08001" || pgErr.Code == "08004"
 	}
 	var connect *pgconn.ConnectError
-	var netErr net.Error
-	return errors.As(err, &connect) || errors.As(err, &netErr) || errors.Is(err, io.EOF) ||
-		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) || pgconn.Timeout(err)
+	return errors.As(err, &connect)
 }

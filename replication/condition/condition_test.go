@@ -17,6 +17,12 @@ import (
 	"github.com/focusenglish/progress-sync/hubspot"
 )
 
+// connectError is what pgx returns when no server answers.
+func connectError() error {
+	_, err := pgconn.Connect(context.Background(), "postgres://u@127.0.0.1:1/db?connect_timeout=1")
+	return err
+}
+
 func TestOfSortsErrorsIntoConditions(t *testing.T) {
 	wrapped := func(err error) error { return fmt.Errorf("push: %w", err) }
 	for _, tc := range []struct {
@@ -27,10 +33,11 @@ func TestOfSortsErrorsIntoConditions(t *testing.T) {
 	}{
 		{"nothing", nil, 0, false},
 		{"read-only", wrapped(&pgconn.PgError{Code: "25006"}), DatabaseReadOnly, true},
-		{"admin shutdown", wrapped(&pgconn.PgError{Code: "57P01"}), DatabaseUnreachable, true},
-		{"connection failure", wrapped(&pgconn.PgError{Code: "08006"}), DatabaseUnreachable, true},
-		{"no route", wrapped(&net.OpError{Op: "dial", Err: errors.New("connection refused")}), DatabaseUnreachable, true},
-		{"cut", wrapped(io.ErrUnexpectedEOF), DatabaseUnreachable, true},
+		{"starting up", wrapped(&pgconn.PgError{Code: "57P03"}), DatabaseUnreachable, true},
+		{"cannot connect", wrapped(connectError()), DatabaseUnreachable, true},
+		// A session cut (a terminated backend, a dropped connection) is retried, not a condition.
+		{"terminated", wrapped(&pgconn.PgError{Code: "57P01"}), 0, false},
+		{"cut", wrapped(io.ErrUnexpectedEOF), 0, false},
 		{"a unique violation", wrapped(&pgconn.PgError{Code: "23505"}), 0, false},
 		{"key revoked", wrapped(hubspot.ErrUnauthorized), KeyRefused, true},
 		{"scopes missing", wrapped(hubspot.ErrMissingScopes), KeyRefused, true},

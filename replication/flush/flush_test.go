@@ -11,8 +11,10 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/sirupsen/logrus"
+	"github.com/sirupsen/logrus/hooks/test"
 
 	"github.com/focusenglish/progress-sync/hubspot"
 	"github.com/focusenglish/progress-sync/metrics"
@@ -20,6 +22,7 @@ import (
 	"github.com/focusenglish/progress-sync/metrics/model/modeltest"
 	"github.com/focusenglish/progress-sync/replication"
 	"github.com/focusenglish/progress-sync/replication/buffer"
+	"github.com/focusenglish/progress-sync/replication/condition"
 	"github.com/focusenglish/progress-sync/replication/pgtest"
 	"github.com/focusenglish/progress-sync/replication/push"
 	"github.com/focusenglish/progress-sync/replication/state"
@@ -226,5 +229,52 @@ func TestHiddenRowsHoldEveryPush(t *testing.T) {
 	}
 	if buf.Len() != 0 || f.RowsHidden() {
 		t.Fatalf("pending %d, hidden %v after the fix", buf.Len(), f.RowsHidden())
+	}
+}
+
+// A push that fails for a reason that lasts raises its condition, which says so in one line;
+// the database's conditions end with the next batch recorded. (HubSpot's end with any answer
+// HubSpot accepts, which the service hears from the client.)
+func TestAFailedPushRaisesItsCondition(t *testing.T) {
+	_, unreachable := pgconn.Connect(context.Background(), "postgres://u@127.0.0.1:1/db?connect_timeout=1")
+	for _, tc := range []struct {
+		name string
+		err  error
+		want condition.Kind
+	}{
+		{"key revoked", fmt.Errorf("update contacts: %w", hubspot.ErrUnauthorized), condition.KeyRefused},
+		{"HubSpot out of reach", fmt.Errorf("update contacts: %w", errors.Join(hubspot.ErrUnavailable, io.ErrUnexpectedEOF)), condition.HubSpotUnreachable},
+		{"read-only", fmt.Errorf("record: %w", &pgconn.PgError{Code: "25006"}), condition.DatabaseReadOnly},
+		{"database out of reach", fmt.Errorf("record: %w", unreachable), condition.DatabaseUnreachable},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			db, buf, ids, c := setup(t, 5)
+			logger, hook := test.NewNullLogger()
+			conds := condition.NewSet(logrus.NewEntry(logger))
+			p := &fakePusher{errs: []error{tc.err, tc.err}}
+			f := New(buf, replication.CompleteView{DB: db, Model: modeltest.CourseProgress(t, db)}, p, Options{Log: quietLog(), Conditions: conds})
+			if err := buf.Add(ctx, ids, 0); err != nil {
+				t.Fatal(err)
+			}
+			for range 2 {
+				c.passDebounce()
+				if _, err := f.FlushDue(ctx); err == nil {
+					t.Fatal("the push failed, the flush did not")
+				}
+			}
+			if !conds.Holds(tc.want) || len(hook.AllEntries()) != 1 || hook.LastEntry().Message != tc.want.Notice() || buf.Len() != 5 {
+				t.Fatalf("holds %v, %d lines (%v), pending %d: want the condition said once, every student kept",
+					conds.Holding(), len(hook.AllEntries()), hook.LastEntry(), buf.Len())
+			}
+			c.passDebounce()
+			if n, err := f.FlushDue(ctx); err != nil || n != 5 {
+				t.Fatalf("flush once it passed: %d, %v", n, err)
+			}
+			database := tc.want == condition.DatabaseReadOnly || tc.want == condition.DatabaseUnreachable
+			if database && conds.Holds(tc.want) {
+				t.Fatal("the batch was recorded, and the database's condition holds still")
+			}
+		})
 	}
 }
