@@ -22,6 +22,8 @@ type freshnessOptions struct {
 	rate                         float64
 	duration, debounce           time.Duration
 	load, logDir                 string
+	// hungWebhook runs the load while an alert waits on a webhook receiver that never answers.
+	hungWebhook bool
 }
 
 const (
@@ -43,6 +45,7 @@ func runFreshness(ctx context.Context, args []string, out io.Writer) error {
 	fs.StringVar(&o.load, "load", "spread", "spread: each change adds XP to the next student of a shuffled round (a student changes every students/rate s); "+
 		"studier: pgtest.Studier, the repo's load generator (study sessions: a few students change several times in a row)")
 	fs.StringVar(&o.logDir, "log-dir", "", "keep logs here")
+	fs.BoolVar(&o.hungWebhook, "hung-webhook", false, "post alerts to a receiver that never answers, and make one alert before the load (the key refused for a moment)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -54,7 +57,16 @@ func runFreshness(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	defer h.close()
-	ss, err := h.startStreaming(ctx, o.students, o.debounce)
+	var hung *hungReceiver
+	var env []string
+	if o.hungWebhook {
+		if hung, err = startHungReceiver(); err != nil {
+			return err
+		}
+		defer hung.close()
+		env = hung.env()
+	}
+	ss, err := h.startStreaming(ctx, o.students, o.debounce, env...)
 	if err != nil {
 		return err
 	}
@@ -62,6 +74,12 @@ func runFreshness(ctx context.Context, args []string, out io.Writer) error {
 	defer ss.svc.stop(time.Minute) //nolint:errcheck
 	seeded, contactOf, conn, svc, addr := ss.seeded, ss.contactOf, ss.conn, ss.svc, ss.addr
 	h.logf("first-start backfill done; /metrics at %s; %s load at %.0f changes/s for %s", addr, o.load, o.rate, o.duration)
+	if hung != nil {
+		drained := func() error { _, err := h.waitDrained(ctx, conn, contactOf, 5*time.Minute, svc.running); return err }
+		if err := hangAnAlert(ctx, h, conn, hung, drained); err != nil {
+			return err
+		}
+	}
 	base, err := scrape(ctx, addr)
 	if err != nil {
 		return err
@@ -119,6 +137,9 @@ func runFreshness(ctx context.Context, args []string, out io.Writer) error {
 	fmt.Fprintf(out, "  HubSpot requests during the load: %d in %.1f s = %.1f per 10 s (limit %d per 10 s), %d answered 429; batch/update %d with %d inputs\n",
 		during.Requests, loadTook.Seconds(), perTen, o.rateLimit, during.RateLimited, during.BatchUpdates, sumInts(during.BatchUpdateInputs))
 	fmt.Fprintf(out, "  drained %.1f s after the load stopped; requests in all %d\n", drain.Seconds(), st.Requests)
+	if hung != nil {
+		fmt.Fprintf(out, "  alert webhook: a receiver that never answers took %d posts, answered none, all along the load\n", hung.posts.Load())
+	}
 	return svc.stop(time.Minute)
 }
 

@@ -32,7 +32,7 @@ type Options struct {
 	Instance, Slot string
 	// Look is how often readiness is looked at. Default 1 s.
 	Look time.Duration
-	// ProblemsEvery is how often new problem students are looked for. Default 10 s.
+	// ProblemsEvery is how often new problem students are looked for. Default 5 s.
 	ProblemsEvery time.Duration
 	// Timeout bounds one post. Default 10 s.
 	Timeout time.Duration
@@ -82,7 +82,7 @@ func New(w Watched, opts Options) *Alerter {
 		opts.Look = time.Second
 	}
 	if opts.ProblemsEvery <= 0 {
-		opts.ProblemsEvery = 10 * time.Second
+		opts.ProblemsEvery = 5 * time.Second
 	}
 	if opts.Timeout <= 0 {
 		opts.Timeout = 10 * time.Second
