@@ -30,10 +30,6 @@ type Options struct {
 	After time.Duration
 	// Instance and Slot name who speaks, in every alert.
 	Instance, Slot string
-	// Look is how often readiness is looked at. Default 1 s.
-	Look time.Duration
-	// ProblemsEvery is how often new problem students are looked for. Default 5 s.
-	ProblemsEvery time.Duration
 	// Timeout bounds one post. Default 10 s.
 	Timeout time.Duration
 	Log     *logrus.Entry
@@ -73,16 +69,11 @@ type outage struct {
 	alerted map[string]bool // the reasons (Readiness.Code) posted in this spell
 }
 
-// New returns an Alerter; Run starts it.
+// New returns an Alerter. The caller runs Deliver, and calls LookAtReadiness and
+// LookForProblems on their tickers.
 func New(w Watched, opts Options) *Alerter {
 	if opts.After <= 0 {
 		opts.After = 5 * time.Minute
-	}
-	if opts.Look <= 0 {
-		opts.Look = time.Second
-	}
-	if opts.ProblemsEvery <= 0 {
-		opts.ProblemsEvery = 5 * time.Second
 	}
 	if opts.Timeout <= 0 {
 		opts.Timeout = 10 * time.Second
@@ -91,21 +82,20 @@ func New(w Watched, opts Options) *Alerter {
 		news: problemNews{start: time.Now()}}
 }
 
-// Run watches and posts until ctx ends.
-func (a *Alerter) Run(ctx context.Context) {
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	wg.Add(2)
-	go func() {
-		defer wg.Done()
-		a.poster.run(ctx)
-	}()
-	go func() {
-		defer wg.Done()
-		every(ctx, a.opts.ProblemsEvery, a.lookForProblems)
-	}()
-	every(ctx, a.opts.Look, func(context.Context) { a.lookAtReadiness(time.Now()) })
-}
+// How often the service calls LookAtReadiness and LookForProblems.
+const (
+	LookEvery     = time.Second
+	ProblemsEvery = 5 * time.Second
+)
+
+// Deliver posts the alerts, one at a time and in order, until ctx ends.
+func (a *Alerter) Deliver(ctx context.Context) { a.poster.run(ctx) }
+
+// LookAtReadiness looks at readiness now (every LookEvery).
+func (a *Alerter) LookAtReadiness(context.Context) { a.lookAtReadiness(time.Now()) }
+
+// LookForProblems looks for students that became problems (every ProblemsEvery).
+func (a *Alerter) LookForProblems(ctx context.Context) { a.lookForProblems(ctx) }
 
 // lookAtReadiness posts when the instance holding the slot has been not ready for After (a
 // lost slot at once: changes were lost from the stream), once per reason, and once when the
@@ -167,18 +157,4 @@ func (a *Alerter) Fought(recurring map[string]int) {
 func (a *Alerter) post(m Message) {
 	a.opts.Log.WithFields(logrus.Fields{"alert": m.Details.Event, "condition": m.Details.Condition}).Info("alert webhook: posting an alert")
 	a.poster.enqueue(m)
-}
-
-// every calls do every interval until ctx ends.
-func every(ctx context.Context, interval time.Duration, do func(context.Context)) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			do(ctx)
-		}
-	}
 }

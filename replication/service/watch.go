@@ -15,6 +15,7 @@ import (
 	"github.com/focusenglish/progress-sync/hubspot"
 	"github.com/focusenglish/progress-sync/metrics/model"
 	"github.com/focusenglish/progress-sync/replication"
+	"github.com/focusenglish/progress-sync/replication/alert"
 	"github.com/focusenglish/progress-sync/replication/condition"
 	"github.com/focusenglish/progress-sync/replication/push"
 	"github.com/focusenglish/progress-sync/replication/state"
@@ -57,9 +58,11 @@ func (s *service) startWatchers(ctx context.Context, g *errgroup.Group) {
 	}
 	if s.alerts != nil {
 		g.Go(func() error {
-			s.alerts.Run(ctx)
+			s.alerts.Deliver(ctx)
 			return nil
 		})
+		every(alert.LookEvery, s.alerts.LookAtReadiness)
+		every(alert.ProblemsEvery, s.alerts.LookForProblems)
 	}
 	after(s.opts.Recheck, s.recheckUnmatched)
 	after(time.Minute, s.resume)
