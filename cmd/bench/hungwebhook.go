@@ -53,7 +53,7 @@ func (r *hungReceiver) close() {
 // answers.
 func hangAnAlert(ctx context.Context, h *harness, conn *pgx.Conn, r *hungReceiver, waitDrained func() error) error {
 	h.emu.SetToken("pat-bench-revoked")
-	if _, err := conn.Exec(ctx, `UPDATE public.user_xp SET total_xp = total_xp + 1 WHERE user_id = (SELECT min(user_id) FROM public.user_xp)`); err != nil {
+	if _, err := conn.Exec(ctx, `UPDATE public.user_xp SET total_xp = total_xp + 1 WHERE user_id = (SELECT user_id FROM public.user_xp LIMIT 1)`); err != nil {
 		return err
 	}
 	deadline := time.Now().Add(2 * time.Minute)
