@@ -8,27 +8,24 @@ import (
 // A database that refuses writes (what Supabase does when a project's disk is nearly full):
 // the service says so in one line that tells what happened, that nothing is lost and what to
 // do; /readyz gives the same reason; and once writes are allowed again HubSpot ends equal to
-// the database, the changes made meanwhile included.
+// the database, the changes made meanwhile included, without a restart or anyone ending the
+// service's sessions (those opened while the database was read-only stay read-only).
 func TestAReadOnlyDatabaseIsExplainedAndLosesNothing(t *testing.T) {
 	w, svc := syncedWorld(t)
-	readOnly := func(on bool) {
-		setting := "RESET default_transaction_read_only"
-		if on {
-			setting = "SET default_transaction_read_only = on"
-		}
+	alter := func(setting string) {
 		w.exec(`DO $$ BEGIN EXECUTE format('ALTER DATABASE %I ` + setting + `', current_database()); END $$`)
-		// The setting takes hold in new sessions: end the service's (this test's own stays
-		// read-write, as the platform's writes would go on in a real outage's aftermath).
-		w.exec(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()`)
 	}
-	readOnly(true)
+	alter("SET default_transaction_read_only = on")
+	// The setting takes hold in new sessions: end the service's (this test's own stays
+	// read-write, as the platform's writes would go on in a real outage's aftermath).
+	w.exec(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()`)
 	w.touchXP(0, 10, 7)
 	svc.waitLog("the database is read-only (Supabase makes a project read-only when its disk is nearly full): nothing is lost", time.Minute)
 	waitReadyz(t, svc, 503, "the database is read-only (Supabase makes a project read-only when its disk is nearly full): nothing is lost")
 	if len(w.diff()) == 0 {
 		t.Fatal("HubSpot already holds the changes made while the database refused writes: the test proves nothing")
 	}
-	readOnly(false)
+	alter("RESET default_transaction_read_only")
 	w.waitEqual(2 * time.Minute)
 	waitReadyz(t, svc, 200, "ready")
 	svc.mustStop()

@@ -49,6 +49,7 @@ func (s *service) startWatchers(ctx context.Context, g *errgroup.Group) {
 		return nil
 	})
 	every(s.opts.StatusInterval, s.watchSource)
+	every(s.opts.StatusInterval, s.renewReadOnlySessions)
 	// Nothing to recheck or resume before the slot is held: these wait an interval first.
 	after := func(interval time.Duration, do func(context.Context)) {
 		g.Go(func() error {
@@ -114,6 +115,16 @@ func (s *service) watchSource(ctx context.Context) {
 		}
 	}
 	s.watchPublication(ctx)
+}
+
+// renewReadOnlySessions replaces the pool's connections while the database refuses writes: a
+// session opened while the database was read-only (ALTER DATABASE ... SET
+// default_transaction_read_only) stays read-only once the setting is reset; only new sessions
+// take writes again.
+func (s *service) renewReadOnlySessions(context.Context) {
+	if s.conds.Holds(condition.DatabaseReadOnly) {
+		s.db.Reset()
+	}
 }
 
 // watchPublication says so when the publication starts leaving changes out, and once it
