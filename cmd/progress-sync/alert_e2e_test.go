@@ -182,3 +182,31 @@ func TestAnAlertTellsOfARevokedKeyOnceAndOfItsRecovery(t *testing.T) {
 		t.Fatal("the service logged the webhook's URL")
 	}
 }
+
+// A service killed in the middle of a spell it alerted about: the next run, once ready,
+// posts the recovery, and not the alert again.
+func TestAnAlertLeftOpenByAKilledServiceIsClosedByTheNextRun(t *testing.T) {
+	r := newAlertReceiver(t)
+	w := newWorld(t, 300)
+	w.streamEnv(map[string]string{"PROGRESS_SYNC_ALERT_WEBHOOK": r.URL + "/services/T0/B0/hook-secret-9f2c", "PROGRESS_SYNC_ALERT_AFTER": "1s"})
+	svc := w.start()
+	w.waitEqual(time.Minute)
+	waitReadyz(t, svc, 200, "ready")
+	revoked := time.Now()
+	w.emu.SetToken("svc-key-na1-someone-else-0000")
+	w.touchXP(0, 10, 7)
+	r.waitUntil(t, "alert of the refused key", time.Minute, func(_ int, got []alertPost) bool { return len(spellSince(got, revoked)) > 0 })
+	svc.kill()
+	w.emu.SetToken(token)
+	next := w.start()
+	w.waitEqual(time.Minute)
+	got := r.waitUntil(t, "recovery from the next run", time.Minute, func(_ int, got []alertPost) bool {
+		s := spellSince(got, revoked)
+		return len(s) > 0 && s[len(s)-1].Info.Event == "recovered"
+	})
+	next.mustStop()
+	_, got = r.state()
+	if spell := spellSince(got, revoked); len(spell) != 2 || spell[0].Info.Condition != "hubspot_key_refused" || spell[1].Info.Event != "recovered" {
+		t.Fatalf("posts of the spell: %+v", spell)
+	}
+}

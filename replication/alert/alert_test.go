@@ -3,6 +3,7 @@ package alert
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -60,6 +61,9 @@ func newReceiver(t *testing.T, statuses ...int) *receiver {
 			r.got, r.raw = append(r.got, m), append(r.raw, string(body))
 		}
 		w.WriteHeader(status)
+		if status != http.StatusOK {
+			fmt.Fprintf(w, "Cannot POST %s", req.URL.RequestURI()) // as Express answers: the URL's secret in the reply
+		}
 	}))
 	t.Cleanup(r.Close)
 	return r
@@ -98,6 +102,8 @@ type world struct {
 	standby  bool
 	writes   bool
 	problems []state.Problem
+	open     []state.OpenAlert // the alerts' record in the sync state
+	conds    *condition.Set
 }
 
 func (w *world) set(f func(*world)) { w.mu.Lock(); f(w); w.mu.Unlock() }
@@ -107,11 +113,32 @@ func (w *world) watched() Watched {
 		return func() bool { w.mu.Lock(); defer w.mu.Unlock(); return f() }
 	}
 	return Watched{
-		Check:    func() telemetry.Readiness { w.mu.Lock(); defer w.mu.Unlock(); return w.ready },
-		Standby:  get(func() bool { return w.standby }),
-		MayWrite: get(func() bool { return w.writes }),
-		Problems: w,
+		Check:      func() telemetry.Readiness { w.mu.Lock(); defer w.mu.Unlock(); return w.ready },
+		Standby:    get(func() bool { return w.standby }),
+		MayWrite:   get(func() bool { return w.writes }),
+		Conditions: w.conds,
+		Store:      w,
 	}
+}
+
+func (w *world) OpenAlerts(context.Context, string) ([]state.OpenAlert, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]state.OpenAlert(nil), w.open...), nil
+}
+
+func (w *world) AlertPosted(_ context.Context, _, reason string, since time.Time) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.open = append(w.open, state.OpenAlert{Reason: reason, Since: since})
+	return nil
+}
+
+func (w *world) AlertsClosed(context.Context, string) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.open = nil
+	return nil
 }
 
 func (w *world) ProblemsSince(_ context.Context, since time.Time, _ ...state.Kind) ([]state.Problem, error) {
@@ -135,8 +162,9 @@ var (
 // start returns an Alerter posting to r, its poster running until the test ends.
 func start(t *testing.T, r *receiver, w *world) (*Alerter, *test.Hook) {
 	logger, hook := test.NewNullLogger()
-	a := New(w.watched(), Options{URL: r.URL + "/hooks/T0/B0/secret-part", After: 5 * time.Minute, Instance: "host-1", Slot: "progress_sync",
+	a := New(w.watched(), Options{URL: r.URL + "/hooks/T0/B0/secret-part?sig=query-secret", After: 5 * time.Minute, Instance: "host-1", Slot: "progress_sync",
 		Log: logrus.NewEntry(logger)})
+	a.restored = true // no spell recorded before, unless a test says so
 	a.poster.retry = func() backoff.BackOff { return backoff.NewConstantBackOff(time.Millisecond) }
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -167,7 +195,7 @@ func TestNotReadyIsPostedOncePerReasonAndOnceRecovered(t *testing.T) {
 	}
 	for _, s := range steps {
 		w.set(func(w *world) { w.ready = s.ready })
-		a.lookAtReadiness(t0.Add(s.at))
+		a.lookAtReadiness(context.Background(), t0.Add(s.at))
 	}
 	got := r.waitFor(t, 3)
 	if e := events(got); e != "not_ready:hubspot_key_refused,not_ready:database_read_only,recovered:" {
@@ -184,12 +212,17 @@ func TestNotReadyIsPostedOncePerReasonAndOnceRecovered(t *testing.T) {
 // A spell shorter than After posts nothing; a lost slot is posted at once.
 func TestShortSpellsAreQuietButALostSlotIsNot(t *testing.T) {
 	r := newReceiver(t)
-	w := &world{}
+	logger, _ := test.NewNullLogger()
+	w := &world{writes: true, conds: condition.NewSet(logrus.NewEntry(logger))}
 	a, _ := start(t, r, w)
-	t0 := time.Now()
-	for i, state := range []telemetry.Readiness{keyRefused, ready, {Code: condition.SlotLost.Name(), Reason: condition.SlotLost.Notice()}, ready} {
+	ctx, t0 := context.Background(), time.Now()
+	lost := telemetry.Readiness{Code: condition.SlotLost.Name(), Reason: condition.SlotLost.Notice()}
+	for i, state := range []telemetry.Readiness{keyRefused, ready, lost, ready} {
+		if state == lost {
+			w.conds.Raise(condition.SlotLost, nil, nil)
+		}
 		w.set(func(w *world) { w.ready = state })
-		a.lookAtReadiness(t0.Add(time.Duration(i) * time.Minute))
+		a.lookAtReadiness(ctx, t0.Add(time.Duration(i)*time.Minute))
 	}
 	if e := events(r.waitFor(t, 2)); e != "not_ready:slot_lost,recovered:" {
 		t.Fatalf("posted %s", e)
@@ -204,14 +237,14 @@ func TestAStandbyPostsNothing(t *testing.T) {
 	a, _ := start(t, r, w)
 	t0 := time.Now()
 	for i := range 20 {
-		a.lookAtReadiness(t0.Add(time.Duration(i) * time.Minute))
+		a.lookAtReadiness(context.Background(), t0.Add(time.Duration(i)*time.Minute))
 	}
 	a.lookForProblems(context.Background())
 	w.set(func(w *world) { w.standby, w.ready = false, keyRefused })
-	a.lookAtReadiness(t0.Add(30 * time.Minute))
-	a.lookAtReadiness(t0.Add(40 * time.Minute))
+	a.lookAtReadiness(context.Background(), t0.Add(30*time.Minute))
+	a.lookAtReadiness(context.Background(), t0.Add(40*time.Minute))
 	w.set(func(w *world) { w.standby = true })
-	a.lookAtReadiness(t0.Add(41 * time.Minute))
+	a.lookAtReadiness(context.Background(), t0.Add(41*time.Minute))
 	got := r.waitFor(t, 2)
 	if e := events(got); e != "not_ready:hubspot_key_refused,recovered:" || !strings.Contains(got[1].Text, "another instance holds the replication slot") {
 		t.Fatalf("posted %s: %q", e, got[len(got)-1].Text)
@@ -229,10 +262,10 @@ func TestNewProblemStudentsArePostedMasked(t *testing.T) {
 	w := &world{problems: []state.Problem{problem("old@example.com", state.Rejected, -time.Hour)}}
 	a, _ := start(t, r, w)
 	ctx := context.Background()
-	a.lookAtReadiness(base)
+	a.lookAtReadiness(ctx, base)
 	a.lookForProblems(ctx) // does not hold the slot: nothing read
 	w.set(func(w *world) { w.writes = true })
-	a.lookAtReadiness(base)
+	a.lookAtReadiness(ctx, base)
 	a.lookForProblems(ctx) // the old one is known
 	w.set(func(w *world) {
 		w.problems = append(w.problems, problem("ana.silva@example.com", state.Conflict, time.Minute), problem("bo@example.org", state.Rejected, 2*time.Minute))
@@ -309,7 +342,7 @@ func TestAFailingOrHangingReceiverNeverHoldsTheCaller(t *testing.T) {
 	r.waitFor(t, 2)
 	for _, e := range hook.AllEntries() {
 		line, _ := e.String()
-		if strings.Contains(line, "secret-part") {
+		if strings.Contains(line, "secret-part") || strings.Contains(line, "query-secret") {
 			t.Fatalf("the log shows the webhook URL: %s", line)
 		}
 	}
@@ -329,7 +362,8 @@ func TestARefusedAlertIsNotRetried(t *testing.T) {
 	if got := r.waitFor(t, 1); len(got) != 1 {
 		t.Fatalf("got %d", len(got))
 	}
-	if text := logText(hook); !strings.Contains(text, "giving up on this alert") || strings.Contains(text, "secret-part") {
+	if text := logText(hook); !strings.Contains(text, "giving up on this alert") || !strings.Contains(text, "Cannot POST") ||
+		strings.Contains(text, "secret-part") || strings.Contains(text, "query-secret") {
 		t.Fatalf("log:\n%s", text)
 	}
 }
@@ -353,4 +387,46 @@ func logText(hook *test.Hook) string {
 		b.WriteString(line)
 	}
 	return b.String()
+}
+
+// A process that restarts (or an instance that takes the slot over) in the middle of a spell
+// takes it up: it posts the recovery, and not the alert again.
+func TestARestartInTheMiddleOfASpellPostsItsRecovery(t *testing.T) {
+	r := newReceiver(t)
+	w := &world{ready: keyRefused, writes: true}
+	first, _ := start(t, r, w)
+	ctx, t0 := context.Background(), time.Now()
+	first.lookAtReadiness(ctx, t0)
+	first.lookAtReadiness(ctx, t0.Add(6*time.Minute)) // posted, and recorded
+	// The process is killed; the next one starts while the key is still refused.
+	second, _ := start(t, r, w)
+	second.restored = false
+	second.lookAtReadiness(ctx, t0.Add(7*time.Minute))
+	second.lookAtReadiness(ctx, t0.Add(20*time.Minute))
+	w.set(func(w *world) { w.ready = ready })
+	second.lookAtReadiness(ctx, t0.Add(21*time.Minute))
+	got := r.waitFor(t, 2)
+	if e := events(got); e != "not_ready:hubspot_key_refused,recovered:" || !strings.Contains(got[1].Text, "after 21m0s not ready") {
+		t.Fatalf("posted %s: %q", e, got[len(got)-1].Text)
+	}
+	if len(w.open) != 0 {
+		t.Fatalf("the record keeps %v after the recovery", w.open)
+	}
+}
+
+// A slot lost and made again between two looks (at start, say) is posted all the same.
+func TestASlotLostBetweenTwoLooksIsPosted(t *testing.T) {
+	r := newReceiver(t)
+	logger, _ := test.NewNullLogger()
+	w := &world{ready: ready, writes: true, conds: condition.NewSet(logrus.NewEntry(logger))}
+	a, _ := start(t, r, w)
+	w.conds.Raise(condition.SlotLost, nil, nil)
+	w.conds.Clear(condition.SlotLost)
+	ctx, t0 := context.Background(), time.Now()
+	a.lookAtReadiness(ctx, t0)
+	a.lookAtReadiness(ctx, t0.Add(time.Second))
+	got := r.waitFor(t, 2)
+	if e := events(got); e != "not_ready:slot_lost,recovered:" || !strings.Contains(got[0].Text, "queues every student") {
+		t.Fatalf("posted %s: %q", e, got[0].Text)
+	}
 }

@@ -9,6 +9,8 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -48,7 +50,10 @@ const queueSize = 64
 // the receiver takes it or retrying stops making sense. It runs apart from everything else:
 // a receiver that fails or hangs only delays other alerts.
 type poster struct {
-	url    string
+	url string
+	// secret are the pieces of the URL that carry its secret, longest first: a receiver that
+	// quotes the request in its answer must not put them in the log.
+	secret []string
 	plain  bool // the receiver refuses fields it does not know: send text alone
 	client *http.Client
 	queue  chan Message
@@ -59,7 +64,8 @@ type poster struct {
 func newPoster(rawURL string, timeout time.Duration, log *logrus.Entry) *poster {
 	u, _ := url.Parse(rawURL) // config.Load checked it
 	return &poster{
-		url: rawURL,
+		url:    rawURL,
+		secret: secretPieces(rawURL),
 		// Google Chat answers 400 to any field but its own.
 		plain:  u != nil && u.Hostname() == "chat.googleapis.com",
 		client: &http.Client{Timeout: timeout},
@@ -145,16 +151,44 @@ func (p *poster) post(ctx context.Context, body []byte) error {
 		if errors.As(err, &ue) {
 			err = ue.Err // without the URL
 		}
-		return fmt.Errorf("no answer: %w", err)
+		return errors.New("no answer: " + p.redact(err.Error()))
 	}
 	defer res.Body.Close()
-	said, _ := io.ReadAll(io.LimitReader(res.Body, 512))
+	answer, _ := io.ReadAll(io.LimitReader(res.Body, 512))
+	said := fmt.Errorf("HTTP %d: %s", res.StatusCode, p.redact(string(bytes.TrimSpace(answer))))
 	switch {
 	case res.StatusCode < 300:
 		return nil
 	case res.StatusCode == http.StatusTooManyRequests || res.StatusCode == http.StatusRequestTimeout || res.StatusCode >= 500:
-		return fmt.Errorf("HTTP %d: %s", res.StatusCode, bytes.TrimSpace(said))
+		return said
 	}
 	// The receiver refuses this alert as it is (a bad URL, a removed hook): no retry helps.
-	return backoff.Permanent(fmt.Errorf("HTTP %d: %s", res.StatusCode, bytes.TrimSpace(said)))
+	return backoff.Permanent(said)
+}
+
+// redact hides the URL's secret pieces in what a receiver answered.
+func (p *poster) redact(s string) string {
+	for _, piece := range p.secret {
+		s = strings.ReplaceAll(s, piece, "[webhook URL]")
+	}
+	return s
+}
+
+// secretPieces are the parts of a webhook's URL that may carry its secret, as a receiver
+// might quote them: the whole, its path and query, and each path segment or query value of
+// six characters or more. Longest first, so that a whole is hidden before its parts.
+func secretPieces(raw string) []string {
+	pieces := []string{raw}
+	if u, err := url.Parse(raw); err == nil {
+		pieces = append(pieces, u.RequestURI(), u.EscapedPath(), u.Path, u.RawQuery)
+		for _, seg := range strings.Split(u.Path, "/") {
+			pieces = append(pieces, seg)
+		}
+		for _, values := range u.Query() {
+			pieces = append(pieces, values...)
+		}
+	}
+	pieces = slices.DeleteFunc(pieces, func(p string) bool { return len(p) < 6 })
+	slices.SortFunc(pieces, func(a, b string) int { return len(b) - len(a) })
+	return slices.Compact(pieces)
 }

@@ -55,7 +55,7 @@ func (a *Alerter) lookForProblems(ctx context.Context) {
 	if n.from.IsZero() {
 		return
 	}
-	found, err := a.w.Problems.ProblemsSince(ctx, later(n.from, n.until).Add(-lookBack), state.Rejected, state.Conflict)
+	found, err := a.w.Store.ProblemsSince(ctx, later(n.from, n.until).Add(-lookBack), state.Rejected, state.Conflict)
 	if err != nil {
 		if ctx.Err() == nil {
 			a.opts.Log.WithError(err).Debug("alerts: could not look for new problem students; looking again later")

@@ -114,6 +114,7 @@ type Set struct {
 	held [count]struct {
 		on          bool
 		since, said time.Time
+		began       uint64 // how many times it began
 	}
 }
 
@@ -129,6 +130,7 @@ func (s *Set) Raise(k Kind, err error, fields logrus.Fields) {
 	say := !h.on || now.Sub(h.said) >= RepeatEvery
 	if !h.on {
 		h.on, h.since = true, now
+		h.began++
 	}
 	if say {
 		h.said = now
@@ -155,6 +157,17 @@ func (s *Set) Clear(ks ...Kind) {
 			s.log.WithFields(logrus.Fields{"condition": k.Name(), "lasted": s.now().Sub(since).Round(time.Second).String()}).Info(abouts[k].over)
 		}
 	}
+}
+
+// Began counts the times k began to hold: a condition that began and ended between two looks
+// (a slot lost and made again at start) still shows. A nil Set counts none.
+func (s *Set) Began(k Kind) uint64 {
+	if s == nil {
+		return 0
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.held[k].began
 }
 
 // Holds reports whether k holds now.

@@ -265,12 +265,13 @@ func alertSettings(raw map[string]string, getenv func(string) (string, bool), ba
 			bad(env, "%s is empty; it must hold the webhook's URL", file)
 		}
 	}
-	if u, err := url.Parse(hook); hook != "" && (err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || strings.ContainsAny(hook, " \t\r\n")) {
+	if u, err := url.Parse(hook); hook != "" && (err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Hostname() == "" ||
+		(u.Port() != "" && !isPort(u.Port())) || strings.ContainsAny(hook, " \t\r\n")) {
 		bad(env, "is not one http(s) URL such as https://hooks.slack.com/services/... (not shown: it is a secret)")
 	}
 	after, err := time.ParseDuration(raw["PROGRESS_SYNC_ALERT_AFTER"])
-	if err != nil || after <= 0 {
-		bad("PROGRESS_SYNC_ALERT_AFTER", "%q is not a duration such as 5m or 90s", raw["PROGRESS_SYNC_ALERT_AFTER"])
+	if err != nil || after < time.Second {
+		bad("PROGRESS_SYNC_ALERT_AFTER", "%q is not a duration of at least 1s, such as 5m or 90s", raw["PROGRESS_SYNC_ALERT_AFTER"])
 	}
 	return hook, after
 }

@@ -188,3 +188,61 @@ func TestTokenFile(t *testing.T) {
 		}
 	}
 }
+
+func TestAlertSettings(t *testing.T) {
+	const hook = "https://hooks.slack.com/services/T000/B000/secret-9f2c"
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	creds := filepath.Join(dir, "creds")
+	if err := os.Mkdir(creds, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	write("creds/alert-webhook", hook+"\n")
+	for _, tc := range []struct {
+		name  string
+		env   map[string]string
+		want  string // "" = loads, with the URL
+		after time.Duration
+	}{
+		{name: "none", env: map[string]string{}, after: 5 * time.Minute},
+		{name: "in the environment", env: map[string]string{"PROGRESS_SYNC_ALERT_WEBHOOK": hook, "PROGRESS_SYNC_ALERT_AFTER": "90s"}, after: 90 * time.Second},
+		{name: "in a file", env: map[string]string{"PROGRESS_SYNC_ALERT_WEBHOOK_FILE": write("hook", "\ufeff"+hook+"\r\n")}, after: 5 * time.Minute},
+		{name: "systemd's credential", env: map[string]string{"CREDENTIALS_DIRECTORY": creds}, after: 5 * time.Minute},
+		{name: "both", env: map[string]string{"PROGRESS_SYNC_ALERT_WEBHOOK": hook, "PROGRESS_SYNC_ALERT_WEBHOOK_FILE": write("both", hook)}, want: "set one of them"},
+		{name: "missing file", env: map[string]string{"PROGRESS_SYNC_ALERT_WEBHOOK_FILE": filepath.Join(dir, "nope")}, want: "cannot read"},
+		{name: "empty file", env: map[string]string{"PROGRESS_SYNC_ALERT_WEBHOOK_FILE": write("empty", "\n")}, want: "is empty"},
+		{name: "two URLs", env: map[string]string{"PROGRESS_SYNC_ALERT_WEBHOOK_FILE": write("two", hook+"\n"+hook)}, want: "is not one http(s) URL"},
+		{name: "no scheme", env: map[string]string{"PROGRESS_SYNC_ALERT_WEBHOOK": "hooks.slack.com/services/secret-9f2c"}, want: "is not one http(s) URL"},
+		{name: "a port out of range", env: map[string]string{"PROGRESS_SYNC_ALERT_WEBHOOK": "http://127.0.0.1:99999/secret-9f2c"}, want: "is not one http(s) URL"},
+		{name: "no wait", env: map[string]string{"PROGRESS_SYNC_ALERT_WEBHOOK": hook, "PROGRESS_SYNC_ALERT_AFTER": "0"}, want: "PROGRESS_SYNC_ALERT_AFTER: \"0\" is not a duration of at least 1s"},
+		{name: "a nanosecond", env: map[string]string{"PROGRESS_SYNC_ALERT_WEBHOOK": hook, "PROGRESS_SYNC_ALERT_AFTER": "1ns"}, want: "at least 1s"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fs := pflag.NewFlagSet("test", pflag.ContinueOnError)
+			Register(fs)
+			c, err := Load(fs, env(tc.env), Needs{Alerts: true})
+			if tc.want == "" {
+				wantHook := hook
+				if tc.name == "none" {
+					wantHook = ""
+				}
+				if err != nil || c.AlertWebhook != wantHook || c.AlertAfter != tc.after {
+					t.Fatalf("webhook set %v, after %s, err %v", c.AlertWebhook != "", c.AlertAfter, err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want %q", err, tc.want)
+			}
+			if strings.Contains(err.Error(), "secret-9f2c") {
+				t.Fatalf("the error shows the URL: %v", err)
+			}
+		})
+	}
+}

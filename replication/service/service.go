@@ -8,7 +8,9 @@ package service
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
+	"net/url"
 	"os"
 	"time"
 
@@ -163,7 +165,10 @@ func build(ctx context.Context, db *pgxpool.Pool, opts Options) (*service, error
 		StopGrace: opts.Grace, Observer: s.tm, Lease: s.lease, Conditions: s.conds})
 	s.health = s.observe()
 	if cfg.AlertWebhook != "" {
-		s.alerts = alert.New(alert.Watched{Check: s.health.Check, Standby: s.consumer.Standby, MayWrite: s.lease.MayWrite, Problems: store},
+		if u, err := url.Parse(cfg.AlertWebhook); err == nil {
+			log.WithFields(logrus.Fields{"host": u.Hostname(), "after": cfg.AlertAfter.String()}).Info("alerts go to the webhook on this host")
+		}
+		s.alerts = alert.New(alert.Watched{Check: s.health.Check, Standby: s.consumer.Standby, MayWrite: s.lease.MayWrite, Conditions: s.conds, Store: store},
 			alert.Options{URL: cfg.AlertWebhook, After: cfg.AlertAfter, Instance: instanceName(), Slot: cfg.Slot, Log: log.WithField("component", "alerts")})
 	}
 	if !opts.NoStatusPage {
@@ -292,12 +297,14 @@ type passes struct {
 	*alert.Alerter
 }
 
-// instanceName names this instance in alerts: the host (in Kubernetes, the pod).
+// instanceName names this instance in alerts: the host (in Kubernetes, the pod) and the
+// process, which tell two instances on one host apart.
 func instanceName() string {
-	if h, err := os.Hostname(); err == nil {
-		return h
+	h, err := os.Hostname()
+	if err != nil {
+		h = "unknown host"
 	}
-	return "unknown host"
+	return fmt.Sprintf("%s (pid %d)", h, os.Getpid())
 }
 
 // answers hears HubSpot's answers for the metrics, and clears the HubSpot conditions on any
