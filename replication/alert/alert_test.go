@@ -398,6 +398,7 @@ func TestARestartInTheMiddleOfASpellPostsItsRecovery(t *testing.T) {
 	ctx, t0 := context.Background(), time.Now()
 	first.lookAtReadiness(ctx, t0)
 	first.lookAtReadiness(ctx, t0.Add(6*time.Minute)) // posted, and recorded
+	r.waitFor(t, 1)
 	// The process is killed; the next one starts while the key is still refused.
 	second, _ := start(t, r, w)
 	second.restored = false
