@@ -163,16 +163,17 @@ func (c *Consumer) Run(ctx context.Context, start pglogrepl.LSN) error {
 
 // retryAfter logs why a session ended and says how long to wait before the next.
 func (c *Consumer) retryAfter(err error, bo backoff.BackOff) time.Duration {
+	kind, isCondition := condition.Of(err)
 	switch {
 	case errors.As(err, new(*HiddenRowsError)):
 		wait := bo.NextBackOff()
 		c.log.WithError(err).WithField("retry_in", wait.String()).
 			Error("the database hides rows from the service: the students a change concerns cannot all be found, so streaming waits until it is fixed")
 		return wait
-	case isDatabaseCondition(err):
+	case isCondition && (kind == condition.DatabaseUnreachable || kind == condition.DatabaseReadOnly):
+		// A condition to explain, not a line per retry.
 		wait := bo.NextBackOff()
-		k, _ := condition.Of(err)
-		c.conds.Raise(k, err, logrus.Fields{"retry_in": wait.String()})
+		c.conds.Raise(kind, err, logrus.Fields{"retry_in": wait.String()})
 		return wait
 	case errors.Is(err, errStandby) || isSlotActive(err):
 		if !c.standby.Swap(true) {
@@ -184,13 +185,6 @@ func (c *Consumer) retryAfter(err error, bo backoff.BackOff) time.Duration {
 		c.log.WithError(err).WithField("retry_in", wait.String()).Warn("replication stream interrupted; reconnecting")
 		return wait
 	}
-}
-
-// isDatabaseCondition says err ended the session because the database is out of reach or
-// read-only: a condition to explain, not a line per retry.
-func isDatabaseCondition(err error) bool {
-	k, ok := condition.Of(err)
-	return ok && (k == condition.DatabaseUnreachable || k == condition.DatabaseReadOnly)
 }
 
 // session is one replication connection, from connect to error. It returns where the next

@@ -102,9 +102,6 @@ func (p *poster) run(ctx context.Context) {
 
 // deliver posts m until the receiver takes it, refuses it for good, or the retries run out.
 func (p *poster) deliver(ctx context.Context, m Message) {
-	if p.plain {
-		m.Details = &Details{Event: m.Details.Event} // kept for the log lines below, not sent
-	}
 	body, err := p.encode(m)
 	if err != nil {
 		p.log.WithError(err).Error("alert webhook: cannot encode the alert")

@@ -144,11 +144,8 @@ func Load(fs *pflag.FlagSet, getenv func(string) (string, bool), needs Needs) (C
 	if needs.HubSpot {
 		c.HubSpotToken = raw["HUBSPOT_ACCESS_TOKEN"]
 		file := raw["HUBSPOT_ACCESS_TOKEN_FILE"]
-		if dir, ok := getenv("CREDENTIALS_DIRECTORY"); ok && file == "" && c.HubSpotToken == "" {
-			// Started by systemd with LoadCredential=hubspot-token:...
-			if p := filepath.Join(dir, "hubspot-token"); fileExists(p) {
-				file = p
-			}
+		if file == "" && c.HubSpotToken == "" {
+			file = credential(getenv, "hubspot-token")
 		}
 		if file != "" {
 			if c.HubSpotToken != "" {
@@ -241,10 +238,8 @@ func Load(fs *pflag.FlagSet, getenv func(string) (string, bool), needs Needs) (C
 // URL is never quoted in a problem: it carries its secret.
 func alertSettings(raw map[string]string, getenv func(string) (string, bool), bad func(string, string, ...any)) (string, time.Duration) {
 	hook, file := raw["PROGRESS_SYNC_ALERT_WEBHOOK"], raw["PROGRESS_SYNC_ALERT_WEBHOOK_FILE"]
-	if dir, ok := getenv("CREDENTIALS_DIRECTORY"); ok && hook == "" && file == "" {
-		if p := filepath.Join(dir, "alert-webhook"); fileExists(p) {
-			file = p
-		}
+	if hook == "" && file == "" {
+		file = credential(getenv, "alert-webhook")
 	}
 	env := "PROGRESS_SYNC_ALERT_WEBHOOK"
 	if file != "" {
@@ -252,17 +247,9 @@ func alertSettings(raw map[string]string, getenv func(string) (string, bool), ba
 		if hook != "" {
 			bad(env, "set together with PROGRESS_SYNC_ALERT_WEBHOOK; set one of them")
 		}
-		b, err := os.ReadFile(file)
-		if err != nil {
-			var pe *fs.PathError
-			if errors.As(err, &pe) {
-				err = pe.Err
-			}
-			bad(env, "cannot read %s: %v", file, err)
-		}
-		hook = strings.TrimSpace(strings.TrimPrefix(string(b), "\ufeff"))
-		if err == nil && hook == "" {
-			bad(env, "%s is empty; it must hold the webhook's URL", file)
+		var err error
+		if hook, err = readSecretFile(file, "the webhook's URL"); err != nil {
+			bad(env, "%v", err)
 		}
 	}
 	if u, err := url.Parse(hook); hook != "" && (err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Hostname() == "" ||
@@ -284,6 +271,19 @@ func fileExists(p string) bool {
 // ReadTokenFile reads a HubSpot token from a file: one line, surrounding blanks ignored. Its
 // errors name the file, never what it holds.
 func ReadTokenFile(path string) (string, error) {
+	token, err := readSecretFile(path, "the service key (or private app token)")
+	if err != nil {
+		return "", err
+	}
+	if !hubspot.Sendable(token) {
+		return "", fmt.Errorf("%s holds more than one token, or whitespace or non-printable characters inside it; it must hold the key alone", path)
+	}
+	return token, nil
+}
+
+// readSecretFile reads a secret kept in a file, surrounding blanks ignored; holds says what
+// it must hold. Its errors name the file, never what it holds.
+func readSecretFile(path, holds string) (string, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		var pe *fs.PathError
@@ -293,14 +293,21 @@ func ReadTokenFile(path string) (string, error) {
 		return "", fmt.Errorf("cannot read %s", path)
 	}
 	// Editors on Windows start a UTF-8 file with a byte-order mark.
-	token := strings.TrimSpace(strings.TrimPrefix(string(b), "\ufeff"))
-	if token == "" {
-		return "", fmt.Errorf("%s is empty; it must hold the service key (or private app token)", path)
+	secret := strings.TrimSpace(strings.TrimPrefix(string(b), "\ufeff"))
+	if secret == "" {
+		return "", fmt.Errorf("%s is empty; it must hold %s", path, holds)
 	}
-	if !hubspot.Sendable(token) {
-		return "", fmt.Errorf("%s holds more than one token, or whitespace or non-printable characters inside it; it must hold the key alone", path)
+	return secret, nil
+}
+
+// credential is the file systemd's LoadCredential=name:... hands the service, if there is one.
+func credential(getenv func(string) (string, bool), name string) string {
+	if dir, ok := getenv("CREDENTIALS_DIRECTORY"); ok {
+		if p := filepath.Join(dir, name); fileExists(p) {
+			return p
+		}
 	}
-	return token, nil
+	return ""
 }
 
 var lineBreaks = strings.NewReplacer("\r", `\r`, "\n", `\n`)

@@ -77,13 +77,10 @@ func (s *service) sample(context.Context) {
 	}
 }
 
-// sourceWatch is what watchSource found: the view of the source tables hides rows, so that
-// /readyz and the metric show it even while nothing waits to be pushed; the publication
-// leaves changes out; the model in use has been compared with the one recorded. A test that
-// fails (the database is away) is taken for neither.
+// sourceWatch is what watchSource keeps between looks. (Hidden rows and a publication gap
+// are conditions: /readyz and the metrics show them even while nothing waits to be pushed.
+// A test that fails, the database being away, is taken for neither.)
 type sourceWatch struct {
-	hidden   atomic.Bool
-	gap      atomic.Bool
 	streamed atomic.Bool // the consumer streamed at the last look
 	followed atomic.Bool // the model was compared and recorded
 }
@@ -106,10 +103,8 @@ func (s *service) watchSource(ctx context.Context) {
 	err := replication.CheckVisibility(ctx, s.db, s.cfg.Model)
 	switch {
 	case errors.As(err, new(*replication.HiddenRowsError)):
-		s.watch.hidden.Store(true)
 		s.conds.Raise(condition.RowsHidden, err, nil)
 	case err == nil:
-		s.watch.hidden.Store(false)
 		if !s.flusher.RowsHidden() {
 			s.conds.Clear(condition.RowsHidden)
 		}
@@ -134,14 +129,12 @@ func (s *service) watchPublication(ctx context.Context) {
 	var gap *replication.MisconfiguredError
 	switch {
 	case errors.As(err, &gap):
-		s.watch.gap.Store(true)
 		s.conds.Raise(condition.PublicationGap, err, nil)
-	case err == nil && s.watch.gap.Load() && s.lease.MayWrite():
+	case err == nil && s.conds.Holds(condition.PublicationGap) && s.lease.MayWrite():
 		if err := s.queueEveryStudent(ctx, s.log, "the publication publishes every change again; queueing every student for the changes it left out"); err != nil {
 			s.log.WithError(err).Warn("could not queue every student after the publication was fixed; trying again")
 			return
 		}
-		s.watch.gap.Store(false)
 		s.conds.Clear(condition.PublicationGap)
 	}
 }
@@ -233,9 +226,6 @@ func onEveryTick(ctx context.Context, every time.Duration, do func(context.Conte
 	}
 }
 
-// rowsHidden reports whether pushes are, or would be, held because rows are hidden.
-func (s *service) rowsHidden() bool { return s.flusher.RowsHidden() || s.watch.hidden.Load() }
-
 // observe registers the pipeline's gauges and returns what /readyz asks.
 func (s *service) observe() *telemetry.Health {
 	flag := func(on func() bool) func() float64 {
@@ -250,7 +240,7 @@ func (s *service) observe() *telemetry.Health {
 	s.tm.Gauge("progress_sync_pending_students", "Students waiting in the durable buffer.", func() float64 { return float64(s.buf.Len()) })
 	s.tm.Gauge("progress_sync_confirmed_lsn", "The position confirmed to the slot, as a number.", func() float64 { return float64(c.Confirmed()) })
 	s.tm.Gauge("progress_sync_streaming", "1 while connected to the slot and streaming.", flag(c.Streaming))
-	s.tm.Gauge("progress_sync_rows_hidden", "1 while pushes are held because the database hides rows of the source tables from the service.", flag(s.rowsHidden))
+	s.tm.Gauge("progress_sync_rows_hidden", "1 while pushes are held because the database hides rows of the source tables from the service.", flag(func() bool { return s.conds.Holds(condition.RowsHidden) }))
 	s.tm.Conditions(s.conds)
 	return &telemetry.Health{Streaming: c.Streaming, Standby: c.Standby, Confirmed: func() uint64 { return uint64(c.Confirmed()) },
 		Conditions: s.conds, StallAfter: 3*s.opts.StatusInterval + 30*time.Second}
